@@ -1,0 +1,184 @@
+//! Every limit of the store in one place, with its unit in its name and a documented default.
+//! Owns: `StoreLimits` and the defaults derived from the machine (the memory budget).
+//! Never touches: the store itself; enforcement lives where the limit is checked.
+
+use std::fmt;
+
+/// Default longest key, in bytes (memcached allows 250, REPRAM's HTTP keys are path segments).
+pub const KEY_BYTES_MAX_DEFAULT: usize = 1024;
+/// Hard ceiling for `key_bytes_max`: record headers store a key length in a `u16`.
+pub const KEY_BYTES_CEILING: usize = u16::MAX as usize;
+/// Default largest value, in bytes (memcached's default item size).
+pub const VALUE_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
+/// Hard ceiling for `value_bytes_max`: one AES-GCM seal must stay far below its 64 GiB limit,
+/// and a frame must stay addressable with a `u32` length prefix.
+pub const VALUE_BYTES_CEILING: usize = 512 * 1024 * 1024;
+/// Default shortest TTL, in milliseconds.
+pub const TTL_MS_MIN_DEFAULT: u64 = 1_000;
+/// Default longest TTL, in milliseconds (24 h).
+pub const TTL_MS_MAX_DEFAULT: u64 = 24 * 60 * 60 * 1_000;
+/// Default length of one crypto-shredding epoch, in milliseconds: values that expire within the
+/// same epoch share a data key, destroyed once the epoch has passed.
+pub const EPOCH_MS_DEFAULT: u64 = 60_000;
+/// Granularity of the expiry wheel's fine slots, in milliseconds: memory of an expired entry is
+/// reclaimed at most this long after its expiry (plus the driver's tick interval).
+pub const EXPIRY_SLOT_MS: u64 = 10;
+/// How far ahead of our clock a replicated version may claim to be, in milliseconds. A peer with a
+/// clock further ahead would drag every later local version with it, so such writes are refused.
+pub const VERSION_SKEW_MS_MAX_DEFAULT: u64 = 60_000;
+/// Default share of the machine's memory that the stores of one node may use, in percent.
+pub const MEMORY_BUDGET_PERCENT_DEFAULT: u64 = 50;
+/// Memory budget used when the machine's memory cannot be read, in bytes.
+pub const MEMORY_BUDGET_BYTES_FALLBACK: usize = 1024 * 1024 * 1024;
+/// Default work units one `Store::tick` may do: one unit is one entry reclaimed, moved between
+/// wheel levels or one empty slot stepped over. The `store` benchmark's `expiry` group shows a
+/// slice of this size stays well under a millisecond.
+pub const TICK_WORK_MAX_DEFAULT: usize = 2_048;
+
+/// The limits one store enforces. Every field has a default (`StoreLimits::default`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreLimits {
+    pub key_bytes_max: usize,
+    pub value_bytes_max: usize,
+    pub ttl_ms_min: u64,
+    pub ttl_ms_max: u64,
+    /// Bytes of entries (sealed records plus their index overhead) one store may hold.
+    pub memory_budget_bytes: usize,
+    pub epoch_ms: u64,
+    pub version_skew_ms_max: u64,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        Self {
+            key_bytes_max: KEY_BYTES_MAX_DEFAULT,
+            value_bytes_max: VALUE_BYTES_MAX_DEFAULT,
+            ttl_ms_min: TTL_MS_MIN_DEFAULT,
+            ttl_ms_max: TTL_MS_MAX_DEFAULT,
+            memory_budget_bytes: default_memory_budget_bytes(),
+            epoch_ms: EPOCH_MS_DEFAULT,
+            version_skew_ms_max: VERSION_SKEW_MS_MAX_DEFAULT,
+        }
+    }
+}
+
+/// A limit set that cannot work, with the reason.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid store limits: {0}")]
+pub struct InvalidLimits(pub String);
+
+impl StoreLimits {
+    /// Checks that the limits are usable together, so a misconfiguration fails at start-up
+    /// instead of on the first request.
+    pub fn validate(&self) -> Result<(), InvalidLimits> {
+        let fail = |why: String| Err(InvalidLimits(why));
+        if self.key_bytes_max > KEY_BYTES_CEILING {
+            return fail(format!(
+                "key_bytes_max {} is above the ceiling {KEY_BYTES_CEILING}",
+                self.key_bytes_max
+            ));
+        }
+        if self.value_bytes_max > VALUE_BYTES_CEILING {
+            return fail(format!(
+                "value_bytes_max {} is above the ceiling {VALUE_BYTES_CEILING}",
+                self.value_bytes_max
+            ));
+        }
+        if self.ttl_ms_min == 0 || self.ttl_ms_min > self.ttl_ms_max {
+            return fail(format!(
+                "ttl range {}..={} ms is empty or starts at zero",
+                self.ttl_ms_min, self.ttl_ms_max
+            ));
+        }
+        if self.epoch_ms < EXPIRY_SLOT_MS || self.epoch_ms % EXPIRY_SLOT_MS != 0 {
+            return fail(format!(
+                "epoch_ms {} must be a positive multiple of the expiry slot ({EXPIRY_SLOT_MS} ms)",
+                self.epoch_ms
+            ));
+        }
+        // The key ring derives an epoch's key by hashing forward from the oldest live epoch;
+        // this bounds that walk (and the wheel's coarse ring) to a few thousand steps.
+        let epochs = self.ttl_ms_max / self.epoch_ms;
+        if epochs > 100_000 {
+            return fail(format!(
+                "ttl_ms_max / epoch_ms = {epochs} epochs; at most 100000 are supported"
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for StoreLimits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "key ≤ {} B, value ≤ {} B, ttl {}..={} ms, memory budget {} B, epoch {} ms",
+            self.key_bytes_max,
+            self.value_bytes_max,
+            self.ttl_ms_min,
+            self.ttl_ms_max,
+            self.memory_budget_bytes,
+            self.epoch_ms
+        )
+    }
+}
+
+/// Half of the machine's memory (`MemTotal` in `/proc/meminfo`), or 1 GiB when it cannot be read.
+/// The node divides this among its shards.
+pub fn default_memory_budget_bytes() -> usize {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| parse_mem_total_bytes(&text))
+        .map(|total| total / 100 * MEMORY_BUDGET_PERCENT_DEFAULT)
+        .and_then(|bytes| usize::try_from(bytes).ok())
+        .unwrap_or(MEMORY_BUDGET_BYTES_FALLBACK)
+}
+
+fn parse_mem_total_bytes(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut words = line.split_whitespace().skip(1);
+    let number: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") => number.checked_mul(1024),
+        None => Some(number),
+        Some(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        StoreLimits::default()
+            .validate()
+            .expect("defaults must validate");
+    }
+
+    #[test]
+    fn mem_total_is_read_in_kibibytes() {
+        let text = "MemFree:  10 kB\nMemTotal:       24576000 kB\n";
+        assert_eq!(parse_mem_total_bytes(text), Some(24_576_000 * 1024));
+        assert_eq!(parse_mem_total_bytes("nothing here"), None);
+    }
+
+    #[test]
+    fn epoch_must_be_a_multiple_of_the_expiry_slot() {
+        let limits = StoreLimits {
+            epoch_ms: EXPIRY_SLOT_MS * 3 + 1,
+            ..StoreLimits::default()
+        };
+        assert!(limits.validate().is_err());
+    }
+
+    #[test]
+    fn empty_ttl_range_is_refused() {
+        let limits = StoreLimits {
+            ttl_ms_min: 5_000,
+            ttl_ms_max: 1_000,
+            ..StoreLimits::default()
+        };
+        assert!(limits.validate().is_err());
+    }
+}
