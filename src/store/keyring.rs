@@ -20,7 +20,7 @@ use std::ptr::NonNull;
 
 use ring::aead::{LessSafeKey, UnboundKey, AES_256_GCM};
 use ring::digest::{Context, SHA256};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroize;
 
 const CHAIN_LABEL: &[u8] = b"repram/epoch-chain/v1";
 const DATA_LABEL: &[u8] = b"repram/epoch-data-key/v1";
@@ -29,21 +29,23 @@ const SKIP_LABEL: &[u8] = b"repram/epoch-chain-skip/v1";
 /// AES-GCM key set-up use (a few KiB).
 const STACK_SCRUB_BYTES: usize = 32 * 1024;
 
-/// Random secret that starts a store's key chain. Wiped when dropped.
-pub struct KeySeed(Zeroizing<[u8; 32]>);
+/// Random secret that starts a store's key chain. It lives on the heap from the moment it is
+/// drawn, so moving the seed around never leaves copies of it on the stack, and it becomes the
+/// chain's first link in place. Wiped when dropped.
+pub struct KeySeed(SecretBox<[u8; 32]>);
 
 impl KeySeed {
-    /// A fresh seed from the operating system's generator.
+    /// A fresh seed from the operating system's generator, written straight into its box.
     pub fn random() -> Result<Self, ring::error::Unspecified> {
         use ring::rand::SecureRandom;
-        let mut seed = Zeroizing::new([0u8; 32]);
-        ring::rand::SystemRandom::new().fill(&mut seed[..])?;
+        let mut seed = SecretBox::new([0u8; 32]);
+        ring::rand::SystemRandom::new().fill(&mut seed.as_mut()[..])?;
         Ok(Self(seed))
     }
 
     /// A fixed seed, for tests and the simulator, where runs must repeat.
     pub fn from_bytes(mut bytes: [u8; 32]) -> Self {
-        let seed = Self(Zeroizing::new(bytes));
+        let seed = Self(SecretBox::new(bytes));
         bytes.zeroize();
         seed
     }
@@ -128,7 +130,7 @@ impl EpochKeyring {
     pub(crate) fn new(seed: KeySeed, first_epoch: u64, window_epochs: u64) -> Self {
         Self {
             link_epoch: first_epoch,
-            link: box_seed_scrubbed(&seed),
+            link: seed.0,
             keys: VecDeque::new(),
             window_epochs,
         }
@@ -227,18 +229,6 @@ fn derive_key(link: &[u8; 32], offset: u64, epoch: u64) -> SecretBox<LessSafeKey
     };
     data_key.zeroize();
     key
-}
-
-#[inline(never)]
-fn box_seed_scrubbed(seed: &KeySeed) -> SecretBox<[u8; 32]> {
-    let link = box_seed(seed);
-    scrub_stack();
-    link
-}
-
-#[inline(never)]
-fn box_seed(seed: &KeySeed) -> SecretBox<[u8; 32]> {
-    SecretBox::new(*seed.0)
 }
 
 #[inline(never)]
