@@ -397,3 +397,13 @@ fn an_empty_store_wakes_at_the_next_epoch() {
     let epoch_ms = s.limits().epoch_ms;
     assert_eq!(r.next_wake_ms, (T0 / epoch_ms + 1) * epoch_ms);
 }
+
+#[test]
+fn budget_charges_the_allocators_size_class() {
+    assert_eq!(size_class_bytes(1), 8);
+    assert_eq!(size_class_bytes(64), 64);
+    assert_eq!(size_class_bytes(65), 80);
+    assert_eq!(size_class_bytes(167), 192);
+    assert_eq!(size_class_bytes(16_384), 16_384);
+    assert_eq!(size_class_bytes(16_385), 20_480);
+}
