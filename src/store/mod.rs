@@ -255,7 +255,7 @@ impl Store {
         if entry.expires_ms <= now {
             return Ok(Applied::Expired);
         }
-        let latest_ms = now + self.limits.ttl_ms_max + skew_ms;
+        let latest_ms = now.saturating_add(self.limits.ttl_ms_max + skew_ms);
         if entry.expires_ms > latest_ms {
             return Err(StoreError::ExpiryTooFar {
                 expires_ms: entry.expires_ms,
@@ -410,6 +410,11 @@ impl Store {
     /// Moves the store's clock to `now_ms` (never back) and destroys the keys of epochs that
     /// have passed. Returns the store's now.
     fn advance_clock(&mut self, now_ms: u64) -> u64 {
+        // Wall-clock milliseconds fit in 48 bits until the year 10889; versions rely on it.
+        debug_assert!(
+            now_ms < 1 << 48,
+            "now_ms {now_ms} is not wall-clock milliseconds"
+        );
         self.now_ms = self.now_ms.max(now_ms);
         let epoch = self.now_ms / self.limits.epoch_ms;
         if epoch > self.keyring.oldest_epoch() {
