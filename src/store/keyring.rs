@@ -216,10 +216,7 @@ fn derive_scrubbed(link: &[u8; 32], offset: u64, epoch: u64) -> SecretBox<LessSa
 
 #[inline(never)]
 fn derive_key(link: &[u8; 32], offset: u64, epoch: u64) -> SecretBox<LessSafeKey> {
-    let mut current = *link;
-    for _ in 0..offset {
-        chain_step(&mut current);
-    }
+    let mut current = link_after(link, offset);
     let mut data_key = data_key_of(&current, epoch);
     current.zeroize();
     // An AES-256 key is 32 bytes; `UnboundKey::new` only fails on a wrong length.
@@ -254,6 +251,15 @@ fn advance_link(link: &mut [u8; 32], steps: u64, epoch: u64, window: u64) {
     }
 }
 
+/// The chain link `steps` epochs after `link`. The caller wipes the result.
+fn link_after(link: &[u8; 32], steps: u64) -> [u8; 32] {
+    let mut current = *link;
+    for _ in 0..steps {
+        chain_step(&mut current);
+    }
+    current
+}
+
 fn chain_step(link: &mut [u8; 32]) {
     let mut ctx = Context::new(&SHA256);
     ctx.update(CHAIN_LABEL);
@@ -280,10 +286,7 @@ fn derive_masked(
     mask: u8,
     out: &mut ([u8; 32], [u8; 32]),
 ) {
-    let mut current = *link;
-    for _ in 0..offset {
-        chain_step(&mut current);
-    }
+    let mut current = link_after(link, offset);
     let mut data_key = data_key_of(&current, epoch);
     for i in 0..32 {
         out.0[i] = data_key[i] ^ mask;

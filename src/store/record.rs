@@ -180,10 +180,7 @@ impl SealedRecord {
             }
         }
         // Rewrite the header around the unchanged key, then seal the body in place.
-        bytes[COUNTER_AT..COUNTER_AT + 8].copy_from_slice(&nonce.counter.to_le_bytes());
-        bytes[EXPIRES_AT..EXPIRES_AT + 8].copy_from_slice(&expires_ms.to_le_bytes());
-        bytes[CLOCK_AT..CLOCK_AT + 8].copy_from_slice(&version.clock.to_le_bytes());
-        bytes[NODE_AT..NODE_AT + 8].copy_from_slice(&version.node.to_le_bytes());
+        write_seal_fields(&mut bytes, nonce.counter, expires_ms, version);
         seal_body(new_key, nonce, &mut bytes, key_len);
         Ok(Self(bytes))
     }
@@ -250,13 +247,18 @@ fn write_header(
 ) {
     debug_assert!(key.len() <= usize::from(u16::MAX));
     let key_len = key.len() as u16;
-    bytes[COUNTER_AT..COUNTER_AT + 8].copy_from_slice(&counter.to_le_bytes());
     bytes[KEY_LEN_AT..KEY_LEN_AT + 2].copy_from_slice(&key_len.to_le_bytes());
     bytes[FLAGS_AT] = flags;
+    bytes[HEADER_BYTES..HEADER_BYTES + key.len()].copy_from_slice(key);
+    write_seal_fields(bytes, counter, expires_ms, version);
+}
+
+/// The fields that change when a value is sealed again: nonce counter, expiry and version.
+fn write_seal_fields(bytes: &mut [u8], counter: u64, expires_ms: u64, version: Version) {
+    bytes[COUNTER_AT..COUNTER_AT + 8].copy_from_slice(&counter.to_le_bytes());
     bytes[EXPIRES_AT..EXPIRES_AT + 8].copy_from_slice(&expires_ms.to_le_bytes());
     bytes[CLOCK_AT..CLOCK_AT + 8].copy_from_slice(&version.clock.to_le_bytes());
     bytes[NODE_AT..NODE_AT + 8].copy_from_slice(&version.node.to_le_bytes());
-    bytes[HEADER_BYTES..HEADER_BYTES + key.len()].copy_from_slice(key);
 }
 
 /// Encrypts the body (everything between the key and the tag) in place and writes the tag.

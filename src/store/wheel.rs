@@ -171,7 +171,7 @@ impl ExpiryWheel {
                 continue;
             }
             // Reaping is done or waits for the cascade; cascading uses what is left.
-            if !self.cascade_step(entries) {
+            if progress.work >= work_max || !self.cascade_step(entries) {
                 break;
             }
             progress.work += 1;
@@ -400,6 +400,20 @@ mod tests {
     }
 
     #[test]
+    fn no_call_spends_more_than_its_budget() {
+        for work_max in 0..4 {
+            let mut wheel = ExpiryWheel::new(EPOCH, 0);
+            let p = wheel.advance(250, work_max, &mut model(|_| 0));
+            assert!(p.work <= work_max, "budget {work_max}, spent {}", p.work);
+            wheel.insert(0, 2_500);
+            for now in [1_000, 2_000, 2_600, 90_000] {
+                let p = wheel.advance(now, work_max, &mut model(|_| 2_500));
+                assert!(p.work <= work_max, "budget {work_max}, spent {}", p.work);
+            }
+        }
+    }
+
+    #[test]
     fn an_empty_wheel_catches_up_at_once() {
         let mut wheel = ExpiryWheel::new(EPOCH, 0);
         let p = wheel.advance(86_400_000, usize::MAX, &mut model(|_| 0));
@@ -422,5 +436,81 @@ mod tests {
             "stepped {} units through an empty hour",
             p.work
         );
+    }
+
+    mod against_a_model {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A tiny epoch (10 slots) so cascades and epoch boundaries come often.
+        const EPOCH: u64 = 100;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Insert { expires_in: u64 },
+            Remove { pick: usize },
+            Advance { ms: u64 },
+            Advance2 { ms: u64, work: usize },
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => (1u64..1_200).prop_map(|expires_in| Op::Insert { expires_in }),
+                1 => any::<usize>().prop_map(|pick| Op::Remove { pick }),
+                2 => prop_oneof![0u64..30, 0u64..3_000].prop_map(|ms| Op::Advance { ms }),
+                2 => (0u64..300, 0usize..6).prop_map(|(ms, work)| Op::Advance2 { ms, work }),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 1_000, ..ProptestConfig::default() })]
+
+            #[test]
+            fn wheel_reclaims_exactly_the_expired_entries(
+                start in 0u64..10_000,
+                ops in prop::collection::vec(op(), 1..300),
+            ) {
+                let mut wheel = ExpiryWheel::new(EPOCH, start);
+                let mut now = start;
+                let mut filed: std::collections::BTreeMap<u32, u64> = Default::default();
+                let mut next_index = 0u32;
+                for op in ops {
+                    let (ms, work) = match op {
+                        Op::Insert { expires_in } => {
+                            wheel.insert(next_index, now + expires_in);
+                            filed.insert(next_index, now + expires_in);
+                            next_index += 1;
+                            continue;
+                        }
+                        Op::Remove { pick } => {
+                            if let Some((&i, &e)) = filed.iter().nth(pick % filed.len().max(1)) {
+                                wheel.remove(i, e);
+                                filed.remove(&i);
+                            }
+                            continue;
+                        }
+                        Op::Advance { ms } => (ms, usize::MAX),
+                        Op::Advance2 { ms, work } => (ms, work),
+                    };
+                    now += ms;
+                    let snapshot = filed.clone();
+                    let mut m = model(|i| snapshot[&i]);
+                    let p = wheel.advance(now, work, &mut m);
+                    prop_assert!(p.work <= work);
+                    for i in m.reclaimed {
+                        let e = filed.remove(&i);
+                        prop_assert!(e.is_some_and(|e| e <= now), "reclaimed live or unknown {}", i);
+                    }
+                    if work == usize::MAX {
+                        prop_assert!(!p.pending);
+                        for (&i, &e) in &filed {
+                            let slot_end = (e / EXPIRY_SLOT_MS + 1) * EXPIRY_SLOT_MS;
+                            prop_assert!(slot_end > now, "entry {} (expires {}) left at {}", i, e, now);
+                        }
+                    }
+                    prop_assert_eq!(wheel.len(), filed.len());
+                }
+            }
+        }
     }
 }
