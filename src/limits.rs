@@ -26,6 +26,15 @@ pub const EXPIRY_SLOT_MS: u64 = 10;
 /// How far ahead of our clock a replicated version may claim to be, in milliseconds. A peer with a
 /// clock further ahead would drag every later local version with it, so such writes are refused.
 pub const VERSION_SKEW_MS_MAX_DEFAULT: u64 = 60_000;
+/// Longest crypto-shredding epoch: the expiry wheel's fine ring spans two epochs of 10 ms slots.
+pub const EPOCH_MS_CEILING: u64 = 10 * 60 * 1_000;
+/// Longest TTL a store can be configured for (a week).
+pub const TTL_MS_CEILING: u64 = 7 * 24 * 60 * 60 * 1_000;
+/// Largest replica clock skew a store can be configured to accept (an hour).
+pub const VERSION_SKEW_MS_CEILING: u64 = 60 * 60 * 1_000;
+/// Most epochs an expiry may lie ahead: bounds the key chain walk to derive an epoch key and the
+/// wheel's coarse ring (the defaults use 1,443).
+pub const LIVE_EPOCHS_MAX: u64 = 20_000;
 /// Default share of the machine's memory that the stores of one node may use, in percent.
 pub const MEMORY_BUDGET_PERCENT_DEFAULT: u64 = 50;
 /// Memory budget used when the machine's memory cannot be read, in bytes.
@@ -90,21 +99,40 @@ impl StoreLimits {
                 self.ttl_ms_min, self.ttl_ms_max
             ));
         }
-        if self.epoch_ms < EXPIRY_SLOT_MS || self.epoch_ms % EXPIRY_SLOT_MS != 0 {
+        if self.epoch_ms < EXPIRY_SLOT_MS
+            || self.epoch_ms % EXPIRY_SLOT_MS != 0
+            || self.epoch_ms > EPOCH_MS_CEILING
+        {
             return fail(format!(
-                "epoch_ms {} must be a positive multiple of the expiry slot ({EXPIRY_SLOT_MS} ms)",
+                "epoch_ms {} must be a multiple of the expiry slot ({EXPIRY_SLOT_MS} ms) \
+                 between {EXPIRY_SLOT_MS} and {EPOCH_MS_CEILING}",
                 self.epoch_ms
             ));
         }
-        // The key ring derives an epoch's key by hashing forward from the oldest live epoch;
-        // this bounds that walk (and the wheel's coarse ring) to a few thousand steps.
-        let epochs = self.ttl_ms_max / self.epoch_ms;
-        if epochs > 100_000 {
+        if self.ttl_ms_max > TTL_MS_CEILING || self.version_skew_ms_max > VERSION_SKEW_MS_CEILING {
             return fail(format!(
-                "ttl_ms_max / epoch_ms = {epochs} epochs; at most 100000 are supported"
+                "ttl_ms_max {} or version_skew_ms_max {} is above its ceiling \
+                 ({TTL_MS_CEILING} / {VERSION_SKEW_MS_CEILING} ms)",
+                self.ttl_ms_max, self.version_skew_ms_max
+            ));
+        }
+        // The key ring and the wheel's coarse ring span every epoch an expiry can fall in.
+        let epochs = self.live_window_epochs();
+        if epochs > LIVE_EPOCHS_MAX {
+            return fail(format!(
+                "(ttl_ms_max + version_skew_ms_max) / epoch_ms = {epochs} epochs; \
+                 at most {LIVE_EPOCHS_MAX} are supported: raise epoch_ms"
             ));
         }
         Ok(())
+    }
+}
+
+impl StoreLimits {
+    /// How many epochs past the current one an expiry can fall in: the longest TTL plus the
+    /// clock skew allowed to replicas, plus the partial epochs at either end.
+    pub fn live_window_epochs(&self) -> u64 {
+        (self.ttl_ms_max + self.version_skew_ms_max) / self.epoch_ms.max(1) + 2
     }
 }
 
@@ -170,6 +198,37 @@ mod tests {
             ..StoreLimits::default()
         };
         assert!(limits.validate().is_err());
+    }
+
+    #[test]
+    fn limits_that_would_blow_up_the_index_are_refused() {
+        let base = StoreLimits::default();
+        for bad in [
+            StoreLimits {
+                version_skew_ms_max: u64::MAX,
+                ..base.clone()
+            },
+            StoreLimits {
+                epoch_ms: 86_400_000,
+                ..base.clone()
+            },
+            StoreLimits {
+                epoch_ms: u64::MAX / 10 * 10,
+                ..base.clone()
+            },
+            StoreLimits {
+                ttl_ms_max: u64::MAX,
+                ..base.clone()
+            },
+            StoreLimits {
+                epoch_ms: 10,
+                ttl_ms_max: 1_000_000,
+                ..base.clone()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?} validated");
+        }
+        assert_eq!(base.live_window_epochs(), 1_443);
     }
 
     #[test]

@@ -43,7 +43,9 @@ impl KeySeed {
         Ok(Self(seed))
     }
 
-    /// A fixed seed, for tests and the simulator, where runs must repeat.
+    /// A fixed seed, for tests and the simulator, where runs must repeat. Not in release
+    /// builds: two stores with the same seed and shard id would reuse nonces under one key.
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn from_bytes(mut bytes: [u8; 32]) -> Self {
         let seed = Self(SecretBox::new(bytes));
         bytes.zeroize();
@@ -55,9 +57,15 @@ impl KeySeed {
 /// so wiping its bytes and freeing the allocation without running a destructor loses nothing.
 /// (`ring`'s AEAD key objects are plain arrays of round keys and GCM tables; checked against
 /// ring 0.17's sources.)
-pub(crate) trait FlatSecret {}
-impl FlatSecret for LessSafeKey {}
-impl FlatSecret for [u8; 32] {}
+///
+/// # Safety
+/// Implement only for types that own no heap memory and whose destructor does nothing.
+pub(crate) unsafe trait FlatSecret {}
+// SAFETY: ring 0.17's `LessSafeKey` is plain round-key and GCM-table arrays plus a `&'static`
+// algorithm reference; it has no `Drop` impl and owns no heap memory.
+unsafe impl FlatSecret for LessSafeKey {}
+// SAFETY: a byte array owns nothing.
+unsafe impl FlatSecret for [u8; 32] {}
 
 /// A heap allocation holding one secret, overwritten with zeroes before it is freed.
 pub(crate) struct SecretBox<T: FlatSecret> {
@@ -113,8 +121,15 @@ pub(crate) struct EpochKeyring {
     /// Epoch of `link`: the oldest epoch whose key can still be derived.
     link_epoch: u64,
     link: SecretBox<[u8; 32]>,
+    /// The link of the furthest epoch derived so far (`tip_epoch >= link_epoch`), so a new epoch
+    /// at the far end costs one hash step instead of a walk from the oldest link. It is a
+    /// *later* link, from which no passed epoch can be recomputed.
+    tip_epoch: u64,
+    tip: SecretBox<[u8; 32]>,
     /// `keys[i]` is the key of epoch `link_epoch + i`, if one was derived.
     keys: VecDeque<Option<SecretBox<LessSafeKey>>>,
+    keys_held: usize,
+    keys_destroyed: u64,
     /// How many epochs past `link_epoch` a key may be asked for.
     window_epochs: u64,
 }
@@ -128,10 +143,16 @@ pub(crate) enum KeyUnavailable {
 
 impl EpochKeyring {
     pub(crate) fn new(seed: KeySeed, first_epoch: u64, window_epochs: u64) -> Self {
+        let mut tip = SecretBox::new([0u8; 32]);
+        copy_link(&seed.0, tip.as_mut());
         Self {
             link_epoch: first_epoch,
             link: seed.0,
+            tip_epoch: first_epoch,
+            tip,
             keys: VecDeque::new(),
+            keys_held: 0,
+            keys_destroyed: 0,
             window_epochs,
         }
     }
@@ -143,7 +164,12 @@ impl EpochKeyring {
 
     /// Number of epoch keys currently derived and held.
     pub(crate) fn keys_held(&self) -> usize {
-        self.keys.iter().filter(|k| k.is_some()).count()
+        self.keys_held
+    }
+
+    /// Number of epoch keys destroyed since the ring was made.
+    pub(crate) fn keys_destroyed(&self) -> u64 {
+        self.keys_destroyed
     }
 
     /// The key that seals values expiring in `epoch`, derived on first use.
@@ -153,8 +179,15 @@ impl EpochKeyring {
             self.keys.resize_with(offset + 1, || None);
         }
         if self.keys[offset].is_none() {
-            let key = derive_scrubbed(&self.link, offset as u64, epoch);
+            let key = if epoch >= self.tip_epoch {
+                let steps = epoch - self.tip_epoch;
+                self.tip_epoch = epoch;
+                derive_scrubbed(self.tip.as_mut(), steps, epoch, Start::Advance)
+            } else {
+                derive_scrubbed(self.link.as_mut(), offset as u64, epoch, Start::Keep)
+            };
             self.keys[offset] = Some(key);
+            self.keys_held += 1;
         }
         match &self.keys[offset] {
             Some(key) => Ok(key),
@@ -178,8 +211,14 @@ impl EpochKeyring {
         let passed = usize::try_from(steps).map_or(self.keys.len(), |s| s.min(self.keys.len()));
         // Dropping a SecretBox wipes the key object before freeing it.
         let destroyed = self.keys.drain(..passed).flatten().count();
+        self.keys_held -= destroyed;
+        self.keys_destroyed += destroyed as u64;
         advance_scrubbed(&mut self.link, steps, epoch, self.window_epochs);
         self.link_epoch = epoch;
+        if self.tip_epoch < epoch {
+            copy_link(&self.link, self.tip.as_mut());
+            self.tip_epoch = epoch;
+        }
         destroyed
     }
 
@@ -205,18 +244,33 @@ impl EpochKeyring {
     }
 }
 
-/// Derives the key `offset` epochs past the chain link, then overwrites the stack that the
+/// Whether a derivation moves its starting link forward to the derived epoch.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start {
+    Keep,
+    Advance,
+}
+
+/// Derives the key `steps` epochs past the link `start`, then overwrites the stack that the
 /// derivation used. The derivation runs in a frame below this one, so the scrub reaches it.
 #[inline(never)]
-fn derive_scrubbed(link: &[u8; 32], offset: u64, epoch: u64) -> SecretBox<LessSafeKey> {
-    let key = derive_key(link, offset, epoch);
+fn derive_scrubbed(
+    start: &mut [u8; 32],
+    steps: u64,
+    epoch: u64,
+    mode: Start,
+) -> SecretBox<LessSafeKey> {
+    let key = derive_key(start, steps, epoch, mode);
     scrub_stack();
     key
 }
 
 #[inline(never)]
-fn derive_key(link: &[u8; 32], offset: u64, epoch: u64) -> SecretBox<LessSafeKey> {
-    let mut current = link_after(link, offset);
+fn derive_key(start: &mut [u8; 32], steps: u64, epoch: u64, mode: Start) -> SecretBox<LessSafeKey> {
+    let mut current = link_after(start, steps);
+    if mode == Start::Advance {
+        start.copy_from_slice(&current);
+    }
     let mut data_key = data_key_of(&current, epoch);
     current.zeroize();
     // An AES-256 key is 32 bytes; `UnboundKey::new` only fails on a wrong length.
@@ -226,6 +280,12 @@ fn derive_key(link: &[u8; 32], offset: u64, epoch: u64) -> SecretBox<LessSafeKey
     };
     data_key.zeroize();
     key
+}
+
+/// Copies one boxed link into another without a stack temporary.
+#[inline(never)]
+fn copy_link(from: &[u8; 32], to: &mut [u8; 32]) {
+    to.copy_from_slice(from);
 }
 
 #[inline(never)]
@@ -371,6 +431,28 @@ mod tests {
         assert_eq!(ring.shred_before(102), 1);
         let held = ring.opening_key(102).expect("epoch 102 is still live");
         assert_eq!(seal_probe(held), probe);
+    }
+
+    #[test]
+    fn keys_below_the_tip_match_keys_derived_in_order() {
+        let mut a = ring_with_seed(6);
+        let mut b = ring_with_seed(6);
+        // a derives far first (moving its tip), then a nearer epoch from the oldest link.
+        let far_a = seal_probe(a.sealing_key(108).expect("key"));
+        let near_a = seal_probe(a.sealing_key(103).expect("key"));
+        let near_b = seal_probe(b.sealing_key(103).expect("key"));
+        let far_b = seal_probe(b.sealing_key(108).expect("key"));
+        assert_eq!((near_a, far_a), (near_b, far_b));
+        assert_eq!(a.keys_held(), 2);
+        a.shred_before(109);
+        assert_eq!((a.keys_held(), a.keys_destroyed()), (0, 2));
+        // After the tip itself has passed, it restarts from the oldest link.
+        let mut c = ring_with_seed(6);
+        c.shred_before(109);
+        assert_eq!(
+            seal_probe(a.sealing_key(110).expect("key")),
+            seal_probe(c.sealing_key(110).expect("key"))
+        );
     }
 
     #[test]

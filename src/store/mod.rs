@@ -31,6 +31,10 @@ use wheel::{ExpiryWheel, FiledEntries};
 /// of a growable array (the `store_memory` benchmark measures 36 B per entry at a million).
 pub const ENTRY_OVERHEAD_BYTES: usize = 40;
 
+/// Latest `now_ms` the store accepts (wall-clock milliseconds fit in 48 bits until the year
+/// 10889); later values are clamped, so versions and expiries never overflow.
+const NOW_MS_MAX: u64 = (1 << 48) - 1;
+
 /// What a caller did wrong, or what the store cannot do now. Each has a message for a person.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -152,6 +156,8 @@ pub struct Store {
     clock: HybridClock,
     /// The latest `now_ms` seen; time never goes back inside the store.
     now_ms: u64,
+    /// Epoch keys destroyed as of the last `tick` report.
+    shredded_reported: u64,
 }
 
 impl Store {
@@ -169,9 +175,9 @@ impl Store {
     ) -> Result<Self, StoreInitError> {
         config.limits.validate()?;
         let limits = config.limits;
+        let now_ms = now_ms.min(NOW_MS_MAX);
         let first_epoch = now_ms / limits.epoch_ms;
-        // Expiries reach at most max ttl (plus a peer's allowed skew) past now.
-        let window_epochs = (limits.ttl_ms_max + limits.version_skew_ms_max) / limits.epoch_ms + 2;
+        let window_epochs = limits.live_window_epochs();
         Ok(Self {
             shard_id: config.shard_id,
             entries: Entries::new(),
@@ -180,6 +186,7 @@ impl Store {
             nonces: NonceCounter::new(config.shard_id),
             clock: HybridClock::new(config.node_id),
             now_ms,
+            shredded_reported: 0,
             limits,
         })
     }
@@ -284,8 +291,15 @@ impl Store {
         now_ms: u64,
         out: &mut Vec<u8>,
     ) -> Result<EntryMeta, StoreError> {
-        out.clear();
         let now = self.advance_clock(now_ms);
+        if self
+            .live_value(key, now)
+            .is_some_and(|r| r.sealed().len() > out.capacity())
+        {
+            // Growing would free the old buffer unwiped, with an earlier value in it.
+            out.zeroize();
+        }
+        out.clear();
         let record = self.live_value(key, now).ok_or(StoreError::NotFound)?;
         let epoch = record.expires_ms() / self.limits.epoch_ms;
         let aead_key = self
@@ -357,21 +371,20 @@ impl Store {
     /// `work_max` units (see `TICK_WORK_MAX_DEFAULT`). Call it when `next_wake_ms` comes, and
     /// again soon while `pending` is set, letting other work run in between.
     pub fn tick(&mut self, now_ms: u64, work_max: usize) -> TickReport {
-        let shredded_before = self.keyring.oldest_epoch();
-        let keys_before = self.keyring.keys_held();
         let now = self.advance_clock(now_ms);
-        let shredded = if self.keyring.oldest_epoch() > shredded_before {
-            keys_before.saturating_sub(self.keyring.keys_held())
-        } else {
-            0
-        };
+        let destroyed = self.keyring.keys_destroyed();
+        let shredded = (destroyed - self.shredded_reported) as usize;
+        self.shredded_reported = destroyed;
         let progress = self.wheel.advance(now, work_max, &mut self.entries);
+        // Wake for the wheel's next work, or at the next epoch boundary to destroy a key.
+        let next_epoch_ms = (now / self.limits.epoch_ms + 1) * self.limits.epoch_ms;
         let next_wake_ms = if progress.pending {
             now
-        } else if self.wheel.len() > 0 {
-            self.wheel.next_due_ms().max(now + 1)
         } else {
-            (now / self.limits.epoch_ms + 1) * self.limits.epoch_ms
+            self.wheel
+                .next_due_ms()
+                .map_or(next_epoch_ms, |due| due.min(next_epoch_ms))
+                .max(now + 1)
         };
         TickReport {
             reclaimed: progress.reclaimed,
@@ -411,15 +424,14 @@ impl Store {
     /// have passed. Returns the store's now.
     fn advance_clock(&mut self, now_ms: u64) -> u64 {
         // Wall-clock milliseconds fit in 48 bits until the year 10889; versions rely on it.
-        debug_assert!(
-            now_ms < 1 << 48,
-            "now_ms {now_ms} is not wall-clock milliseconds"
-        );
+        let now_ms = now_ms.min(NOW_MS_MAX);
         self.now_ms = self.now_ms.max(now_ms);
         let epoch = self.now_ms / self.limits.epoch_ms;
         if epoch > self.keyring.oldest_epoch() {
             self.keyring.shred_before(epoch);
         }
+        // After a long idle gap, let an empty wheel restart at now before anything is filed.
+        self.wheel.catch_up_if_empty(self.now_ms);
         self.now_ms
     }
 

@@ -7,10 +7,10 @@
 //! ```text
 //! [0..8)    seal counter   nonce = shard id (4 B) || seal counter (8 B)
 //! [8..10)   key length
-//! [10]      flags          bit 0: tombstone (no ciphertext follows)
-//! [11..19)  expires at, ms ┐
+//! [10]      flags          ┐ bit 0: tombstone (no ciphertext follows)
+//! [11..19)  expires at, ms │
 //! [19..27)  version clock  │ associated data: binds the ciphertext to its
-//! [27..35)  version node   │ expiry, version and key
+//! [27..35)  version node   │ flags, expiry, version and key
 //! [35..)    key            ┘
 //! [..]      ciphertext || 16-byte tag
 //! ```
@@ -112,7 +112,7 @@ impl SealedRecord {
     }
 
     fn associated_data(&self) -> &[u8] {
-        &self.0[EXPIRES_AT..HEADER_BYTES + self.key_len()]
+        &self.0[FLAGS_AT..HEADER_BYTES + self.key_len()]
     }
 
     /// Opens the value into `out` (cleared first). The caller owns the plaintext and wipes it
@@ -170,7 +170,7 @@ impl SealedRecord {
         let mut bytes = self.0.clone();
         {
             let (head, body) = bytes.split_at_mut(body_at);
-            let aad = Aad::from(&head[EXPIRES_AT..]);
+            let aad = Aad::from(&head[FLAGS_AT..]);
             if old_key
                 .open_in_place(old_nonce.to_ring(), aad, body)
                 .is_err()
@@ -267,7 +267,7 @@ fn seal_body(aead_key: &LessSafeKey, nonce: RecordNonce, bytes: &mut [u8], key_l
     let tag_at = bytes.len() - TAG_BYTES;
     let (head, rest) = bytes.split_at_mut(body_at);
     let (body, tag_out) = rest.split_at_mut(tag_at - body_at);
-    let aad = Aad::from(&head[EXPIRES_AT..]);
+    let aad = Aad::from(&head[FLAGS_AT..]);
     // Sealing fails only for inputs over AES-GCM's 64 GiB limit; values are capped far below.
     match aead_key.seal_in_place_separate_tag(nonce.to_ring(), aad, body) {
         Ok(tag) => tag_out.copy_from_slice(tag.as_ref()),

@@ -407,3 +407,30 @@ fn budget_charges_the_allocators_size_class() {
     assert_eq!(size_class_bytes(16_384), 16_384);
     assert_eq!(size_class_bytes(16_385), 20_480);
 }
+
+#[test]
+fn an_idle_store_with_only_far_entries_sleeps_until_the_epoch_boundary() {
+    let mut s = store();
+    let epoch_ms = s.limits().epoch_ms;
+    put(&mut s, "far", "v", 3_600 * SEC, T0);
+    let r = s.tick(T0 + 1, usize::MAX);
+    assert_eq!(r.next_wake_ms, (T0 / epoch_ms + 1) * epoch_ms);
+}
+
+#[test]
+fn after_a_long_idle_gap_new_entries_expire_promptly() {
+    let mut s = store();
+    put(&mut s, "old", "v", SEC, T0);
+    s.tick(T0 + 2 * SEC, usize::MAX);
+    let year = 365 * 24 * 3_600 * SEC;
+    put(&mut s, "new", "v", SEC, T0 + year);
+    let r = s.tick_default(T0 + year + SEC + 10);
+    assert_eq!(r.reclaimed, 1);
+    assert!(!r.pending);
+    assert!(
+        r.work < 200,
+        "{} units: the year was stepped through",
+        r.work
+    );
+    assert!(s.is_empty());
+}

@@ -109,9 +109,40 @@ impl ExpiryWheel {
             + self.coarse.capacity() * 4
     }
 
-    /// The earliest time at which `advance` can have work to do.
-    pub(crate) fn next_due_ms(&self) -> u64 {
-        (self.reap_slot + 1) * EXPIRY_SLOT_MS
+    /// The earliest time at which `advance` can have work to do, or `None` when nothing is
+    /// filed. While only later epochs hold entries, that is when the reaper reaches the epoch
+    /// before the first of them (its cascade can start then), not every slot.
+    pub(crate) fn next_due_ms(&self) -> Option<u64> {
+        if self.len() == 0 {
+            return None;
+        }
+        let next_slot_ms = (self.reap_slot + 1) * EXPIRY_SLOT_MS;
+        if self.fine_count > 0 || self.coarse[0] != NIL {
+            return Some(next_slot_ms);
+        }
+        let first = self
+            .coarse
+            .iter()
+            .position(|&head| head != NIL)
+            .unwrap_or(1) as u64;
+        Some(((self.fine_open + first - 1) * self.epoch_ms).max(next_slot_ms))
+    }
+
+    /// Moves an empty wheel's cursors to `now_ms`, so that entries filed after a long idle gap
+    /// start from now instead of from the last tick.
+    pub(crate) fn catch_up_if_empty(&mut self, now_ms: u64) {
+        if self.len() == 0 {
+            self.reset_to(now_ms);
+        }
+    }
+
+    fn reset_to(&mut self, now_ms: u64) {
+        self.reap_slot = self.reap_slot.max(now_ms / EXPIRY_SLOT_MS);
+        self.fine_open = self
+            .fine_open
+            .max(self.reap_slot * EXPIRY_SLOT_MS / self.epoch_ms);
+        self.coarse.clear();
+        self.coarse.push_back(NIL);
     }
 
     /// Files entry `index`, which expires at `expires_ms` (later than every `now` passed so far).
@@ -196,12 +227,7 @@ impl ExpiryWheel {
         }
         if self.len() == 0 {
             // Nothing is filed at all: catch up with `now` in one step.
-            self.reap_slot = self.reap_slot.max(now_ms / EXPIRY_SLOT_MS);
-            self.fine_open = self
-                .fine_open
-                .max(self.reap_slot * EXPIRY_SLOT_MS / self.epoch_ms);
-            self.coarse.clear();
-            self.coarse.push_back(NIL);
+            self.reset_to(now_ms);
             progress.work += 1;
             return self.reap_due(now_ms);
         }
