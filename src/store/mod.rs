@@ -291,15 +291,8 @@ impl Store {
         now_ms: u64,
         out: &mut Vec<u8>,
     ) -> Result<EntryMeta, StoreError> {
-        let now = self.advance_clock(now_ms);
-        if self
-            .live_value(key, now)
-            .is_some_and(|r| r.sealed().len() > out.capacity())
-        {
-            // Growing would free the old buffer unwiped, with an earlier value in it.
-            out.zeroize();
-        }
         out.clear();
+        let now = self.advance_clock(now_ms);
         let record = self.live_value(key, now).ok_or(StoreError::NotFound)?;
         let epoch = record.expires_ms() / self.limits.epoch_ms;
         let aead_key = self
@@ -505,7 +498,8 @@ impl Store {
     fn install(&mut self, key: &[u8], record: SealedRecord) -> Result<(), StoreError> {
         let cost = record_cost(record.len());
         let budget = self.limits.memory_budget_bytes;
-        match self.entries.find(key) {
+        let hash = self.entries.hash(key);
+        match self.entries.find_hashed(hash, key) {
             Some(index) => {
                 let held = self.entries.record(index);
                 debug_assert!(
@@ -533,7 +527,10 @@ impl Store {
                     });
                 }
                 let expires_ms = record.expires_ms();
-                let index = self.entries.insert(record).ok_or(StoreError::Exhausted)?;
+                let index = self
+                    .entries
+                    .insert(hash, record)
+                    .ok_or(StoreError::Exhausted)?;
                 self.wheel.insert(index, expires_ms);
             }
         }
@@ -620,8 +617,15 @@ impl Entries {
             + self.free.capacity() * 4
     }
 
+    fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
     fn find(&self, key: &[u8]) -> Option<u32> {
-        let hash = self.hasher.hash_one(key);
+        self.find_hashed(self.hash(key), key)
+    }
+
+    fn find_hashed(&self, hash: u64, key: &[u8]) -> Option<u32> {
         let slab = &self.slab;
         self.table
             .find(hash, |&i| {
@@ -637,8 +641,9 @@ impl Entries {
         }
     }
 
-    fn insert(&mut self, record: SealedRecord) -> Option<u32> {
-        let hash = self.hasher.hash_one(record.key());
+    /// Files `record`, whose key hashes to `hash` and is not yet in the table.
+    fn insert(&mut self, hash: u64, record: SealedRecord) -> Option<u32> {
+        debug_assert_eq!(hash, self.hash(record.key()));
         let index = match self.free.pop() {
             Some(index) => index,
             None => {
@@ -672,7 +677,7 @@ impl Entries {
         let Some(record) = self.slab[index as usize].take() else {
             unreachable!("removing free slot {index}");
         };
-        let hash = self.hasher.hash_one(record.key());
+        let hash = self.hash(record.key());
         match self.table.find_entry(hash, |&i| i == index) {
             Ok(entry) => {
                 entry.remove();

@@ -123,6 +123,10 @@ impl SealedRecord {
         shard: u32,
         out: &mut Vec<u8>,
     ) -> Result<(), Unreadable> {
+        if self.sealed().len() > out.capacity() {
+            // Growing would free the old buffer unwiped, perhaps with an earlier value in it.
+            out.zeroize();
+        }
         out.clear();
         if self.is_tombstone() {
             return Err(Unreadable);
