@@ -809,7 +809,7 @@ pub mod test_hooks {
     }
 
     /// Byte offsets inside a record: (expiry, key).
-    pub const RECORD_EXPIRES_AT: usize = 11;
+    pub const RECORD_EXPIRES_AT: usize = record::EXPIRES_AT;
     pub const RECORD_KEY_AT: usize = record::HEADER_BYTES;
 }
 

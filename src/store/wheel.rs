@@ -476,7 +476,7 @@ mod tests {
             Insert { expires_in: u64 },
             Remove { pick: usize },
             Advance { ms: u64 },
-            Advance2 { ms: u64, work: usize },
+            AdvanceWithBudget { ms: u64, work: usize },
         }
 
         fn op() -> impl Strategy<Value = Op> {
@@ -484,7 +484,7 @@ mod tests {
                 4 => (1u64..1_200).prop_map(|expires_in| Op::Insert { expires_in }),
                 1 => any::<usize>().prop_map(|pick| Op::Remove { pick }),
                 2 => prop_oneof![0u64..30, 0u64..3_000].prop_map(|ms| Op::Advance { ms }),
-                2 => (0u64..300, 0usize..6).prop_map(|(ms, work)| Op::Advance2 { ms, work }),
+                2 => (0u64..300, 0usize..6).prop_map(|(ms, work)| Op::AdvanceWithBudget { ms, work }),
             ]
         }
 
@@ -516,7 +516,7 @@ mod tests {
                             continue;
                         }
                         Op::Advance { ms } => (ms, usize::MAX),
-                        Op::Advance2 { ms, work } => (ms, work),
+                        Op::AdvanceWithBudget { ms, work } => (ms, work),
                     };
                     now += ms;
                     let snapshot = filed.clone();
