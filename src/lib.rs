@@ -24,6 +24,7 @@
 pub mod limits;
 pub mod store;
 pub mod version;
+pub mod wire;
 
 pub use limits::StoreLimits;
 pub use store::{

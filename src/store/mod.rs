@@ -38,6 +38,8 @@ const NOW_MS_MAX: u64 = (1 << 48) - 1;
 /// What a caller did wrong, or what the store cannot do now. Each has a message for a person.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
+    #[error("key is empty")]
+    EmptyKey,
     #[error("key is {len} bytes; the limit is {max}")]
     KeyTooLong { len: usize, max: usize },
     #[error("value is {len} bytes; the limit is {max}")]
@@ -430,6 +432,9 @@ impl Store {
 
     fn check_key(&self, key: &[u8]) -> Result<(), StoreError> {
         let max = self.limits.key_bytes_max;
+        if key.is_empty() {
+            return Err(StoreError::EmptyKey);
+        }
         if key.len() > max {
             return Err(StoreError::KeyTooLong {
                 len: key.len(),

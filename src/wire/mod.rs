@@ -1,0 +1,427 @@
+//! The client wire: length-prefixed rkyv frames, validated and read in place.
+//!
+//! Owns the frame format, the request and response types and their status codes. It never
+//! touches a socket or the store: callers hand it bytes and get borrowed views back.
+//!
+//! A frame is a `u32` little-endian payload length, then one rkyv archive. The archive format is
+//! pinned by rkyv's features (`little_endian`, `pointer_width_32`, `unaligned`), so it does not
+//! depend on the build, and `unaligned` lets a pipelined frame start at any offset of a receive
+//! buffer without copying it.
+
+use std::ops::Range;
+
+use rkyv::api::high::HighSerializer;
+use rkyv::rancor;
+use rkyv::ser::allocator::ArenaHandle;
+use rkyv::with::InlineAsBox;
+use rkyv::{Archive, Serialize};
+
+#[cfg(test)]
+mod tests;
+
+/// Protocol version spoken by this build; a Hello with another one is refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Bytes of the length prefix.
+pub const FRAME_HEADER_BYTES: usize = 4;
+/// Room a frame needs beyond its key and value (envelope, lengths, ids, ttl).
+pub const FRAME_OVERHEAD_BYTES: usize = 256;
+
+/// One client request: an id the response echoes, and the operation.
+#[derive(Archive, Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct Request<'a> {
+    pub id: u64,
+    pub op: Op<'a>,
+}
+
+/// Client operations. Keys and values are borrowed when encoding and read in place when
+/// decoding (see [`RequestView`]).
+#[derive(Archive, Serialize, Debug, Clone, PartialEq, Eq)]
+pub enum Op<'a> {
+    Hello {
+        protocol_version: u32,
+    },
+    Put {
+        #[rkyv(with = InlineAsBox)]
+        key: &'a [u8],
+        #[rkyv(with = InlineAsBox)]
+        value: &'a [u8],
+        ttl_ms: u64,
+    },
+    Get {
+        #[rkyv(with = InlineAsBox)]
+        key: &'a [u8],
+        /// Answer from this node alone, never from a peer.
+        local_only: bool,
+    },
+    Delete {
+        #[rkyv(with = InlineAsBox)]
+        key: &'a [u8],
+    },
+    Ping,
+    Stats,
+}
+
+/// Number of `Op` variants; a tag at or past it is an op this build does not know.
+pub const OP_COUNT: u8 = 6;
+
+/// One response: the id of the request it answers and the outcome.
+#[derive(Archive, Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct Response<'a> {
+    pub id: u64,
+    pub reply: Reply<'a>,
+}
+
+/// Outcomes a client can act on.
+#[derive(Archive, Serialize, Debug, Clone, PartialEq, Eq)]
+pub enum Reply<'a> {
+    Hello(HelloInfo),
+    /// A Put was stored; its version orders it against other writes of the key.
+    Stored {
+        version_clock: u64,
+        version_node: u64,
+        expires_ms: u64,
+    },
+    Value {
+        #[rkyv(with = InlineAsBox)]
+        value: &'a [u8],
+        expires_ms: u64,
+        version_clock: u64,
+        version_node: u64,
+    },
+    NotFound,
+    Deleted,
+    Pong,
+    Stats(NodeStats),
+    Error {
+        code: ErrorCode,
+        /// For `Busy`: how long to wait before retrying.
+        retry_after_ms: u32,
+        #[rkyv(with = InlineAsBox)]
+        message: &'a str,
+    },
+}
+
+/// What a node tells a client that says Hello: enough to route every key to its shard.
+#[derive(Archive, Serialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct HelloInfo {
+    pub protocol_version: u32,
+    pub node_id: u64,
+    pub shard_count: u32,
+    /// Seed of the key → shard hash ([`shard_of`]).
+    pub hash_seed: u64,
+    /// The shard-aware port of each shard, in shard order.
+    pub shard_ports: Vec<u16>,
+    /// The shard that answered (the owner of this port, or the one the OS picked).
+    pub shard: u32,
+    pub frame_bytes_max: u32,
+    pub key_bytes_max: u32,
+    pub value_bytes_max: u32,
+    pub ttl_ms_min: u64,
+    pub ttl_ms_max: u64,
+}
+
+/// Counters of one shard, or their sum over a node.
+#[derive(Archive, Serialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ShardStats {
+    pub puts: u64,
+    pub gets: u64,
+    pub deletes: u64,
+    pub pings: u64,
+    pub hellos: u64,
+    pub stats: u64,
+    pub hits: u64,
+    pub misses: u64,
+    /// Expired entries reclaimed by the expiry timer.
+    pub expirations: u64,
+    pub keys: u64,
+    pub tombstones: u64,
+    /// Bytes charged against the memory budget, and the budget.
+    pub used_bytes: u64,
+    pub budget_bytes: u64,
+    /// Writes refused: store full, bad TTL, too large.
+    pub rejected_writes: u64,
+    pub connections_open: u64,
+    pub connections_accepted: u64,
+    pub connections_refused: u64,
+    /// Requests this shard sent to their owner shard, and requests refused as busy.
+    pub forwarded: u64,
+    pub busy: u64,
+    /// Frames refused as malformed, too large or of an unknown op.
+    pub bad_frames: u64,
+}
+
+impl ShardStats {
+    /// Adds another shard's counters into these.
+    pub fn add(&mut self, other: &ShardStats) {
+        let pairs: [(&mut u64, u64); 20] = [
+            (&mut self.puts, other.puts),
+            (&mut self.gets, other.gets),
+            (&mut self.deletes, other.deletes),
+            (&mut self.pings, other.pings),
+            (&mut self.hellos, other.hellos),
+            (&mut self.stats, other.stats),
+            (&mut self.hits, other.hits),
+            (&mut self.misses, other.misses),
+            (&mut self.expirations, other.expirations),
+            (&mut self.keys, other.keys),
+            (&mut self.tombstones, other.tombstones),
+            (&mut self.used_bytes, other.used_bytes),
+            (&mut self.budget_bytes, other.budget_bytes),
+            (&mut self.rejected_writes, other.rejected_writes),
+            (&mut self.connections_open, other.connections_open),
+            (&mut self.connections_accepted, other.connections_accepted),
+            (&mut self.connections_refused, other.connections_refused),
+            (&mut self.forwarded, other.forwarded),
+            (&mut self.busy, other.busy),
+            (&mut self.bad_frames, other.bad_frames),
+        ];
+        for (mine, theirs) in pairs {
+            *mine = mine.saturating_add(theirs);
+        }
+    }
+}
+
+/// A node's counters: the sum, and each shard's own.
+#[derive(Archive, Serialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeStats {
+    pub total: ShardStats,
+    pub shards: Vec<ShardStats>,
+}
+
+/// Why a request failed. Stable numbers: clients match on them.
+#[derive(Archive, Serialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+#[repr(u8)]
+pub enum ErrorCode {
+    /// The frame could not be read; the node closes the connection after this answer.
+    Malformed = 1,
+    /// The length prefix announced a frame over the node's limit; the connection is closed.
+    FrameTooLarge = 2,
+    /// A well-formed frame of an op this node does not know; the connection stays open.
+    UnknownOp = 3,
+    /// Empty or too long a key.
+    BadKey = 4,
+    ValueTooLarge = 5,
+    BadTtl = 6,
+    StoreFull = 7,
+    /// The owning shard's queue is full: retry after `retry_after_ms`.
+    Busy = 8,
+    /// The node cannot serve this now (shutting down, a shard gone).
+    Unavailable = 9,
+    /// Hello with a protocol version this node does not speak.
+    VersionMismatch = 10,
+    /// Too many connections; the connection is closed.
+    TooManyConnections = 11,
+    /// The stored value failed to authenticate, or the shard ran out of nonces.
+    Internal = 12,
+}
+
+/// Why bytes are not a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {len} bytes is over the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    #[error("frame is not a valid request")]
+    Malformed,
+    #[error("request {id} has an unknown op (tag {tag})")]
+    UnknownOp { id: u64, tag: u8 },
+}
+
+/// Reads the length prefix at the start of `buf`: `Ok(None)` until four bytes are there, an
+/// error for a length over `frame_bytes_max` (checked before anything is allocated for it).
+pub fn frame_len(buf: &[u8], frame_bytes_max: usize) -> Result<Option<usize>, FrameError> {
+    let Some(header) = buf.get(..FRAME_HEADER_BYTES) else {
+        return Ok(None);
+    };
+    let mut len_bytes = [0u8; FRAME_HEADER_BYTES];
+    len_bytes.copy_from_slice(header);
+    let len = u32::from_le_bytes(len_bytes) as usize;
+    if len > frame_bytes_max {
+        return Err(FrameError::TooLarge {
+            len,
+            max: frame_bytes_max,
+        });
+    }
+    Ok(Some(len))
+}
+
+/// The kind of a decoded request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    Hello,
+    Put,
+    Get,
+    Delete,
+    Ping,
+    Stats,
+}
+
+/// A validated request, as offsets into the payload it was read from. Holding ranges rather
+/// than borrows lets the caller take the payload mutably afterwards, to wipe a value once sealed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestView {
+    pub id: u64,
+    pub kind: OpKind,
+    pub protocol_version: u32,
+    pub key: Range<usize>,
+    pub value: Range<usize>,
+    pub ttl_ms: u64,
+    pub local_only: bool,
+}
+
+impl RequestView {
+    /// Whether this op addresses a key (and so has an owner shard).
+    pub fn has_key(&self) -> bool {
+        matches!(self.kind, OpKind::Put | OpKind::Get | OpKind::Delete)
+    }
+}
+
+/// Validates one frame payload (without its length prefix) and reads it in place.
+pub fn decode_request(payload: &[u8]) -> Result<RequestView, FrameError> {
+    let archived = match rkyv::access::<ArchivedRequest, rancor::Failure>(payload) {
+        Ok(archived) => archived,
+        Err(_) => return Err(unknown_op_or_malformed(payload)),
+    };
+    let base = payload.as_ptr() as usize;
+    let range_of = |bytes: &[u8]| {
+        let start = bytes.as_ptr() as usize - base;
+        start..start + bytes.len()
+    };
+    let mut view = RequestView {
+        id: archived.id.to_native(),
+        kind: OpKind::Ping,
+        protocol_version: 0,
+        key: 0..0,
+        value: 0..0,
+        ttl_ms: 0,
+        local_only: false,
+    };
+    match &archived.op {
+        ArchivedOp::Hello { protocol_version } => {
+            view.kind = OpKind::Hello;
+            view.protocol_version = protocol_version.to_native();
+        }
+        ArchivedOp::Put { key, value, ttl_ms } => {
+            view.kind = OpKind::Put;
+            view.key = range_of(key.get());
+            view.value = range_of(value.get());
+            view.ttl_ms = ttl_ms.to_native();
+        }
+        ArchivedOp::Get { key, local_only } => {
+            view.kind = OpKind::Get;
+            view.key = range_of(key.get());
+            view.local_only = *local_only;
+        }
+        ArchivedOp::Delete { key } => {
+            view.kind = OpKind::Delete;
+            view.key = range_of(key.get());
+        }
+        ArchivedOp::Ping => view.kind = OpKind::Ping,
+        ArchivedOp::Stats => view.kind = OpKind::Stats,
+    }
+    Ok(view)
+}
+
+/// Size of the archived request root, which rkyv places at the end of the payload.
+const REQUEST_ROOT_BYTES: usize = std::mem::size_of::<ArchivedRequest>();
+/// Offset of the op's tag byte inside the root: it follows the `u64` id (no padding: the
+/// format is `unaligned`). Pinned by `layout_of_the_request_root_is_id_then_op_tag`.
+const REQUEST_OP_TAG_AT: usize = 8;
+
+/// A payload that failed validation: if its root is intact but its op tag is one this build
+/// does not know, it came from a newer client, and is answered as such rather than as garbage.
+fn unknown_op_or_malformed(payload: &[u8]) -> FrameError {
+    let Some(root_at) = payload.len().checked_sub(REQUEST_ROOT_BYTES) else {
+        return FrameError::Malformed;
+    };
+    let root = &payload[root_at..];
+    let tag = root[REQUEST_OP_TAG_AT];
+    if tag < OP_COUNT {
+        return FrameError::Malformed;
+    }
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&root[..8]);
+    FrameError::UnknownOp {
+        id: u64::from_le_bytes(id),
+        tag,
+    }
+}
+
+/// Appends one framed request to `out`.
+pub fn encode_request(out: &mut Vec<u8>, request: &Request<'_>) {
+    encode_frame(out, request);
+}
+
+/// Appends one framed response to `out`.
+pub fn encode_response(out: &mut Vec<u8>, response: &Response<'_>) {
+    encode_frame(out, response);
+}
+
+fn encode_frame<'w, T>(out: &'w mut Vec<u8>, value: &T)
+where
+    T: for<'a> Serialize<HighSerializer<&'w mut Vec<u8>, ArenaHandle<'a>, rancor::Failure>>,
+{
+    let start = out.len();
+    out.extend_from_slice(&[0; FRAME_HEADER_BYTES]);
+    // Serialising our own plain types into a Vec cannot fail: the writer grows as needed and
+    // the types hold no shared pointers or maps that could be refused.
+    let out = match rkyv::api::high::to_bytes_in::<_, rancor::Failure>(value, out) {
+        Ok(out) => out,
+        Err(_) => unreachable!("serialising a wire type into a Vec failed"),
+    };
+    let len = (out.len() - start - FRAME_HEADER_BYTES) as u32;
+    out[start..start + FRAME_HEADER_BYTES].copy_from_slice(&len.to_le_bytes());
+}
+
+/// A validated response, read in place.
+pub fn decode_response(payload: &[u8]) -> Result<&ArchivedResponse<'_>, FrameError> {
+    rkyv::access::<ArchivedResponse, rancor::Failure>(payload).map_err(|_| FrameError::Malformed)
+}
+
+/// The shard that owns `key` among `shard_count`: xxh3 with the node's seed, the same on every
+/// machine and build (ahash is not).
+pub fn shard_of(key: &[u8], hash_seed: u64, shard_count: u32) -> u32 {
+    debug_assert!(shard_count > 0);
+    let hash = xxhash_rust::xxh3::xxh3_64_with_seed(key, hash_seed);
+    // Multiply-shift maps the hash onto 0..shard_count without a division.
+    ((u128::from(hash) * u128::from(shard_count.max(1))) >> 64) as u32
+}
+
+impl From<&ArchivedErrorCode> for ErrorCode {
+    fn from(archived: &ArchivedErrorCode) -> Self {
+        match archived {
+            ArchivedErrorCode::Malformed => ErrorCode::Malformed,
+            ArchivedErrorCode::FrameTooLarge => ErrorCode::FrameTooLarge,
+            ArchivedErrorCode::UnknownOp => ErrorCode::UnknownOp,
+            ArchivedErrorCode::BadKey => ErrorCode::BadKey,
+            ArchivedErrorCode::ValueTooLarge => ErrorCode::ValueTooLarge,
+            ArchivedErrorCode::BadTtl => ErrorCode::BadTtl,
+            ArchivedErrorCode::StoreFull => ErrorCode::StoreFull,
+            ArchivedErrorCode::Busy => ErrorCode::Busy,
+            ArchivedErrorCode::Unavailable => ErrorCode::Unavailable,
+            ArchivedErrorCode::VersionMismatch => ErrorCode::VersionMismatch,
+            ArchivedErrorCode::TooManyConnections => ErrorCode::TooManyConnections,
+            ArchivedErrorCode::Internal => ErrorCode::Internal,
+        }
+    }
+}
+
+impl ErrorCode {
+    /// A message for a person, for codes the node sends without detail.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ErrorCode::Malformed => "malformed frame",
+            ErrorCode::FrameTooLarge => "frame too large",
+            ErrorCode::UnknownOp => "unknown op",
+            ErrorCode::BadKey => "bad key",
+            ErrorCode::ValueTooLarge => "value too large",
+            ErrorCode::BadTtl => "bad ttl",
+            ErrorCode::StoreFull => "store full",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::VersionMismatch => "protocol version mismatch",
+            ErrorCode::TooManyConnections => "too many connections",
+            ErrorCode::Internal => "internal error",
+        }
+    }
+}

@@ -1,0 +1,237 @@
+use proptest::prelude::*;
+
+use super::*;
+
+fn framed(request: &Request<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_request(&mut out, request);
+    out
+}
+
+fn payload_of(frame: &[u8]) -> &[u8] {
+    let len = frame_len(frame, usize::MAX).unwrap().unwrap();
+    &frame[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len]
+}
+
+#[test]
+fn layout_of_the_request_root_is_id_then_op_tag() {
+    let frame = framed(&Request {
+        id: 0x0102_0304_0506_0708,
+        op: Op::Stats,
+    });
+    let payload = payload_of(&frame);
+    let root = &payload[payload.len() - REQUEST_ROOT_BYTES..];
+    assert_eq!(&root[..8], &0x0102_0304_0506_0708u64.to_le_bytes());
+    assert_eq!(root[REQUEST_OP_TAG_AT], 5, "Stats is the sixth op");
+}
+
+#[test]
+fn a_frame_of_an_unknown_op_is_told_apart_from_garbage() {
+    let mut frame = framed(&Request {
+        id: 77,
+        op: Op::Ping,
+    });
+    let at = frame.len() - REQUEST_ROOT_BYTES + REQUEST_OP_TAG_AT;
+    frame[at] = OP_COUNT + 3;
+    assert_eq!(
+        decode_request(payload_of(&frame)),
+        Err(FrameError::UnknownOp {
+            id: 77,
+            tag: OP_COUNT + 3
+        })
+    );
+    assert_eq!(decode_request(&[1, 2, 3]), Err(FrameError::Malformed));
+    assert_eq!(decode_request(&[]), Err(FrameError::Malformed));
+}
+
+#[test]
+fn length_prefix_over_the_limit_is_refused_before_the_frame_arrives() {
+    let header = 5000u32.to_le_bytes();
+    assert_eq!(
+        frame_len(&header, 4096),
+        Err(FrameError::TooLarge {
+            len: 5000,
+            max: 4096
+        })
+    );
+    assert_eq!(frame_len(&header[..3], 4096), Ok(None));
+    assert_eq!(frame_len(&4096u32.to_le_bytes(), 4096), Ok(Some(4096)));
+}
+
+#[test]
+fn a_put_that_points_outside_its_frame_is_malformed() {
+    let mut frame = framed(&Request {
+        id: 1,
+        op: Op::Put {
+            key: b"k",
+            value: b"value",
+            ttl_ms: 1000,
+        },
+    });
+    // Corrupt every byte of the root one at a time: each either still validates to a view
+    // whose ranges lie inside the payload, or is refused. Nothing panics or reads outside.
+    let root_at = frame.len() - REQUEST_ROOT_BYTES;
+    for at in root_at..frame.len() {
+        for flip in [0x01u8, 0x80, 0xff] {
+            frame[at] ^= flip;
+            let payload = payload_of(&frame);
+            if let Ok(view) = decode_request(payload) {
+                assert!(view.key.end <= payload.len() && view.value.end <= payload.len());
+            }
+            frame[at] ^= flip;
+        }
+    }
+}
+
+#[test]
+fn shard_of_is_stable_across_builds() {
+    // The reference value is from the Python `xxhash` package (an independent implementation):
+    // if this changes, clients built before would route keys to the wrong shard.
+    assert_eq!(
+        xxhash_rust::xxh3::xxh3_64_with_seed(b"drop:42", 7),
+        0x6565_9bb1_8f24_3284
+    );
+    assert_eq!(shard_of(b"drop:42", 7, 1), 0);
+    let mut seen = [0u32; 4];
+    for i in 0..4000u32 {
+        seen[shard_of(&i.to_le_bytes(), 99, 4) as usize] += 1;
+    }
+    assert!(
+        seen.iter().all(|&n| n > 800),
+        "keys spread over shards: {seen:?}"
+    );
+}
+
+fn op_strategy() -> impl Strategy<Value = (u8, Vec<u8>, Vec<u8>, u64, bool, u32)> {
+    (
+        0u8..OP_COUNT,
+        prop::collection::vec(any::<u8>(), 0..64),
+        prop::collection::vec(any::<u8>(), 0..300),
+        any::<u64>(),
+        any::<bool>(),
+        any::<u32>(),
+    )
+}
+
+fn build_op<'a>(tag: u8, key: &'a [u8], value: &'a [u8], ttl: u64, local: bool, pv: u32) -> Op<'a> {
+    match tag {
+        0 => Op::Hello {
+            protocol_version: pv,
+        },
+        1 => Op::Put {
+            key,
+            value,
+            ttl_ms: ttl,
+        },
+        2 => Op::Get {
+            key,
+            local_only: local,
+        },
+        3 => Op::Delete { key },
+        4 => Op::Ping,
+        _ => Op::Stats,
+    }
+}
+
+proptest! {
+    #[test]
+    fn requests_round_trip_at_any_offset(
+        ops in prop::collection::vec(op_strategy(), 1..8),
+        ids in prop::collection::vec(any::<u64>(), 8),
+        lead in 0usize..7,
+    ) {
+        // Frames are pipelined back to back after `lead` bytes, so they start at odd offsets.
+        let mut stream = vec![0xAAu8; lead];
+        for (i, (tag, key, value, ttl, local, pv)) in ops.iter().enumerate() {
+            encode_request(&mut stream, &Request { id: ids[i], op: build_op(*tag, key, value, *ttl, *local, *pv) });
+        }
+        let mut at = lead;
+        for (i, (tag, key, value, ttl, local, pv)) in ops.iter().enumerate() {
+            let len = frame_len(&stream[at..], usize::MAX).unwrap().unwrap();
+            let payload = &stream[at + FRAME_HEADER_BYTES..at + FRAME_HEADER_BYTES + len];
+            let view = decode_request(payload).unwrap();
+            prop_assert_eq!(view.id, ids[i]);
+            match build_op(*tag, key, value, *ttl, *local, *pv) {
+                Op::Hello { protocol_version } => {
+                    prop_assert_eq!(view.kind, OpKind::Hello);
+                    prop_assert_eq!(view.protocol_version, protocol_version);
+                }
+                Op::Put { key, value, ttl_ms } => {
+                    prop_assert_eq!(view.kind, OpKind::Put);
+                    prop_assert_eq!(&payload[view.key.clone()], key);
+                    prop_assert_eq!(&payload[view.value.clone()], value);
+                    prop_assert_eq!(view.ttl_ms, ttl_ms);
+                }
+                Op::Get { key, local_only } => {
+                    prop_assert_eq!(view.kind, OpKind::Get);
+                    prop_assert_eq!(&payload[view.key.clone()], key);
+                    prop_assert_eq!(view.local_only, local_only);
+                }
+                Op::Delete { key } => {
+                    prop_assert_eq!(view.kind, OpKind::Delete);
+                    prop_assert_eq!(&payload[view.key.clone()], key);
+                }
+                Op::Ping => prop_assert_eq!(view.kind, OpKind::Ping),
+                Op::Stats => prop_assert_eq!(view.kind, OpKind::Stats),
+            }
+            at += FRAME_HEADER_BYTES + len;
+        }
+        prop_assert_eq!(at, stream.len());
+    }
+
+    #[test]
+    fn responses_round_trip_at_any_offset(
+        value in prop::collection::vec(any::<u8>(), 0..300),
+        id in any::<u64>(),
+        numbers in any::<(u64, u64, u64)>(),
+        ports in prop::collection::vec(any::<u16>(), 0..5),
+        lead in 0usize..7,
+    ) {
+        let replies = [
+            Reply::Value { value: &value, expires_ms: numbers.0, version_clock: numbers.1, version_node: numbers.2 },
+            Reply::Stored { version_clock: numbers.0, version_node: numbers.1, expires_ms: numbers.2 },
+            Reply::Hello(HelloInfo { node_id: numbers.0, hash_seed: numbers.1, shard_ports: ports.clone(), ..HelloInfo::default() }),
+            Reply::Error { code: ErrorCode::Busy, retry_after_ms: numbers.0 as u32, message: "busy" },
+            Reply::NotFound,
+        ];
+        let mut stream = vec![0x55u8; lead];
+        for reply in &replies {
+            encode_response(&mut stream, &Response { id, reply: reply.clone() });
+        }
+        let mut at = lead;
+        for reply in &replies {
+            let len = frame_len(&stream[at..], usize::MAX).unwrap().unwrap();
+            let archived = decode_response(&stream[at + FRAME_HEADER_BYTES..at + FRAME_HEADER_BYTES + len]).unwrap();
+            prop_assert_eq!(archived.id.to_native(), id);
+            match (reply, &archived.reply) {
+                (Reply::Value { value, expires_ms, .. }, ArchivedReply::Value { value: got, expires_ms: got_exp, .. }) => {
+                    prop_assert_eq!(got.get(), &value[..]);
+                    prop_assert_eq!(got_exp.to_native(), *expires_ms);
+                }
+                (Reply::Stored { version_clock, .. }, ArchivedReply::Stored { version_clock: got, .. }) => {
+                    prop_assert_eq!(got.to_native(), *version_clock);
+                }
+                (Reply::Hello(info), ArchivedReply::Hello(got)) => {
+                    let got_ports: Vec<u16> = got.shard_ports.iter().map(|p| p.to_native()).collect();
+                    prop_assert_eq!(&got_ports, &info.shard_ports);
+                    prop_assert_eq!(got.node_id.to_native(), info.node_id);
+                }
+                (Reply::Error { code, retry_after_ms, .. }, ArchivedReply::Error { code: got, retry_after_ms: got_retry, message }) => {
+                    prop_assert_eq!(ErrorCode::from(got), *code);
+                    prop_assert_eq!(got_retry.to_native(), *retry_after_ms);
+                    prop_assert_eq!(message.get(), "busy");
+                }
+                (Reply::NotFound, ArchivedReply::NotFound) => {}
+                (want, _) => prop_assert!(false, "{want:?} came back as another reply"),
+            }
+            at += FRAME_HEADER_BYTES + len;
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic_the_decoder(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+        if let Ok(view) = decode_request(&bytes) {
+            prop_assert!(view.key.end <= bytes.len() && view.value.end <= bytes.len());
+        }
+    }
+}
