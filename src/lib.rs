@@ -21,7 +21,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod buffers;
+pub mod client;
+pub mod config;
 pub mod limits;
+pub mod node;
 pub mod store;
 pub mod version;
 pub mod wire;

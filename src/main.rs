@@ -1,48 +1,254 @@
-//! `repram`: the node binary. The store lands first; `repram serve` (the node) comes next.
+//! `repram`: the node (`repram serve`) and a command-line client of it.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
+use clap::{Parser, Subcommand};
+use repram::client::{BlockingClient, ClientError, ClientOptions, ADDR_DEFAULT};
+use repram::config::{parse_duration, ServeArgs};
 use repram::StoreLimits;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "\
-repram — ephemeral, encrypted-at-rest key-value node
+/// REPRAM: an ephemeral, encrypted-at-rest key-value node. Every value has a time-to-live and
+/// is sealed (AES-256-GCM) from the moment it arrives until it expires and is forgotten.
+#[derive(Parser, Debug)]
+#[command(name = "repram", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
 
-usage:
-  repram limits     print the store's default limits on this machine
-  repram --version  print the version
-  repram --help     print this help
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node: one shard per core, clients on --listen and on each shard's own port.
+    Serve(ServeArgs),
+    /// Store VALUE under KEY for --ttl.
+    Put {
+        key: String,
+        value: String,
+        /// Time to live: 60s, 5m, 250ms, 1h; a bare number is seconds.
+        #[arg(long, default_value = "60s")]
+        ttl: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print the value under KEY; exits 1 when there is none.
+    Get {
+        key: String,
+        /// Answer from this node alone, never from its peers.
+        #[arg(long)]
+        local: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete KEY; exits 1 when there was no live value.
+    Del {
+        key: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print the node's counters, summed over its shards and per shard.
+    Stats {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Check that the node answers.
+    Ping {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print the store's default limits on this machine.
+    Limits,
+}
 
-The node itself (`repram serve`) arrives with the thread-per-core node.";
+#[derive(clap::Args, Debug)]
+struct Target {
+    /// The node's client address.
+    #[arg(long, default_value = ADDR_DEFAULT, value_name = "ADDR")]
+    addr: String,
+    /// Send everything through the shared port instead of each key's own shard port.
+    #[arg(long)]
+    no_shard_aware: bool,
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        None | Some("limits") => {
-            let limits = StoreLimits::default();
-            if let Err(e) = limits.validate() {
-                eprintln!("repram: {e}");
-                return ExitCode::FAILURE;
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Serve(args)) => serve(&args),
+        None | Some(Command::Limits) => limits(),
+        Some(Command::Put {
+            key,
+            value,
+            ttl,
+            target,
+        }) => {
+            let ttl = match parse_duration("ttl", &ttl) {
+                Ok(ttl) => ttl,
+                Err(e) => return fail(&e.to_string()),
+            };
+            with_client(&target, |client| {
+                let stored = client.put(key.as_bytes(), value.as_bytes(), ttl)?;
+                println!("OK stored, expires in {}", remaining(stored.expires_ms));
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Some(Command::Get { key, local, target }) => with_client(&target, |client| {
+            let found = if local {
+                client.get_local(key.as_bytes())?
+            } else {
+                client.get(key.as_bytes())?
+            };
+            match found {
+                Some(value) => {
+                    println!("{}", String::from_utf8_lossy(&value.bytes));
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!("repram: not found: {key}");
+                    Ok(ExitCode::FAILURE)
+                }
             }
-            println!(
-                "repram {} store defaults: {limits}",
-                env!("CARGO_PKG_VERSION")
-            );
+        }),
+        Some(Command::Del { key, target }) => with_client(&target, |client| {
+            if client.delete(key.as_bytes())? {
+                println!("OK deleted");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("repram: not found: {key}");
+                Ok(ExitCode::FAILURE)
+            }
+        }),
+        Some(Command::Stats { target }) => with_client(&target, |client| {
+            let stats = client.stats()?;
+            print_stats(&stats);
+            Ok(ExitCode::SUCCESS)
+        }),
+        Some(Command::Ping { target }) => with_client(&target, |client| {
+            client.ping()?;
+            println!("PONG");
+            Ok(ExitCode::SUCCESS)
+        }),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("repram: {message}");
+    ExitCode::from(2)
+}
+
+fn with_client(
+    target: &Target,
+    run: impl FnOnce(&BlockingClient) -> Result<ExitCode, ClientError>,
+) -> ExitCode {
+    let options = ClientOptions {
+        shard_aware: !target.no_shard_aware,
+        ..ClientOptions::default()
+    };
+    let client = match BlockingClient::connect(&target.addr, &options) {
+        Ok(client) => client,
+        Err(e) => return fail(&format!("{}: {e}", target.addr)),
+    };
+    match run(&client) {
+        Ok(code) => code,
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+fn remaining(expires_ms: u64) -> String {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let left = Duration::from_millis(expires_ms.saturating_sub(now_ms));
+    humantime::format_duration(Duration::from_secs(left.as_secs_f64().round() as u64)).to_string()
+}
+
+fn print_stats(stats: &repram::wire::NodeStats) {
+    print!("{:<22}{:>14}", "counter", "total");
+    for shard in 0..stats.shards.len() {
+        print!("{:>14}", format!("shard {shard}"));
+    }
+    println!();
+    let shards: Vec<_> = stats.shards.iter().map(|s| s.fields()).collect();
+    for (row, (name, total)) in stats.total.fields().into_iter().enumerate() {
+        print!("{name:<22}{total:>14}");
+        for shard in &shards {
+            print!("{:>14}", shard[row].1);
+        }
+        println!();
+    }
+}
+
+fn limits() -> ExitCode {
+    let limits = StoreLimits::default();
+    if let Err(e) = limits.validate() {
+        return fail(&e.to_string());
+    }
+    println!(
+        "repram {} store defaults: {limits}",
+        env!("CARGO_PKG_VERSION")
+    );
+    ExitCode::SUCCESS
+}
+
+fn serve(args: &ServeArgs) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match args.resolve() {
+        Ok(config) => config,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let shards = config.shard_listen.len();
+    let budget = config.shard_limits.memory_budget_bytes * shards;
+    // Signals are caught before any shard thread starts, so every thread inherits the mask
+    // the handler thread relies on.
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ]) {
+        Ok(signals) => signals,
+        Err(e) => return fail(&format!("cannot handle signals: {e}")),
+    };
+    let node = match repram::node::start(config) {
+        Ok(node) => node,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let shard_list: Vec<String> = node.shard_addrs.iter().map(|a| a.to_string()).collect();
+    // One line on stdout, stable for scripts and tests: what the node bound.
+    println!(
+        "repram listening client={} shards={} node_id={:016x}",
+        node.client_addr,
+        shard_list.join(","),
+        node.node_id
+    );
+    tracing::info!(
+        client = %node.client_addr,
+        shards,
+        memory_budget_bytes = budget,
+        "serving; Ctrl-C or SIGTERM stops"
+    );
+    let stopper = node.stopper();
+    let handle = signals.handle();
+    let watcher = std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            tracing::info!(signal, "stopping");
+            stopper.stop();
+        }
+    });
+    let result = node.wait();
+    handle.close();
+    let _ = watcher.join();
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped");
             ExitCode::SUCCESS
         }
-        Some("--version" | "-V") => {
-            println!("repram {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
-        Some("--help" | "-h") => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        Some(other) => {
-            eprintln!("repram: unknown command {other:?}\n\n{USAGE}");
-            ExitCode::from(2)
-        }
+        Err(e) => fail(&e.to_string()),
     }
 }

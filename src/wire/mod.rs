@@ -14,7 +14,7 @@ use rkyv::api::high::HighSerializer;
 use rkyv::rancor;
 use rkyv::ser::allocator::ArenaHandle;
 use rkyv::with::InlineAsBox;
-use rkyv::{Archive, Serialize};
+use rkyv::{Archive, Deserialize, Serialize};
 
 #[cfg(test)]
 mod tests;
@@ -102,7 +102,7 @@ pub enum Reply<'a> {
 }
 
 /// What a node tells a client that says Hello: enough to route every key to its shard.
-#[derive(Archive, Serialize, Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct HelloInfo {
     pub protocol_version: u32,
     pub node_id: u64,
@@ -121,7 +121,7 @@ pub struct HelloInfo {
 }
 
 /// Counters of one shard, or their sum over a node.
-#[derive(Archive, Serialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ShardStats {
     pub puts: u64,
     pub gets: u64,
@@ -151,38 +151,64 @@ pub struct ShardStats {
 }
 
 impl ShardStats {
+    /// Every counter with its name, in a fixed order (for printing and exporting).
+    pub fn fields(&self) -> [(&'static str, u64); 20] {
+        [
+            ("keys", self.keys),
+            ("tombstones", self.tombstones),
+            ("used_bytes", self.used_bytes),
+            ("budget_bytes", self.budget_bytes),
+            ("puts", self.puts),
+            ("gets", self.gets),
+            ("deletes", self.deletes),
+            ("hits", self.hits),
+            ("misses", self.misses),
+            ("expirations", self.expirations),
+            ("rejected_writes", self.rejected_writes),
+            ("pings", self.pings),
+            ("hellos", self.hellos),
+            ("stats", self.stats),
+            ("connections_open", self.connections_open),
+            ("connections_accepted", self.connections_accepted),
+            ("connections_refused", self.connections_refused),
+            ("forwarded", self.forwarded),
+            ("busy", self.busy),
+            ("bad_frames", self.bad_frames),
+        ]
+    }
+
     /// Adds another shard's counters into these.
     pub fn add(&mut self, other: &ShardStats) {
-        let pairs: [(&mut u64, u64); 20] = [
-            (&mut self.puts, other.puts),
-            (&mut self.gets, other.gets),
-            (&mut self.deletes, other.deletes),
-            (&mut self.pings, other.pings),
-            (&mut self.hellos, other.hellos),
-            (&mut self.stats, other.stats),
-            (&mut self.hits, other.hits),
-            (&mut self.misses, other.misses),
-            (&mut self.expirations, other.expirations),
-            (&mut self.keys, other.keys),
-            (&mut self.tombstones, other.tombstones),
-            (&mut self.used_bytes, other.used_bytes),
-            (&mut self.budget_bytes, other.budget_bytes),
-            (&mut self.rejected_writes, other.rejected_writes),
-            (&mut self.connections_open, other.connections_open),
-            (&mut self.connections_accepted, other.connections_accepted),
-            (&mut self.connections_refused, other.connections_refused),
-            (&mut self.forwarded, other.forwarded),
-            (&mut self.busy, other.busy),
-            (&mut self.bad_frames, other.bad_frames),
+        let mine: [&mut u64; 20] = [
+            &mut self.keys,
+            &mut self.tombstones,
+            &mut self.used_bytes,
+            &mut self.budget_bytes,
+            &mut self.puts,
+            &mut self.gets,
+            &mut self.deletes,
+            &mut self.hits,
+            &mut self.misses,
+            &mut self.expirations,
+            &mut self.rejected_writes,
+            &mut self.pings,
+            &mut self.hellos,
+            &mut self.stats,
+            &mut self.connections_open,
+            &mut self.connections_accepted,
+            &mut self.connections_refused,
+            &mut self.forwarded,
+            &mut self.busy,
+            &mut self.bad_frames,
         ];
-        for (mine, theirs) in pairs {
+        for (mine, (_, theirs)) in mine.into_iter().zip(other.fields()) {
             *mine = mine.saturating_add(theirs);
         }
     }
 }
 
 /// A node's counters: the sum, and each shard's own.
-#[derive(Archive, Serialize, Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct NodeStats {
     pub total: ShardStats,
     pub shards: Vec<ShardStats>,

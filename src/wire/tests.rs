@@ -235,3 +235,41 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn adding_stats_sums_every_counter_under_its_own_name() {
+    let one = ShardStats {
+        puts: 1,
+        gets: 2,
+        deletes: 3,
+        pings: 4,
+        hellos: 5,
+        stats: 6,
+        hits: 7,
+        misses: 8,
+        expirations: 9,
+        keys: 10,
+        tombstones: 11,
+        used_bytes: 12,
+        budget_bytes: 13,
+        rejected_writes: 14,
+        connections_open: 15,
+        connections_accepted: 16,
+        connections_refused: 17,
+        forwarded: 18,
+        busy: 19,
+        bad_frames: 20,
+    };
+    let mut total = ShardStats::default();
+    total.add(&one);
+    total.add(&one);
+    assert_eq!(total.puts, 2);
+    assert_eq!(total.bad_frames, 40);
+    let names: std::collections::HashSet<_> = one.fields().iter().map(|(n, _)| *n).collect();
+    assert_eq!(names.len(), 20, "every counter listed once");
+    for ((name, sum), (_, single)) in total.fields().into_iter().zip(one.fields()) {
+        assert_eq!(sum, single * 2, "{name}");
+    }
+    let values: std::collections::HashSet<_> = one.fields().iter().map(|(_, v)| *v).collect();
+    assert_eq!(values.len(), 20, "fields() reads every counter, none twice");
+}

@@ -1,0 +1,172 @@
+//! Receive and send buffers of a connection (node or client): sized by what arrives, wiped before they are freed.
+//!
+//! Owns buffer growth, compaction and wiping. It never reads a socket or interprets a frame:
+//! the connection fills and drains these; `wire` reads what is in them.
+//!
+//! Plaintext values pass through both buffers, so no allocation that held bytes is returned to
+//! the allocator unwiped: growth copies into a fresh allocation and wipes the old one itself
+//! (a plain `Vec` reallocation would free the old bytes as they were).
+
+use zeroize::Zeroize;
+
+/// The receive buffer: starts small, grows only when a frame header announces a larger frame.
+pub(crate) struct RecvBuffer {
+    bytes: Vec<u8>,
+    start: usize,
+    end: usize,
+    initial_bytes: usize,
+}
+
+impl RecvBuffer {
+    pub(crate) fn new(initial_bytes: usize) -> Self {
+        RecvBuffer {
+            bytes: vec![0; initial_bytes],
+            start: 0,
+            end: 0,
+            initial_bytes,
+        }
+    }
+
+    /// Bytes received and not yet consumed.
+    pub(crate) fn filled(&self) -> &[u8] {
+        &self.bytes[self.start..self.end]
+    }
+
+    pub(crate) fn filled_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes[self.start..self.end]
+    }
+
+    /// Room to read into; call [`RecvBuffer::make_room`] first.
+    pub(crate) fn spare_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes[self.end..]
+    }
+
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Records `n` bytes read into [`RecvBuffer::spare_mut`].
+    pub(crate) fn advance(&mut self, n: usize) {
+        debug_assert!(self.end + n <= self.bytes.len());
+        self.end += n;
+    }
+
+    /// Drops `n` consumed bytes from the front.
+    pub(crate) fn consume(&mut self, n: usize) {
+        debug_assert!(self.start + n <= self.end);
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Makes sure the next read has room and that a frame of `frame_bytes` (header included)
+    /// fits from the front; grows only for that.
+    pub(crate) fn make_room(&mut self, frame_bytes: usize) {
+        let filled = self.end - self.start;
+        let needed = frame_bytes.max(filled + 1);
+        if needed > self.bytes.len() {
+            let mut grown = vec![0u8; needed.max(self.bytes.len().saturating_mul(2))];
+            grown[..filled].copy_from_slice(&self.bytes[self.start..self.end]);
+            self.bytes.zeroize();
+            self.bytes = grown;
+            self.start = 0;
+            self.end = filled;
+            return;
+        }
+        if self.start > 0
+            && (self.end == self.bytes.len() || self.start + needed > self.bytes.len())
+        {
+            self.bytes.copy_within(self.start..self.end, 0);
+            self.bytes[filled..self.end].zeroize();
+            self.start = 0;
+            self.end = filled;
+        }
+    }
+
+    /// Returns a buffer grown for a large frame to its starting size once it is empty, so a
+    /// single big value does not pin memory for the life of the connection.
+    pub(crate) fn shrink_when_empty(&mut self) {
+        if self.start == self.end && self.bytes.len() > self.initial_bytes * 4 {
+            self.bytes.zeroize();
+            self.bytes = vec![0; self.initial_bytes];
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+}
+
+impl Drop for RecvBuffer {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
+    }
+}
+
+/// Grows `buf` so `additional` more bytes fit without a reallocation that would free plaintext
+/// unwiped.
+pub(crate) fn reserve_wiping(buf: &mut Vec<u8>, additional: usize) {
+    let needed = buf.len().saturating_add(additional);
+    if needed <= buf.capacity() {
+        return;
+    }
+    let mut grown = Vec::with_capacity(needed.max(buf.capacity().saturating_mul(2)));
+    grown.extend_from_slice(buf);
+    buf.zeroize();
+    *buf = grown;
+}
+
+/// Wipes what `buf` held (its whole capacity) and empties it; a buffer grown past
+/// `keep_bytes` is released.
+pub(crate) fn wipe_and_clear(buf: &mut Vec<u8>, keep_bytes: usize) {
+    buf.zeroize();
+    if buf.capacity() > keep_bytes {
+        *buf = Vec::with_capacity(keep_bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buffer_grows_only_for_an_announced_frame_and_keeps_unread_bytes() {
+        let mut rx = RecvBuffer::new(16);
+        rx.make_room(4);
+        rx.spare_mut()[..10].copy_from_slice(b"0123456789");
+        rx.advance(10);
+        rx.consume(6);
+        assert_eq!(rx.filled(), b"6789");
+        rx.make_room(14);
+        assert_eq!(rx.capacity(), 16, "a 14-byte frame fits after compaction");
+        assert_eq!(rx.filled(), b"6789");
+        rx.make_room(100);
+        assert!(rx.capacity() >= 100);
+        assert_eq!(rx.filled(), b"6789");
+        rx.consume(4);
+        rx.shrink_when_empty();
+        assert_eq!(rx.capacity(), 16);
+    }
+
+    #[test]
+    fn a_full_buffer_always_leaves_room_to_read() {
+        let mut rx = RecvBuffer::new(8);
+        rx.make_room(4);
+        let n = rx.spare_mut().len();
+        rx.advance(n);
+        rx.make_room(4);
+        assert!(!rx.spare_mut().is_empty());
+    }
+
+    #[test]
+    fn reserve_wiping_keeps_the_contents() {
+        let mut buf = Vec::with_capacity(2);
+        buf.extend_from_slice(b"ab");
+        reserve_wiping(&mut buf, 100);
+        assert_eq!(buf, b"ab");
+        assert!(buf.capacity() >= 102);
+        wipe_and_clear(&mut buf, 8);
+        assert!(buf.is_empty() && buf.capacity() <= 8);
+    }
+}

@@ -1,0 +1,414 @@
+//! The node's settings: flags (`clap`) over a TOML file over defaults, resolved once at start.
+//!
+//! Owns parsing, defaults and the checks that need no socket (port collisions, limit sanity).
+//! It never binds, connects or starts anything; `node` takes the resolved [`NodeConfig`].
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+use crate::limits::{self, StoreLimits};
+use crate::wire::FRAME_OVERHEAD_BYTES;
+
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:7700";
+pub const CONNECTIONS_MAX_DEFAULT: usize = 10_000;
+pub const IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT: usize = 1_024;
+pub const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(300);
+/// Messages one shard may have outstanding to another before clients get `busy`.
+pub const SHARD_QUEUE_DEPTH_DEFAULT: usize = 256;
+
+/// `repram serve` options. Every one has a default, so `repram serve` alone starts a node.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct ServeArgs {
+    /// TOML file with any of the options below (names with `_` for `-`); flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Client address, shared by every shard (SO_REUSEPORT) [default: 127.0.0.1:7700].
+    /// Port 0 picks a free port; the node prints what it bound.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// First shard-aware port; shard i listens on this + i, on the client address's host
+    /// [default: the client port + 1, or free ports when the client port is 0].
+    #[arg(long, value_name = "PORT")]
+    pub shard_port_base: Option<u16>,
+    /// Shards, one pinned thread each [default: the CPUs this process may run on].
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+    /// Memory budget for stored data, split evenly over shards; writes past it get
+    /// `store full` [default: half the machine's memory].
+    #[arg(long, value_name = "SIZE")]
+    pub memory_budget: Option<String>,
+    /// Largest key [default: 1KiB].
+    #[arg(long, value_name = "SIZE")]
+    pub key_bytes_max: Option<String>,
+    /// Largest value [default: 1MiB].
+    #[arg(long, value_name = "SIZE")]
+    pub value_bytes_max: Option<String>,
+    /// Shortest TTL a write may ask for [default: 1s].
+    #[arg(long, value_name = "DURATION")]
+    pub min_ttl: Option<String>,
+    /// Longest TTL a write may ask for [default: 24h].
+    #[arg(long, value_name = "DURATION")]
+    pub max_ttl: Option<String>,
+    /// Largest frame a client may send, checked on its length prefix
+    /// [default: the largest key and value plus 256 bytes].
+    #[arg(long, value_name = "SIZE")]
+    pub frame_bytes_max: Option<String>,
+    /// Client connections the node holds open at once [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Requests one connection may have waiting on another shard before the node stops
+    /// reading from it [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub max_in_flight: Option<usize>,
+    /// Close a connection that sends nothing for this long; 0 never [default: 300s].
+    #[arg(long, value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+    /// Messages a shard may have outstanding to another before clients get `busy` [default: 256].
+    #[arg(long, value_name = "N")]
+    pub shard_queue_depth: Option<usize>,
+    /// This node's id, the tie-breaker of its write versions [default: random].
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<u64>,
+}
+
+/// The TOML file: the same options as the flags.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    shard_port_base: Option<u16>,
+    shards: Option<usize>,
+    memory_budget: Option<String>,
+    key_bytes_max: Option<String>,
+    value_bytes_max: Option<String>,
+    min_ttl: Option<String>,
+    max_ttl: Option<String>,
+    frame_bytes_max: Option<String>,
+    max_connections: Option<usize>,
+    max_in_flight: Option<usize>,
+    idle_timeout: Option<String>,
+    shard_queue_depth: Option<usize>,
+    node_id: Option<u64>,
+}
+
+/// Everything a node needs to start, resolved and checked.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub listen: SocketAddr,
+    /// One address per shard.
+    pub shard_listen: Vec<SocketAddr>,
+    /// Store limits of each shard (the memory budget is already one shard's share).
+    pub shard_limits: StoreLimits,
+    pub frame_bytes_max: usize,
+    pub connections_max: usize,
+    pub in_flight_per_connection_max: usize,
+    pub idle_timeout: Option<Duration>,
+    pub shard_queue_depth: usize,
+    pub node_id: u64,
+    /// Seed of the key → shard hash; random per process.
+    pub hash_seed: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("--{option}: {message}")]
+    Invalid {
+        option: &'static str,
+        message: String,
+    },
+}
+
+fn invalid(option: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        option,
+        message: message.into(),
+    }
+}
+
+/// Parses a size: `1048576`, `512KiB`, `1MiB`, `2GB`.
+pub fn parse_size(option: &'static str, text: &str) -> Result<usize, ConfigError> {
+    let size: ByteSize = text
+        .trim()
+        .parse()
+        .map_err(|e| invalid(option, format!("{text:?} is not a size ({e})")))?;
+    usize::try_from(size.as_u64()).map_err(|_| invalid(option, format!("{text:?} is too large")))
+}
+
+/// Parses a duration: `60s`, `5m`, `250ms`, `1h`; a bare number is seconds.
+pub fn parse_duration(option: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| invalid(option, format!("{text:?} is not a duration ({e})")))
+}
+
+/// Resolves `host:port` to one address, before anything binds: glommio's own bind would block
+/// on DNS and panic on a failure.
+pub fn resolve(option: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
+    let mut addrs = text
+        .to_socket_addrs()
+        .map_err(|e| invalid(option, format!("cannot resolve {text:?}: {e}")))?;
+    addrs
+        .next()
+        .ok_or_else(|| invalid(option, format!("{text:?} resolves to no address")))
+}
+
+/// The CPUs this process may run on.
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl ServeArgs {
+    /// Flags over the file over defaults.
+    pub fn resolve(&self) -> Result<NodeConfig, ConfigError> {
+        let file = match &self.config {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+                        path: path.clone(),
+                        source,
+                    })?;
+                toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
+            }
+        };
+        macro_rules! pick {
+            ($field:ident) => {
+                self.$field.clone().or(file.$field)
+            };
+        }
+
+        let listen_text = pick!(listen).unwrap_or_else(|| LISTEN_DEFAULT.to_string());
+        let listen = resolve("listen", &listen_text)?;
+        let shards = pick!(shards).unwrap_or_else(available_cpus);
+        if shards == 0 || shards > 1024 {
+            return Err(invalid("shards", format!("{shards} is outside 1..=1024")));
+        }
+
+        let shard_listen = shard_addresses(listen, pick!(shard_port_base), shards)?;
+
+        let mut limits = StoreLimits::default();
+        if let Some(text) = pick!(key_bytes_max) {
+            limits.key_bytes_max = parse_size("key-bytes-max", &text)?;
+        }
+        if let Some(text) = pick!(value_bytes_max) {
+            limits.value_bytes_max = parse_size("value-bytes-max", &text)?;
+        }
+        if let Some(text) = pick!(min_ttl) {
+            limits.ttl_ms_min = millis(parse_duration("min-ttl", &text)?);
+        }
+        if let Some(text) = pick!(max_ttl) {
+            limits.ttl_ms_max = millis(parse_duration("max-ttl", &text)?);
+        }
+        let budget = match pick!(memory_budget) {
+            Some(text) => parse_size("memory-budget", &text)?,
+            None => limits::default_memory_budget_bytes(),
+        };
+        limits.memory_budget_bytes = budget / shards;
+        limits
+            .validate()
+            .map_err(|e| invalid("limits", e.to_string()))?;
+
+        let frame_floor = limits.key_bytes_max + limits.value_bytes_max + FRAME_OVERHEAD_BYTES;
+        let frame_bytes_max = match pick!(frame_bytes_max) {
+            Some(text) => parse_size("frame-bytes-max", &text)?,
+            None => frame_floor,
+        };
+        if frame_bytes_max > u32::MAX as usize {
+            return Err(invalid(
+                "frame-bytes-max",
+                "must fit in the u32 length prefix",
+            ));
+        }
+
+        let connections_max = pick!(max_connections).unwrap_or(CONNECTIONS_MAX_DEFAULT);
+        if connections_max == 0 {
+            return Err(invalid("max-connections", "must be at least 1"));
+        }
+        let in_flight = pick!(max_in_flight).unwrap_or(IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT);
+        if in_flight == 0 {
+            return Err(invalid("max-in-flight", "must be at least 1"));
+        }
+        let idle_timeout = match pick!(idle_timeout) {
+            Some(text) => parse_duration("idle-timeout", &text)?,
+            None => IDLE_TIMEOUT_DEFAULT,
+        };
+        let shard_queue_depth = pick!(shard_queue_depth).unwrap_or(SHARD_QUEUE_DEPTH_DEFAULT);
+        if !(1..=65_536).contains(&shard_queue_depth) {
+            return Err(invalid("shard-queue-depth", "must be within 1..=65536"));
+        }
+        let node_id = match pick!(node_id) {
+            Some(id) => id,
+            None => random_u64().map_err(|e| invalid("node-id", e))?,
+        };
+        Ok(NodeConfig {
+            listen,
+            shard_listen,
+            shard_limits: limits,
+            frame_bytes_max,
+            connections_max,
+            in_flight_per_connection_max: in_flight,
+            idle_timeout: (!idle_timeout.is_zero()).then_some(idle_timeout),
+            shard_queue_depth,
+            node_id,
+            hash_seed: random_u64().map_err(|e| invalid("listen", e))?,
+        })
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Shard i listens on `base + i` on the client address's host; with no base, on the client
+/// port + 1 + i, or on free ports when the client port is 0. Collisions are refused here.
+fn shard_addresses(
+    listen: SocketAddr,
+    base: Option<u16>,
+    shards: usize,
+) -> Result<Vec<SocketAddr>, ConfigError> {
+    let base = match base {
+        Some(base) => base,
+        None if listen.port() == 0 => 0,
+        None => listen
+            .port()
+            .checked_add(1)
+            .ok_or_else(|| invalid("shard-port-base", "the client port is 65535: set a base"))?,
+    };
+    if base == 0 {
+        return Ok(vec![SocketAddr::new(listen.ip(), 0); shards]);
+    }
+    let last = u32::from(base) + shards as u32 - 1;
+    if last > u32::from(u16::MAX) {
+        return Err(invalid(
+            "shard-port-base",
+            format!("{shards} shards from port {base} run past 65535"),
+        ));
+    }
+    let ports = u32::from(base)..=last;
+    if ports.contains(&u32::from(listen.port())) {
+        return Err(invalid(
+            "shard-port-base",
+            format!(
+                "shard ports {base}..={last} include the client port {}",
+                listen.port()
+            ),
+        ));
+    }
+    Ok(ports
+        .map(|port| SocketAddr::new(listen.ip(), port as u16))
+        .collect())
+}
+
+fn random_u64() -> Result<u64, String> {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let mut bytes = [0u8; 8];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| "the operating system's random generator failed".to_string())?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> ServeArgs {
+        ServeArgs::default()
+    }
+
+    #[test]
+    fn defaults_start_a_node_on_7700_with_shard_ports_after_it() {
+        let config = ServeArgs {
+            shards: Some(3),
+            ..args()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            config.listen,
+            "127.0.0.1:7700".parse::<SocketAddr>().unwrap()
+        );
+        let ports: Vec<u16> = config.shard_listen.iter().map(|a| a.port()).collect();
+        assert_eq!(ports, [7701, 7702, 7703]);
+        assert_eq!(config.idle_timeout, Some(IDLE_TIMEOUT_DEFAULT));
+        assert!(config.frame_bytes_max > config.shard_limits.value_bytes_max);
+    }
+
+    #[test]
+    fn shard_ports_that_cover_the_client_port_are_refused() {
+        let err = ServeArgs {
+            shards: Some(4),
+            shard_port_base: Some(7698),
+            ..args()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("include the client port 7700"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = std::env::temp_dir().join(format!("repram-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\nshards = 2\nmemory_budget = \"64MiB\"\nidle_timeout = \"0\"\n",
+        )
+        .unwrap();
+        let config = ServeArgs {
+            config: Some(path.clone()),
+            shards: Some(4),
+            ..args()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.shard_listen.len(), 4, "the flag wins over the file");
+        assert_eq!(config.shard_limits.memory_budget_bytes, (64 << 20) / 4);
+        assert_eq!(config.idle_timeout, None);
+        std::fs::write(&path, "listn = \"x\"\n").unwrap();
+        let err = ServeArgs {
+            config: Some(path),
+            ..args()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("listn"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn sizes_and_durations_read_as_people_write_them() {
+        assert_eq!(parse_size("x", "1MiB").unwrap(), 1 << 20);
+        assert_eq!(parse_size("x", "4096").unwrap(), 4096);
+        assert!(parse_size("x", "lots").is_err());
+        assert_eq!(parse_duration("x", "60").unwrap(), Duration::from_secs(60));
+        assert_eq!(
+            parse_duration("x", "250ms").unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(parse_duration("x", "5m").unwrap(), Duration::from_secs(300));
+        assert!(parse_duration("x", "soon").is_err());
+    }
+}

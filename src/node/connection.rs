@@ -1,0 +1,335 @@
+//! One client connection: read frames, route each to the shard that owns its key, write the
+//! answers back, in whatever order they complete.
+//!
+//! Owns framing on the socket, per-connection limits (frame size, requests in flight, idle
+//! time) and the batching of forwarded requests per read. It never opens the store itself:
+//! [`Shard::execute`] does, here or on the owner shard.
+
+use std::io;
+use std::rc::Rc;
+
+use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalReceiver};
+use glommio::net::TcpStream;
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::wire::{self, ErrorCode, FrameError, NodeStats, OpKind, Reply, RequestView, ShardStats};
+
+use super::shard::{
+    bump, respond, respond_error, ConnId, Inbound, Shard, ShardRequest, BUSY_RETRY_AFTER_MS,
+};
+use crate::buffers::{reserve_wiping, wipe_and_clear, RecvBuffer};
+
+/// A receive buffer starts this small and grows only for a larger frame.
+const RECV_BUFFER_INITIAL_BYTES: usize = 16 * 1024;
+/// A send buffer grown past this is released once written.
+const SEND_BUFFER_KEEP_BYTES: usize = 64 * 1024;
+
+/// Serves one accepted connection until the client leaves, errs, idles out or sends garbage.
+pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
+    let conn = shard.next_conn.get();
+    shard.next_conn.set(conn + 1);
+    let (sender, inbox) = local_channel::new_unbounded();
+    shard.conns.borrow_mut().insert(conn, sender);
+    bump(&shard.counters.connections_open, 1);
+    bump(&shard.counters.connections_accepted, 1);
+    // Small responses must leave at once, not wait for Nagle.
+    let _ = stream.set_nodelay(true);
+    if let Some(idle) = shard.idle_timeout {
+        let _ = stream.set_read_timeout(Some(idle));
+    }
+
+    let mut connection = Connection::new(&shard, conn);
+    if let Err(error) = connection.run(&mut stream, &inbox).await {
+        tracing::debug!(conn, %error, "connection ended");
+    }
+    drop(connection);
+    shard.conns.borrow_mut().remove(&conn);
+    let open = &shard.counters.connections_open;
+    open.set(open.get().saturating_sub(1));
+}
+
+/// Requests for one other shard gathered from one read.
+#[derive(Default)]
+struct Batch {
+    frames: Vec<u8>,
+    ids: Vec<u64>,
+}
+
+/// A Stats request waiting for the other shards' counters.
+struct StatsGather {
+    token: u64,
+    request_id: u64,
+    stats: NodeStats,
+    remaining: usize,
+}
+
+enum Event {
+    Read(io::Result<usize>),
+    Inbound(Option<Inbound>),
+}
+
+struct Connection<'s> {
+    shard: &'s Shard,
+    conn: ConnId,
+    rx: RecvBuffer,
+    out: Zeroizing<Vec<u8>>,
+    batches: Vec<Batch>,
+    /// Requests sent to other shards and not yet answered.
+    in_flight: usize,
+    gathers: Vec<StatsGather>,
+    next_gather: u64,
+    /// Bytes the next frame needs in the buffer (its header, or the whole frame once known).
+    next_frame_bytes: usize,
+    /// The client closed its side: answer what is in flight, then close.
+    draining: bool,
+    /// The client sent something unreadable: send the error, then close.
+    fatal: bool,
+}
+
+impl<'s> Connection<'s> {
+    fn new(shard: &'s Shard, conn: ConnId) -> Self {
+        Connection {
+            shard,
+            conn,
+            rx: RecvBuffer::new(RECV_BUFFER_INITIAL_BYTES),
+            out: Zeroizing::new(Vec::with_capacity(RECV_BUFFER_INITIAL_BYTES)),
+            batches: (0..shard.count).map(|_| Batch::default()).collect(),
+            in_flight: 0,
+            gathers: Vec::new(),
+            next_gather: 0,
+            next_frame_bytes: wire::FRAME_HEADER_BYTES,
+            draining: false,
+            fatal: false,
+        }
+    }
+
+    async fn run(
+        &mut self,
+        stream: &mut TcpStream,
+        inbox: &LocalReceiver<Inbound>,
+    ) -> io::Result<()> {
+        loop {
+            if !self.out.is_empty() {
+                stream.write_all(&self.out).await?;
+                wipe_and_clear(&mut self.out, SEND_BUFFER_KEEP_BYTES);
+            }
+            if self.fatal || (self.draining && self.in_flight == 0) {
+                return Ok(());
+            }
+            let readable = !self.draining && self.in_flight < self.shard.in_flight_max;
+            let event = if readable {
+                self.rx.make_room(self.next_frame_bytes);
+                let spare = self.rx.spare_mut();
+                future::or(async { Event::Read(stream.read(spare).await) }, async {
+                    Event::Inbound(inbox.recv().await)
+                })
+                .await
+            } else {
+                Event::Inbound(inbox.recv().await)
+            };
+            match event {
+                Event::Read(Ok(0)) => self.draining = true,
+                Event::Read(Ok(n)) => {
+                    self.rx.advance(n);
+                    self.process_frames();
+                }
+                Event::Read(Err(error)) => return Err(error),
+                Event::Inbound(Some(inbound)) => {
+                    self.accept_inbound(inbound);
+                    // Take everything already queued before writing once.
+                    while let Some(Some(inbound)) = future::poll_once(inbox.recv()).await {
+                        self.accept_inbound(inbound);
+                    }
+                }
+                Event::Inbound(None) => return Ok(()),
+            }
+        }
+    }
+
+    /// Handles every complete frame in the receive buffer.
+    fn process_frames(&mut self) {
+        loop {
+            let filled = self.rx.filled();
+            let len = match wire::frame_len(filled, self.shard.frame_bytes_max) {
+                Ok(Some(len)) => len,
+                Ok(None) => {
+                    self.next_frame_bytes = wire::FRAME_HEADER_BYTES;
+                    break;
+                }
+                Err(error) => {
+                    self.refuse(ErrorCode::FrameTooLarge, &error);
+                    break;
+                }
+            };
+            let total = wire::FRAME_HEADER_BYTES + len;
+            if filled.len() < total {
+                self.next_frame_bytes = total;
+                break;
+            }
+            let frame = &mut self.rx.filled_mut()[..total];
+            match wire::decode_request(&frame[wire::FRAME_HEADER_BYTES..]) {
+                Ok(view) => self.dispatch(&view, total),
+                Err(FrameError::UnknownOp { id, tag }) => {
+                    bump(&self.shard.counters.bad_frames, 1);
+                    let message = format!("op {tag} is unknown to this node");
+                    respond_error(&mut self.out, id, ErrorCode::UnknownOp, 0, &message);
+                }
+                Err(error) => {
+                    frame.zeroize();
+                    self.refuse(ErrorCode::Malformed, &error);
+                    break;
+                }
+            }
+            self.rx.consume(total);
+            self.next_frame_bytes = wire::FRAME_HEADER_BYTES;
+        }
+        self.flush_batches();
+        self.rx.shrink_when_empty();
+    }
+
+    /// Answers a frame that cannot be read and marks the connection for closing.
+    fn refuse(&mut self, code: ErrorCode, error: &FrameError) {
+        bump(&self.shard.counters.bad_frames, 1);
+        respond_error(&mut self.out, 0, code, 0, &error.to_string());
+        self.fatal = true;
+    }
+
+    /// Runs one request here, or batches it for the shard that owns its key. The frame is the
+    /// first `frame_len` bytes of the receive buffer.
+    fn dispatch(&mut self, view: &RequestView, frame_len: usize) {
+        let shard = self.shard;
+        let frame = &mut self.rx.filled_mut()[..frame_len];
+        let payload_at = wire::FRAME_HEADER_BYTES;
+        if view.has_key() && shard.count > 1 {
+            let key = &frame[payload_at..][view.key.clone()];
+            let owner = shard.owner_of(key);
+            if owner != shard.id {
+                let batch = &mut self.batches[owner as usize];
+                reserve_wiping(&mut batch.frames, frame.len());
+                batch.frames.extend_from_slice(frame);
+                batch.ids.push(view.id);
+                frame[payload_at..][view.value.clone()].zeroize();
+                return;
+            }
+        }
+        if view.kind == OpKind::Stats {
+            return self.start_stats(view.id);
+        }
+        shard.execute(&mut frame[payload_at..], view, &mut self.out);
+    }
+
+    /// Sends each other shard the requests this read gathered for it; a shard without room
+    /// gets none, and its requests are answered `busy` at once.
+    fn flush_batches(&mut self) {
+        for owner in 0..self.batches.len() {
+            if self.batches[owner].ids.is_empty() {
+                continue;
+            }
+            let frames = Zeroizing::new(std::mem::take(&mut self.batches[owner].frames));
+            let count = self.batches[owner].ids.len();
+            let request = ShardRequest::Frames {
+                conn: self.conn,
+                frames,
+            };
+            if self.shard.forward(owner as u32, request).is_ok() {
+                self.in_flight += count;
+                bump(&self.shard.counters.forwarded, count as u64);
+            } else {
+                bump(&self.shard.counters.busy, count as u64);
+                let message = format!("shard {owner} is busy");
+                for &id in &self.batches[owner].ids {
+                    respond_error(
+                        &mut self.out,
+                        id,
+                        ErrorCode::Busy,
+                        BUSY_RETRY_AFTER_MS,
+                        &message,
+                    );
+                }
+            }
+            self.batches[owner].ids.clear();
+        }
+    }
+
+    /// Collects every shard's counters for one Stats request.
+    fn start_stats(&mut self, request_id: u64) {
+        let shard = self.shard;
+        bump(&shard.counters.stats, 1);
+        let token = self.next_gather;
+        self.next_gather += 1;
+        let mut stats = NodeStats {
+            total: ShardStats::default(),
+            shards: vec![ShardStats::default(); shard.count as usize],
+        };
+        stats.shards[shard.id as usize] = shard.snapshot();
+        let mut remaining = 0;
+        for other in (0..shard.count).filter(|&s| s != shard.id) {
+            let request = ShardRequest::Stats {
+                conn: self.conn,
+                request_id: token,
+            };
+            if shard.forward(other, request).is_err() {
+                // Answers already asked for still arrive and are dropped with the gather.
+                bump(&shard.counters.busy, 1);
+                let message = format!("shard {other} is busy");
+                return respond_error(
+                    &mut self.out,
+                    request_id,
+                    ErrorCode::Busy,
+                    BUSY_RETRY_AFTER_MS,
+                    &message,
+                );
+            }
+            remaining += 1;
+            self.in_flight += 1;
+        }
+        let gather = StatsGather {
+            token,
+            request_id,
+            stats,
+            remaining,
+        };
+        if remaining == 0 {
+            self.finish_stats(gather);
+        } else {
+            self.gathers.push(gather);
+        }
+    }
+
+    fn finish_stats(&mut self, mut gather: StatsGather) {
+        for shard_stats in &gather.stats.shards {
+            gather.stats.total.add(shard_stats);
+        }
+        respond(&mut self.out, gather.request_id, Reply::Stats(gather.stats));
+    }
+
+    fn accept_inbound(&mut self, inbound: Inbound) {
+        match inbound {
+            Inbound::Responses { responses, count } => {
+                reserve_wiping(&mut self.out, responses.len());
+                self.out.extend_from_slice(&responses);
+                self.in_flight = self.in_flight.saturating_sub(count as usize);
+            }
+            Inbound::Stats {
+                request_id,
+                shard,
+                stats,
+            } => {
+                self.in_flight = self.in_flight.saturating_sub(1);
+                let Some(at) = self.gathers.iter().position(|g| g.token == request_id) else {
+                    return;
+                };
+                let gather = &mut self.gathers[at];
+                if let Some(slot) = gather.stats.shards.get_mut(shard as usize) {
+                    *slot = stats;
+                }
+                gather.remaining -= 1;
+                if gather.remaining == 0 {
+                    let gather = self.gathers.swap_remove(at);
+                    self.finish_stats(gather);
+                }
+            }
+        }
+    }
+}

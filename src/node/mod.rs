@@ -1,0 +1,423 @@
+//! The node: one pinned glommio executor per shard, each with its store, its listeners and its
+//! links to the other shards.
+//!
+//! Owns starting and stopping the executors and the tasks each runs (accept loops, the
+//! cross-shard mesh, the expiry timer). It never parses a frame or opens a value itself
+//! (`connection` and `shard` do), and shards share no lock: they talk over glommio's
+//! lock-free channel meshes only.
+
+mod connection;
+pub mod listeners;
+mod shard;
+
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use glommio::channels::channel_mesh::{MeshBuilder, Receivers};
+use glommio::channels::shared_channel::ConnectedReceiver;
+use glommio::net::TcpListener;
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use zeroize::Zeroizing;
+
+use crate::config::NodeConfig;
+use crate::store::{Store, StoreConfig};
+use crate::wire::ErrorCode;
+
+use self::listeners::BindError;
+use self::shard::{bump, respond_error, MeshLinks, Shard, ShardReply, ShardRequest};
+
+/// io_uring memory each executor registers. The node does no file I/O, so glommio's 10 MiB
+/// default would only eat into the locked-memory limit (often 8 MiB in all).
+const EXECUTOR_IO_MEMORY_BYTES: usize = 256 * 1024;
+/// Longest the expiry timer sleeps, so a value expires within this of its time even when a
+/// write lands an earlier expiry while the timer sleeps.
+const EXPIRY_TICK_MAX: Duration = Duration::from_millis(50);
+/// Pause after a failed accept (out of file descriptors, say) so the loop does not spin.
+const ACCEPT_RETRY_PAUSE: Duration = Duration::from_millis(20);
+/// How long a shard may take to start (join the mesh, bind) before the node gives up.
+const SHARD_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("cannot start shard {shard}: {message}")]
+    Start { shard: u32, message: String },
+    #[error("shard {shard} failed: {message}")]
+    Shard { shard: u32, message: String },
+}
+
+/// A started node: where it listens, and how to stop it.
+pub struct RunningNode {
+    pub client_addr: SocketAddr,
+    pub shard_addrs: Vec<SocketAddr>,
+    pub node_id: u64,
+    stopper: Stopper,
+    executors: Vec<ExecutorJoinHandle<Result<(), String>>>,
+}
+
+/// Stops a node from any thread (a signal handler's, say).
+#[derive(Clone)]
+pub struct Stopper {
+    stops: Vec<flume::Sender<()>>,
+}
+
+impl Stopper {
+    /// Asks every shard to stop: listeners close, connections end.
+    pub fn stop(&self) {
+        for stop in &self.stops {
+            let _ = stop.try_send(());
+        }
+    }
+}
+
+impl RunningNode {
+    pub fn stop(&self) {
+        self.stopper.stop();
+    }
+
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
+    }
+
+    fn abort(self, error: NodeError) -> NodeError {
+        self.stop();
+        let _ = self.wait();
+        error
+    }
+
+    /// Waits for every shard to finish.
+    pub fn wait(self) -> Result<(), NodeError> {
+        let mut result = Ok(());
+        for (shard, executor) in self.executors.into_iter().enumerate() {
+            let outcome = match executor.join() {
+                Ok(Ok(())) => continue,
+                Ok(Err(message)) => message,
+                Err(e) => e.to_string(),
+            };
+            if result.is_ok() {
+                result = Err(NodeError::Shard {
+                    shard: shard as u32,
+                    message: outcome,
+                });
+            }
+        }
+        result
+    }
+}
+
+/// Binds every listener (refusing ports in use), then starts one executor per shard.
+pub fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
+    let shards = config.shard_listen.len();
+    let shared = listeners::bind_shared(config.listen, shards)?;
+    let own = listeners::bind_each(&config.shard_listen)?;
+    let local = |l: &std::net::TcpListener| {
+        l.local_addr().map_err(|e| NodeError::Start {
+            shard: 0,
+            message: e.to_string(),
+        })
+    };
+    let client_addr = local(&shared[0])?;
+    let shard_addrs = own.iter().map(local).collect::<Result<Vec<_>, _>>()?;
+    let shard_ports: Vec<u16> = shard_addrs.iter().map(SocketAddr::port).collect();
+
+    let requests = MeshBuilder::<ShardRequest, _>::full(shards, config.shard_queue_depth);
+    let replies = MeshBuilder::<ShardReply, _>::full(shards, config.shard_queue_depth);
+    let cpus = allowed_cpus();
+    let mut stops = Vec::with_capacity(shards);
+    let mut executors = Vec::with_capacity(shards);
+    let (ready, readiness) = flume::bounded(shards);
+    for (id, (shared, own)) in shared.into_iter().zip(own).enumerate() {
+        let (stop, stopped) = flume::bounded(1);
+        stops.push(stop);
+        let placement = if shards <= cpus.len() {
+            Placement::Fixed(cpus[id])
+        } else {
+            Placement::Unbound
+        };
+        let plan = ShardPlan {
+            id: id as u32,
+            config: config.clone(),
+            shard_ports: shard_ports.clone(),
+            listeners: [shared, own],
+            requests: requests.clone(),
+            replies: replies.clone(),
+            stopped,
+            ready: ready.clone(),
+        };
+        // Executors are created in shard order, so glommio's executor ids (which order the
+        // mesh) follow shard ids; `run_shard` checks it.
+        let executor = LocalExecutorBuilder::new(placement)
+            .name(&format!("repram-shard-{id}"))
+            .io_memory(EXECUTOR_IO_MEMORY_BYTES)
+            .spawn(move || run_shard(plan))
+            .map_err(|e| NodeError::Start {
+                shard: id as u32,
+                message: format!(
+                    "{e} (is io_uring available and the locked-memory limit high enough?)"
+                ),
+            })?;
+        executors.push(executor);
+    }
+    let node = RunningNode {
+        client_addr,
+        shard_addrs,
+        node_id: config.node_id,
+        stopper: Stopper { stops },
+        executors,
+    };
+    // Serving only once every shard is: a shard that cannot start stops the others.
+    for _ in 0..shards {
+        match readiness.recv_timeout(SHARD_START_TIMEOUT) {
+            Ok(Ok(())) => {}
+            Ok(Err((shard, message))) => {
+                return Err(node.abort(NodeError::Start { shard, message }))
+            }
+            Err(_) => {
+                let message = "did not start in time".to_string();
+                return Err(node.abort(NodeError::Start { shard: 0, message }));
+            }
+        }
+    }
+    Ok(node)
+}
+
+/// Everything one shard's executor starts from.
+struct ShardPlan {
+    id: u32,
+    config: NodeConfig,
+    shard_ports: Vec<u16>,
+    /// The shared client listener, then this shard's own.
+    listeners: [std::net::TcpListener; 2],
+    requests: MeshBuilder<ShardRequest, glommio::channels::channel_mesh::Full>,
+    replies: MeshBuilder<ShardReply, glommio::channels::channel_mesh::Full>,
+    stopped: flume::Receiver<()>,
+    ready: flume::Sender<Result<(), (u32, String)>>,
+}
+
+/// Runs one shard until it is told to stop (even while it is still starting).
+async fn run_shard(plan: ShardPlan) -> Result<(), String> {
+    let id = plan.id;
+    let stopped = plan.stopped.clone();
+    let ready = plan.ready.clone();
+    let serve = async move {
+        match start_shard(plan).await {
+            Ok(shard) => {
+                let _ = ready.send(Ok(()));
+                std::future::pending::<()>().await;
+                drop(shard);
+                Ok(())
+            }
+            Err(message) => {
+                let _ = ready.send(Err((id, message.clone())));
+                Err(message)
+            }
+        }
+    };
+    let stop = async move {
+        let _ = stopped.recv_async().await;
+        tracing::debug!(shard = id, "shard stopping");
+        Ok(())
+    };
+    futures_lite::future::or(serve, stop).await
+}
+
+async fn start_shard(plan: ShardPlan) -> Result<Rc<Shard>, String> {
+    let id = plan.id;
+    let count = plan.config.shard_listen.len();
+    let store = Store::new(
+        StoreConfig {
+            shard_id: id,
+            node_id: plan.config.node_id,
+            limits: plan.config.shard_limits.clone(),
+        },
+        0,
+    )
+    .map_err(|e| e.to_string())?;
+
+    let (mesh, receivers) = if count > 1 {
+        let (requests, request_rx) = plan.requests.join().await.map_err(|e| e.to_string())?;
+        let (replies, reply_rx) = plan.replies.join().await.map_err(|e| e.to_string())?;
+        if requests.peer_id() != id as usize || replies.peer_id() != id as usize {
+            return Err(format!(
+                "shard {id} joined the mesh as peer {}; shards must start in order",
+                requests.peer_id()
+            ));
+        }
+        let links = MeshLinks {
+            requests,
+            replies,
+            outstanding: (0..count).map(|_| Default::default()).collect(),
+        };
+        (Some(links), Some((request_rx, reply_rx)))
+    } else {
+        (None, None)
+    };
+    let shard = Rc::new(Shard::new(id, &plan.config, plan.shard_ports, store, mesh));
+
+    if let Some((request_rx, reply_rx)) = receivers {
+        spawn_mesh_tasks(&shard, request_rx, reply_rx);
+    }
+    glommio::spawn_local(expire_loop(shard.clone())).detach();
+    for listener in plan.listeners {
+        // SAFETY: the descriptor comes from `into_raw_fd` of a socket we bound and put in
+        // listening mode; ownership moves to glommio's listener, which alone closes it.
+        let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
+        glommio::spawn_local(accept_loop(shard.clone(), listener)).detach();
+    }
+    tracing::debug!(shard = id, "shard serving");
+    Ok(shard)
+}
+
+fn spawn_mesh_tasks(
+    shard: &Rc<Shard>,
+    mut request_rx: Receivers<ShardRequest>,
+    mut reply_rx: Receivers<ShardReply>,
+) {
+    for (from, receiver) in request_rx.streams() {
+        glommio::spawn_local(serve_shard_requests(shard.clone(), from, receiver)).detach();
+    }
+    for (from, receiver) in reply_rx.streams() {
+        glommio::spawn_local(take_shard_replies(shard.clone(), from, receiver)).detach();
+    }
+}
+
+/// Executes what shard `from` forwarded and sends the answers back on the reply mesh.
+async fn serve_shard_requests(
+    shard: Rc<Shard>,
+    from: usize,
+    receiver: ConnectedReceiver<ShardRequest>,
+) {
+    while let Some(request) = receiver.recv().await {
+        let reply = match request {
+            ShardRequest::Frames { conn, mut frames } => {
+                let mut responses = Zeroizing::new(Vec::with_capacity(frames.len() / 2 + 64));
+                let count = shard.execute_forwarded(&mut frames, &mut responses);
+                ShardReply::Frames {
+                    conn,
+                    responses,
+                    count,
+                }
+            }
+            ShardRequest::Stats { conn, request_id } => ShardReply::Stats {
+                conn,
+                request_id,
+                shard: shard.id,
+                stats: shard.snapshot(),
+            },
+        };
+        let Some(mesh) = shard.mesh.as_ref() else {
+            return;
+        };
+        // The sender holds at most `queue_depth` requests here unanswered, so the reply
+        // channel (as deep) has room; and its reader never waits on anything else, so even
+        // a wait here cannot deadlock two shards.
+        if mesh.replies.send_to(from, reply).await.is_err() {
+            return;
+        }
+        glommio::yield_if_needed().await;
+    }
+}
+
+/// Hands the answers of shard `from` to the connections that asked.
+async fn take_shard_replies(
+    shard: Rc<Shard>,
+    from: usize,
+    receiver: ConnectedReceiver<ShardReply>,
+) {
+    while let Some(reply) = receiver.recv().await {
+        shard.reply_sent(from as u32);
+        match reply {
+            ShardReply::Frames {
+                conn,
+                responses,
+                count,
+            } => shard.deliver(conn, shard::Inbound::Responses { responses, count }),
+            ShardReply::Stats {
+                conn,
+                request_id,
+                shard: from_shard,
+                stats,
+            } => shard.deliver(
+                conn,
+                shard::Inbound::Stats {
+                    request_id,
+                    shard: from_shard,
+                    stats,
+                },
+            ),
+        }
+    }
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                if shard.counters.connections_open.get() as usize >= shard.connections_max_per_shard
+                {
+                    bump(&shard.counters.connections_refused, 1);
+                    glommio::spawn_local(refuse_connection(stream)).detach();
+                    continue;
+                }
+                glommio::spawn_local(connection::serve(shard.clone(), stream)).detach();
+            }
+            Err(error) => {
+                tracing::warn!(shard = shard.id, %error, "accept failed");
+                glommio::timer::sleep(ACCEPT_RETRY_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// Tells a client over the connection limit why it is closed, without waiting on it.
+async fn refuse_connection(mut stream: glommio::net::TcpStream) {
+    use futures_lite::AsyncWriteExt;
+    let mut out = Vec::new();
+    respond_error(
+        &mut out,
+        0,
+        ErrorCode::TooManyConnections,
+        0,
+        "the node holds as many connections as it allows",
+    );
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let _ = stream.write_all(&out).await;
+}
+
+/// Reclaims expired entries and destroys passed epoch keys, a bounded slice at a time.
+async fn expire_loop(shard: Rc<Shard>) {
+    loop {
+        let now = shard.now_ms();
+        let report = shard.store.borrow_mut().tick_default(now);
+        bump(&shard.counters.expirations, report.reclaimed as u64);
+        if report.pending {
+            futures_lite::future::yield_now().await;
+            continue;
+        }
+        let due_in = Duration::from_millis(report.next_wake_ms.saturating_sub(now).max(1));
+        glommio::timer::sleep(due_in.min(EXPIRY_TICK_MAX)).await;
+    }
+}
+
+/// CPUs this process may run on, in order (its affinity mask), for pinning shards.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `cpu_set_t` is plain bits, valid when zeroed; `sched_getaffinity` writes at
+    // most `size_of::<cpu_set_t>()` bytes into it, and `CPU_ISSET` only reads it.
+    let cpus: Vec<usize> = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return (0..crate::config::available_cpus()).collect();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    };
+    if cpus.is_empty() {
+        vec![0]
+    } else {
+        cpus
+    }
+}

@@ -1,0 +1,451 @@
+//! One shard: its store, its counters, its open connections, and the links to the other shards.
+//!
+//! Owns request execution against the store (every op, whichever listener it came in on) and
+//! the credit that bounds what it has outstanding to each other shard. It never reads sockets:
+//! connections bring it validated frames; it never touches another shard's store: it sends
+//! that shard the frames instead.
+
+use std::cell::{Cell, RefCell};
+use std::ops::Range;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ahash::AHashMap;
+use glommio::channels::channel_mesh::Senders;
+use glommio::channels::local_channel::LocalSender;
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::config::NodeConfig;
+use crate::store::{Store, StoreError};
+use crate::wire::{
+    self, ErrorCode, HelloInfo, OpKind, Reply, RequestView, Response, ShardStats, PROTOCOL_VERSION,
+};
+
+use crate::buffers::reserve_wiping;
+
+/// A connection, unique for the life of the process (never reused, so a late reply cannot
+/// reach a newer connection).
+pub(crate) type ConnId = u64;
+
+/// How long a client told `busy` should wait before retrying.
+pub(crate) const BUSY_RETRY_AFTER_MS: u32 = 2;
+
+/// A message from one shard to another.
+pub(crate) enum ShardRequest {
+    /// Frames read from one connection for keys the receiver owns, back to back as they
+    /// arrived (length prefixes included).
+    Frames {
+        conn: ConnId,
+        frames: Zeroizing<Vec<u8>>,
+    },
+    Stats {
+        conn: ConnId,
+        request_id: u64,
+    },
+}
+
+/// The answer to a [`ShardRequest`], on the separate reply mesh.
+pub(crate) enum ShardReply {
+    Frames {
+        conn: ConnId,
+        responses: Zeroizing<Vec<u8>>,
+        count: u32,
+    },
+    Stats {
+        conn: ConnId,
+        request_id: u64,
+        shard: u32,
+        stats: ShardStats,
+    },
+}
+
+/// What reaches a connection from elsewhere on its shard.
+pub(crate) enum Inbound {
+    Responses {
+        responses: Zeroizing<Vec<u8>>,
+        count: u32,
+    },
+    Stats {
+        request_id: u64,
+        shard: u32,
+        stats: ShardStats,
+    },
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub puts: Cell<u64>,
+    pub gets: Cell<u64>,
+    pub deletes: Cell<u64>,
+    pub pings: Cell<u64>,
+    pub hellos: Cell<u64>,
+    pub stats: Cell<u64>,
+    pub hits: Cell<u64>,
+    pub misses: Cell<u64>,
+    pub expirations: Cell<u64>,
+    pub rejected_writes: Cell<u64>,
+    pub connections_open: Cell<u64>,
+    pub connections_accepted: Cell<u64>,
+    pub connections_refused: Cell<u64>,
+    pub forwarded: Cell<u64>,
+    pub busy: Cell<u64>,
+    pub bad_frames: Cell<u64>,
+}
+
+pub(crate) fn bump(counter: &Cell<u64>, by: u64) {
+    counter.set(counter.get().wrapping_add(by));
+}
+
+/// Links to the other shards, set once the mesh is joined.
+pub(crate) struct MeshLinks {
+    pub requests: Senders<ShardRequest>,
+    pub replies: Senders<ShardReply>,
+    /// Requests sent to each shard and not yet answered.
+    pub outstanding: Vec<Cell<usize>>,
+}
+
+pub(crate) struct Shard {
+    pub id: u32,
+    pub count: u32,
+    pub hash_seed: u64,
+    pub node_id: u64,
+    pub frame_bytes_max: usize,
+    pub in_flight_max: usize,
+    pub queue_depth: usize,
+    pub connections_max_per_shard: usize,
+    pub idle_timeout: Option<std::time::Duration>,
+    pub shard_ports: Vec<u16>,
+    pub store: RefCell<Store>,
+    pub counters: Counters,
+    pub conns: RefCell<AHashMap<ConnId, LocalSender<Inbound>>>,
+    pub next_conn: Cell<u64>,
+    /// `None` on a node of one shard.
+    pub mesh: Option<MeshLinks>,
+    /// Opened values on their way into a response; wiped after each use.
+    read_scratch: RefCell<Vec<u8>>,
+    /// Latest wall-clock millisecond seen; the store's clock never goes back.
+    last_now_ms: Cell<u64>,
+}
+
+impl Shard {
+    pub(crate) fn new(
+        id: u32,
+        config: &NodeConfig,
+        shard_ports: Vec<u16>,
+        store: Store,
+        mesh: Option<MeshLinks>,
+    ) -> Shard {
+        let count = config.shard_listen.len() as u32;
+        Shard {
+            id,
+            count,
+            hash_seed: config.hash_seed,
+            node_id: config.node_id,
+            frame_bytes_max: config.frame_bytes_max,
+            in_flight_max: config.in_flight_per_connection_max,
+            queue_depth: config.shard_queue_depth,
+            connections_max_per_shard: config.connections_max.div_ceil(count as usize),
+            idle_timeout: config.idle_timeout,
+            shard_ports,
+            store: RefCell::new(store),
+            counters: Counters::default(),
+            conns: RefCell::new(AHashMap::new()),
+            next_conn: Cell::new(u64::from(id) << 48),
+            mesh,
+            read_scratch: RefCell::new(Vec::new()),
+            last_now_ms: Cell::new(0),
+        }
+    }
+
+    /// Wall-clock milliseconds, never earlier than a time this shard already used.
+    pub(crate) fn now_ms(&self) -> u64 {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let now = wall.max(self.last_now_ms.get());
+        self.last_now_ms.set(now);
+        now
+    }
+
+    /// The shard that owns `key`.
+    pub(crate) fn owner_of(&self, key: &[u8]) -> u32 {
+        wire::shard_of(key, self.hash_seed, self.count)
+    }
+
+    pub(crate) fn hello_info(&self) -> HelloInfo {
+        let limits = self.store.borrow().limits().clone();
+        HelloInfo {
+            protocol_version: PROTOCOL_VERSION,
+            node_id: self.node_id,
+            shard_count: self.count,
+            hash_seed: self.hash_seed,
+            shard_ports: self.shard_ports.clone(),
+            shard: self.id,
+            frame_bytes_max: u32::try_from(self.frame_bytes_max).unwrap_or(u32::MAX),
+            key_bytes_max: u32::try_from(limits.key_bytes_max).unwrap_or(u32::MAX),
+            value_bytes_max: u32::try_from(limits.value_bytes_max).unwrap_or(u32::MAX),
+            ttl_ms_min: limits.ttl_ms_min,
+            ttl_ms_max: limits.ttl_ms_max,
+        }
+    }
+
+    /// Executes one validated request on this shard's store and appends its response to `out`.
+    /// A Put's value is wiped from `payload` whatever the outcome.
+    pub(crate) fn execute(&self, payload: &mut [u8], view: &RequestView, out: &mut Vec<u8>) {
+        let id = view.id;
+        match view.kind {
+            OpKind::Put => {
+                bump(&self.counters.puts, 1);
+                let reply = self.put(payload, view);
+                if reply.is_err() {
+                    bump(&self.counters.rejected_writes, 1);
+                }
+                payload[view.value.clone()].zeroize();
+                match reply {
+                    Ok((version, expires_ms)) => respond(
+                        out,
+                        id,
+                        Reply::Stored {
+                            version_clock: version.clock,
+                            version_node: version.node,
+                            expires_ms,
+                        },
+                    ),
+                    Err(e) => respond_store_error(out, id, &e),
+                }
+            }
+            OpKind::Get => {
+                bump(&self.counters.gets, 1);
+                self.get(&payload[view.key.clone()], id, out);
+            }
+            OpKind::Delete => {
+                bump(&self.counters.deletes, 1);
+                let key = &payload[view.key.clone()];
+                if key.is_empty() {
+                    return respond_store_error(out, id, &StoreError::EmptyKey);
+                }
+                let now = self.now_ms();
+                match self.store.borrow_mut().delete(key, now) {
+                    Ok(_) => respond(out, id, Reply::Deleted),
+                    Err(StoreError::NotFound) => respond(out, id, Reply::NotFound),
+                    Err(e) => respond_store_error(out, id, &e),
+                }
+            }
+            OpKind::Ping => {
+                bump(&self.counters.pings, 1);
+                respond(out, id, Reply::Pong);
+            }
+            OpKind::Hello => {
+                bump(&self.counters.hellos, 1);
+                if view.protocol_version != PROTOCOL_VERSION {
+                    let message = format!(
+                        "this node speaks protocol {PROTOCOL_VERSION}, not {}",
+                        view.protocol_version
+                    );
+                    return respond_error(out, id, ErrorCode::VersionMismatch, 0, &message);
+                }
+                respond(out, id, Reply::Hello(self.hello_info()));
+            }
+            OpKind::Stats => {
+                // Gathered across shards by the connection; a forwarded frame never holds one.
+                respond_error(out, id, ErrorCode::Internal, 0, "stats cannot be forwarded");
+            }
+        }
+    }
+
+    fn put(
+        &self,
+        payload: &mut [u8],
+        view: &RequestView,
+    ) -> Result<(crate::Version, u64), StoreError> {
+        let Some((key, value)) = key_and_value(payload, view.key.clone(), view.value.clone())
+        else {
+            return Err(StoreError::EmptyKey);
+        };
+        if key.is_empty() {
+            return Err(StoreError::EmptyKey);
+        }
+        let now = self.now_ms();
+        let mut store = self.store.borrow_mut();
+        let version = store.put(key, value, view.ttl_ms, now)?;
+        // The store set the expiry from this same `now` (the shard's clock is its only clock).
+        Ok((version, now.saturating_add(view.ttl_ms)))
+    }
+
+    fn get(&self, key: &[u8], id: u64, out: &mut Vec<u8>) {
+        if key.is_empty() {
+            return respond_store_error(out, id, &StoreError::EmptyKey);
+        }
+        let now = self.now_ms();
+        let mut scratch = self.read_scratch.borrow_mut();
+        let found = self.store.borrow_mut().get(key, now, &mut scratch);
+        match found {
+            Ok(meta) => {
+                bump(&self.counters.hits, 1);
+                reserve_wiping(out, scratch.len() + wire::FRAME_OVERHEAD_BYTES);
+                respond(
+                    out,
+                    id,
+                    Reply::Value {
+                        value: &scratch,
+                        expires_ms: meta.expires_ms,
+                        version_clock: meta.version.clock,
+                        version_node: meta.version.node,
+                    },
+                );
+                scratch.zeroize();
+            }
+            Err(StoreError::NotFound) => {
+                bump(&self.counters.misses, 1);
+                respond(out, id, Reply::NotFound);
+            }
+            Err(e) => respond_store_error(out, id, &e),
+        }
+    }
+
+    /// Executes frames another shard forwarded, appending one response per frame.
+    pub(crate) fn execute_forwarded(&self, frames: &mut [u8], out: &mut Vec<u8>) -> u32 {
+        let mut at = 0;
+        let mut count = 0;
+        while at < frames.len() {
+            let Ok(Some(len)) = wire::frame_len(&frames[at..], usize::MAX) else {
+                break;
+            };
+            let end = at + wire::FRAME_HEADER_BYTES + len;
+            let Some(payload) = frames.get_mut(at + wire::FRAME_HEADER_BYTES..end) else {
+                break;
+            };
+            match wire::decode_request(payload) {
+                Ok(view) => self.execute(payload, &view, out),
+                // The sending shard validated these frames: failing here is a bug, answered
+                // rather than dropped so the client is never left waiting.
+                Err(_) => {
+                    respond_error(out, 0, ErrorCode::Internal, 0, "forwarded frame unreadable")
+                }
+            }
+            payload.zeroize();
+            count += 1;
+            at = end;
+        }
+        count
+    }
+
+    /// Counters of this shard with its store's figures.
+    pub(crate) fn snapshot(&self) -> ShardStats {
+        let c = &self.counters;
+        let store = self.store.borrow().stats();
+        ShardStats {
+            puts: c.puts.get(),
+            gets: c.gets.get(),
+            deletes: c.deletes.get(),
+            pings: c.pings.get(),
+            hellos: c.hellos.get(),
+            stats: c.stats.get(),
+            hits: c.hits.get(),
+            misses: c.misses.get(),
+            expirations: c.expirations.get(),
+            keys: (store.entries - store.tombstones) as u64,
+            tombstones: store.tombstones as u64,
+            used_bytes: store.used_bytes as u64,
+            budget_bytes: store.budget_bytes as u64,
+            rejected_writes: c.rejected_writes.get(),
+            connections_open: c.connections_open.get(),
+            connections_accepted: c.connections_accepted.get(),
+            connections_refused: c.connections_refused.get(),
+            forwarded: c.forwarded.get(),
+            busy: c.busy.get(),
+            bad_frames: c.bad_frames.get(),
+        }
+    }
+
+    /// Sends `request` to shard `to` if this shard has credit there. On `Err` nothing was sent.
+    pub(crate) fn forward(&self, to: u32, request: ShardRequest) -> Result<(), ()> {
+        let Some(mesh) = self.mesh.as_ref() else {
+            return Err(());
+        };
+        let outstanding = &mesh.outstanding[to as usize];
+        if outstanding.get() >= self.queue_depth {
+            return Err(());
+        }
+        mesh.requests
+            .try_send_to(to as usize, request)
+            .map_err(|_| ())?;
+        outstanding.set(outstanding.get() + 1);
+        Ok(())
+    }
+
+    /// Hands what another shard answered to the connection it belongs to; a connection that
+    /// has gone drops it (wiped on drop).
+    pub(crate) fn deliver(&self, conn: ConnId, inbound: Inbound) {
+        if let Some(sender) = self.conns.borrow().get(&conn) {
+            let _ = sender.try_send(inbound);
+        }
+    }
+
+    pub(crate) fn reply_sent(&self, from: u32) {
+        if let Some(mesh) = self.mesh.as_ref() {
+            let outstanding = &mesh.outstanding[from as usize];
+            debug_assert!(outstanding.get() > 0, "a reply nobody asked for");
+            outstanding.set(outstanding.get().saturating_sub(1));
+        }
+    }
+}
+
+/// Borrows a request's key and value from its payload at once (they never overlap in a valid
+/// archive; `None` if they do).
+fn key_and_value(
+    payload: &mut [u8],
+    key: Range<usize>,
+    value: Range<usize>,
+) -> Option<(&[u8], &mut [u8])> {
+    if key.end <= value.start {
+        let (front, back) = payload.split_at_mut(value.start);
+        Some((&front[key], &mut back[..value.end - value.start]))
+    } else if value.end <= key.start {
+        let (front, back) = payload.split_at_mut(key.start);
+        Some((&back[..key.end - key.start], &mut front[value]))
+    } else if key.is_empty() {
+        Some((&[], &mut payload[value]))
+    } else {
+        None
+    }
+}
+
+pub(crate) fn respond(out: &mut Vec<u8>, id: u64, reply: Reply<'_>) {
+    wire::encode_response(out, &Response { id, reply });
+}
+
+pub(crate) fn respond_error(
+    out: &mut Vec<u8>,
+    id: u64,
+    code: ErrorCode,
+    retry_after_ms: u32,
+    message: &str,
+) {
+    respond(
+        out,
+        id,
+        Reply::Error {
+            code,
+            retry_after_ms,
+            message,
+        },
+    );
+}
+
+pub(crate) fn error_code_of(error: &StoreError) -> ErrorCode {
+    match error {
+        StoreError::EmptyKey | StoreError::KeyTooLong { .. } => ErrorCode::BadKey,
+        StoreError::ValueTooLarge { .. } => ErrorCode::ValueTooLarge,
+        StoreError::BadTtl { .. } | StoreError::ExpiryTooFar { .. } => ErrorCode::BadTtl,
+        StoreError::StoreFull { .. } => ErrorCode::StoreFull,
+        StoreError::NotFound
+        | StoreError::VersionFromFuture { .. }
+        | StoreError::Unreadable
+        | StoreError::Exhausted => ErrorCode::Internal,
+    }
+}
+
+fn respond_store_error(out: &mut Vec<u8>, id: u64, error: &StoreError) {
+    let message = error.to_string();
+    respond_error(out, id, error_code_of(error), 0, &message);
+}
