@@ -27,10 +27,22 @@ pub const FRAME_HEADER_BYTES: usize = 4;
 pub const FRAME_OVERHEAD_BYTES: usize = 256;
 
 /// One client request: an id the response echoes, and the operation.
-#[derive(Archive, Serialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request<'a> {
     pub id: u64,
     pub op: Op<'a>,
+}
+
+/// Marks every request frame ("RPR1"): a frame whose op is unknown but whose magic is right
+/// came from a newer client and is answered as such; anything else is garbage.
+pub const REQUEST_MAGIC: u32 = u32::from_le_bytes(*b"RPR1");
+
+/// A request as it travels: the magic beside the id.
+#[derive(Archive, Serialize)]
+struct RequestFrame<'a> {
+    id: u64,
+    magic: u32,
+    op: Op<'a>,
 }
 
 /// Client operations. Keys and values are borrowed when encoding and read in place when
@@ -304,10 +316,13 @@ impl RequestView {
 
 /// Validates one frame payload (without its length prefix) and reads it in place.
 pub fn decode_request(payload: &[u8]) -> Result<RequestView, FrameError> {
-    let archived = match rkyv::access::<ArchivedRequest, rancor::Failure>(payload) {
+    let archived = match rkyv::access::<ArchivedRequestFrame, rancor::Failure>(payload) {
         Ok(archived) => archived,
         Err(_) => return Err(unknown_op_or_malformed(payload)),
     };
+    if archived.magic.to_native() != REQUEST_MAGIC {
+        return Err(FrameError::Malformed);
+    }
     let base = payload.as_ptr() as usize;
     let range_of = |bytes: &[u8]| {
         let start = bytes.as_ptr() as usize - base;
@@ -349,10 +364,11 @@ pub fn decode_request(payload: &[u8]) -> Result<RequestView, FrameError> {
 }
 
 /// Size of the archived request root, which rkyv places at the end of the payload.
-const REQUEST_ROOT_BYTES: usize = std::mem::size_of::<ArchivedRequest>();
-/// Offset of the op's tag byte inside the root: it follows the `u64` id (no padding: the
-/// format is `unaligned`). Pinned by `layout_of_the_request_root_is_id_then_op_tag`.
-const REQUEST_OP_TAG_AT: usize = 8;
+pub const REQUEST_ROOT_BYTES: usize = std::mem::size_of::<ArchivedRequestFrame>();
+/// Offsets inside the root: the `u64` id, the `u32` magic, then the op's tag byte (no
+/// padding: the format is `unaligned`). Pinned by `layout_of_the_request_root_is_pinned`.
+const REQUEST_MAGIC_AT: usize = 8;
+pub const REQUEST_OP_TAG_AT: usize = 12;
 
 /// A payload that failed validation: if its root is intact but its op tag is one this build
 /// does not know, it came from a newer client, and is answered as such rather than as garbage.
@@ -361,8 +377,10 @@ fn unknown_op_or_malformed(payload: &[u8]) -> FrameError {
         return FrameError::Malformed;
     };
     let root = &payload[root_at..];
+    let mut magic = [0u8; 4];
+    magic.copy_from_slice(&root[REQUEST_MAGIC_AT..REQUEST_MAGIC_AT + 4]);
     let tag = root[REQUEST_OP_TAG_AT];
-    if tag < OP_COUNT {
+    if u32::from_le_bytes(magic) != REQUEST_MAGIC || tag < OP_COUNT {
         return FrameError::Malformed;
     }
     let mut id = [0u8; 8];
@@ -375,7 +393,12 @@ fn unknown_op_or_malformed(payload: &[u8]) -> FrameError {
 
 /// Appends one framed request to `out`.
 pub fn encode_request(out: &mut Vec<u8>, request: &Request<'_>) {
-    encode_frame(out, request);
+    let frame = RequestFrame {
+        id: request.id,
+        magic: REQUEST_MAGIC,
+        op: request.op.clone(),
+    };
+    encode_frame(out, &frame);
 }
 
 /// Appends one framed response to `out`.

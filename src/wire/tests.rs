@@ -14,7 +14,7 @@ fn payload_of(frame: &[u8]) -> &[u8] {
 }
 
 #[test]
-fn layout_of_the_request_root_is_id_then_op_tag() {
+fn layout_of_the_request_root_is_pinned() {
     let frame = framed(&Request {
         id: 0x0102_0304_0506_0708,
         op: Op::Stats,
@@ -22,6 +22,7 @@ fn layout_of_the_request_root_is_id_then_op_tag() {
     let payload = payload_of(&frame);
     let root = &payload[payload.len() - REQUEST_ROOT_BYTES..];
     assert_eq!(&root[..8], &0x0102_0304_0506_0708u64.to_le_bytes());
+    assert_eq!(&root[REQUEST_MAGIC_AT..REQUEST_MAGIC_AT + 4], b"RPR1");
     assert_eq!(root[REQUEST_OP_TAG_AT], 5, "Stats is the sixth op");
 }
 
@@ -41,6 +42,12 @@ fn a_frame_of_an_unknown_op_is_told_apart_from_garbage() {
         })
     );
     assert_eq!(decode_request(&[1, 2, 3]), Err(FrameError::Malformed));
+    // The same unknown tag without the magic is garbage, not a newer client.
+    frame[at - 1] ^= 0xff;
+    assert_eq!(
+        decode_request(payload_of(&frame)),
+        Err(FrameError::Malformed)
+    );
     assert_eq!(decode_request(&[]), Err(FrameError::Malformed));
 }
 
