@@ -15,15 +15,18 @@ pub(crate) struct RecvBuffer {
     start: usize,
     end: usize,
     initial_bytes: usize,
+    /// Larger than this, an empty buffer goes back to `initial_bytes`.
+    keep_bytes: usize,
 }
 
 impl RecvBuffer {
-    pub(crate) fn new(initial_bytes: usize) -> Self {
+    pub(crate) fn new(initial_bytes: usize, keep_bytes: usize) -> Self {
         RecvBuffer {
             bytes: vec![0; initial_bytes],
             start: 0,
             end: 0,
             initial_bytes,
+            keep_bytes: keep_bytes.max(initial_bytes),
         }
     }
 
@@ -86,10 +89,19 @@ impl RecvBuffer {
         }
     }
 
+    /// Doubles the buffer, up to `max_bytes`, for a peer that keeps it full.
+    pub(crate) fn grow_toward(&mut self, max_bytes: usize) {
+        let len = self.bytes.len();
+        if len < max_bytes {
+            let filled = self.end - self.start;
+            self.make_room(filled.max(1).max((len * 2).min(max_bytes)));
+        }
+    }
+
     /// Returns a buffer grown for a large frame to its starting size once it is empty, so a
     /// single big value does not pin memory for the life of the connection.
     pub(crate) fn shrink_when_empty(&mut self) {
-        if self.start == self.end && self.bytes.len() > self.initial_bytes * 4 {
+        if self.start == self.end && self.bytes.len() > self.keep_bytes {
             self.bytes.zeroize();
             self.bytes = vec![0; self.initial_bytes];
             self.start = 0;
@@ -132,7 +144,7 @@ mod tests {
 
     #[test]
     fn a_buffer_grows_only_for_an_announced_frame_and_keeps_unread_bytes() {
-        let mut rx = RecvBuffer::new(16);
+        let mut rx = RecvBuffer::new(16, 16);
         rx.make_room(4);
         rx.spare_mut()[..10].copy_from_slice(b"0123456789");
         rx.advance(10);
@@ -151,12 +163,30 @@ mod tests {
 
     #[test]
     fn a_full_buffer_always_leaves_room_to_read() {
-        let mut rx = RecvBuffer::new(8);
+        let mut rx = RecvBuffer::new(8, 8);
         rx.make_room(4);
         let n = rx.spare_mut().len();
         rx.advance(n);
         rx.make_room(4);
         assert!(!rx.spare_mut().is_empty());
+    }
+
+    #[test]
+    fn a_streaming_buffer_grows_to_its_cap_and_stays_until_a_big_frame_passes() {
+        let mut rx = RecvBuffer::new(8, 32);
+        for _ in 0..4 {
+            rx.grow_toward(32);
+        }
+        assert_eq!(rx.capacity(), 32);
+        rx.shrink_when_empty();
+        assert_eq!(rx.capacity(), 32, "kept while within keep_bytes");
+        rx.make_room(100);
+        rx.shrink_when_empty();
+        assert_eq!(
+            rx.capacity(),
+            8,
+            "a buffer grown for one big frame is released"
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@
 mod buffers;
 pub mod client;
 pub mod config;
+pub mod doctor;
 pub mod limits;
 pub mod node;
 pub mod store;

@@ -61,6 +61,12 @@ enum Command {
     },
     /// Print the store's default limits on this machine.
     Limits,
+    /// Check that this machine can run a node: io_uring, locked-memory limit.
+    Doctor {
+        /// Shards to check for [default: the CPUs this process may run on].
+        #[arg(long)]
+        shards: Option<usize>,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -78,6 +84,19 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Serve(args)) => serve(&args),
         None | Some(Command::Limits) => limits(),
+        Some(Command::Doctor { shards }) => {
+            let shards = shards.unwrap_or_else(repram::config::available_cpus);
+            let findings = repram::doctor::check(shards);
+            for finding in &findings {
+                let mark = if finding.ok { "ok     " } else { "PROBLEM" };
+                println!("{mark} {}", finding.message);
+            }
+            if findings.iter().all(|f| f.ok) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Some(Command::Put {
             key,
             value,

@@ -151,7 +151,7 @@ enum Event {
 
 /// Moves bytes both ways until the socket or the handle goes, then fails what is left.
 async fn drive(shared: Rc<Shared>, mut stream: TcpStream) {
-    let mut rx = RecvBuffer::new(RECV_BUFFER_INITIAL_BYTES);
+    let mut rx = RecvBuffer::new(RECV_BUFFER_INITIAL_BYTES, SEND_BUFFER_KEEP_BYTES);
     let mut next_frame_bytes = wire::FRAME_HEADER_BYTES;
     let mut sending: Vec<u8> = Vec::new();
     let mut sent = 0;

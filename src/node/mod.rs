@@ -28,9 +28,9 @@ use crate::wire::ErrorCode;
 use self::listeners::BindError;
 use self::shard::{bump, respond_error, MeshLinks, Shard, ShardReply, ShardRequest};
 
-/// io_uring memory each executor registers. The node does no file I/O, so glommio's 10 MiB
-/// default would only eat into the locked-memory limit (often 8 MiB in all).
-const EXECUTOR_IO_MEMORY_BYTES: usize = 256 * 1024;
+/// io_uring memory each executor registers (glommio's minimum). The node does no file I/O, so
+/// glommio's 10 MiB default would only eat into the locked-memory limit (often 8 MiB in all).
+pub const EXECUTOR_IO_MEMORY_BYTES: usize = 64 * 1024;
 /// Longest the expiry timer sleeps, so a value expires within this of its time even when a
 /// write lands an earlier expiry while the timer sleeps.
 const EXPIRY_TICK_MAX: Duration = Duration::from_millis(50);
@@ -82,10 +82,20 @@ impl RunningNode {
         self.stopper.clone()
     }
 
+    /// Stops a node that failed to start, preferring a shard's own account of why.
     fn abort(self, error: NodeError) -> NodeError {
         self.stop();
-        let _ = self.wait();
-        error
+        match self.wait() {
+            Err(NodeError::Shard { shard, message }) if message.contains("MemLock") => {
+                let message = format!(
+                    "{message}: the locked-memory limit is too low for io_uring; raise it \
+                     (`ulimit -l`, or LimitMEMLOCK= in a systemd unit) — `repram doctor` checks"
+                );
+                NodeError::Start { shard, message }
+            }
+            Err(NodeError::Shard { shard, message }) => NodeError::Start { shard, message },
+            _ => error,
+        }
     }
 
     /// Waits for every shard to finish.
@@ -161,6 +171,7 @@ pub fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
             })?;
         executors.push(executor);
     }
+    drop(ready);
     let node = RunningNode {
         client_addr,
         shard_addrs,
@@ -170,16 +181,20 @@ pub fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     };
     // Serving only once every shard is: a shard that cannot start stops the others.
     for _ in 0..shards {
-        match readiness.recv_timeout(SHARD_START_TIMEOUT) {
-            Ok(Ok(())) => {}
-            Ok(Err((shard, message))) => {
-                return Err(node.abort(NodeError::Start { shard, message }))
-            }
-            Err(_) => {
-                let message = "did not start in time".to_string();
-                return Err(node.abort(NodeError::Start { shard: 0, message }));
-            }
-        }
+        let failure = match readiness.recv_timeout(SHARD_START_TIMEOUT) {
+            Ok(Ok(())) => continue,
+            Ok(Err((shard, message))) => NodeError::Start { shard, message },
+            Err(flume::RecvTimeoutError::Timeout) => NodeError::Start {
+                shard: 0,
+                message: format!("shards did not start within {SHARD_START_TIMEOUT:?}"),
+            },
+            // A shard thread died before it could say why: its join result does.
+            Err(flume::RecvTimeoutError::Disconnected) => NodeError::Start {
+                shard: 0,
+                message: "a shard thread ended while starting".into(),
+            },
+        };
+        return Err(node.abort(failure));
     }
     Ok(node)
 }

@@ -281,7 +281,6 @@ impl Shard {
         match found {
             Ok(meta) => {
                 bump(&self.counters.hits, 1);
-                reserve_wiping(out, scratch.len() + wire::FRAME_OVERHEAD_BYTES);
                 respond(
                     out,
                     id,
@@ -410,7 +409,17 @@ fn key_and_value(
     }
 }
 
+/// Appends one response to `out`. Room is made first (wiping what a reallocation would free),
+/// because `out` may already hold another response's plaintext value.
 pub(crate) fn respond(out: &mut Vec<u8>, id: u64, reply: Reply<'_>) {
+    let payload_bytes = match &reply {
+        Reply::Value { value, .. } => value.len(),
+        Reply::Error { message, .. } => message.len(),
+        Reply::Hello(info) => info.shard_ports.len() * 2,
+        Reply::Stats(stats) => (stats.shards.len() + 1) * std::mem::size_of::<ShardStats>(),
+        Reply::Stored { .. } | Reply::NotFound | Reply::Deleted | Reply::Pong => 0,
+    };
+    reserve_wiping(out, payload_bytes + wire::FRAME_OVERHEAD_BYTES);
     wire::encode_response(out, &Response { id, reply });
 }
 
