@@ -28,7 +28,8 @@ pub mod doctor;
 pub mod limits;
 pub mod node;
 pub mod store;
-pub mod version;
+pub use repram_cluster as cluster;
+pub use repram_cluster::version;
 pub mod wire;
 
 pub use limits::StoreLimits;

@@ -61,12 +61,36 @@ enum Command {
     },
     /// Print the store's default limits on this machine.
     Limits,
+    /// Simulate a network of nodes (the peer protocol, deterministic from --seed) and report
+    /// convergence, traffic and tree shape.
+    Sim(SimArgs),
     /// Check that this machine can run a node: io_uring, locked-memory limit.
     Doctor {
         /// Shards to check for [default: the CPUs this process may run on].
         #[arg(long)]
         shards: Option<usize>,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct SimArgs {
+    #[arg(long, default_value_t = 1_000)]
+    nodes: usize,
+    #[arg(long, default_value_t = 3)]
+    roots: usize,
+    /// Client writes, spread over --write-minutes.
+    #[arg(long, default_value_t = 10_000)]
+    writes: usize,
+    #[arg(long, default_value_t = 10.0)]
+    write_minutes: f64,
+    /// Percent of nodes crashed (and restarted empty 5 s later) per simulated minute.
+    #[arg(long, default_value_t = 0.0)]
+    churn: f64,
+    /// Percent of messages lost once (and retransmitted 200 ms later).
+    #[arg(long, default_value_t = 1.0)]
+    loss: f64,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -84,6 +108,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Serve(args)) => serve(&args),
         None | Some(Command::Limits) => limits(),
+        Some(Command::Sim(args)) => simulate(&args),
         Some(Command::Doctor { shards }) => {
             let shards = shards.unwrap_or_else(repram::config::available_cpus);
             let findings = repram::doctor::check(shards);
@@ -208,6 +233,29 @@ fn limits() -> ExitCode {
         "repram {} store defaults: {limits}",
         env!("CARGO_PKG_VERSION")
     );
+    ExitCode::SUCCESS
+}
+
+fn simulate(args: &SimArgs) -> ExitCode {
+    use repram::cluster::sim::{Sim, SimConfig};
+    if args.roots == 0 || args.roots > args.nodes {
+        return fail("--roots must be within 1..=--nodes");
+    }
+    let config = SimConfig {
+        nodes: args.nodes,
+        roots: args.roots,
+        seed: args.seed,
+        writes: args.writes,
+        join_window_ms: (args.nodes as u64 * 20).max(10_000),
+        write_window_ms: (args.write_minutes * 60_000.0) as u64,
+        churn_per_minute: args.churn / 100.0,
+        loss: args.loss / 100.0,
+        ..SimConfig::default()
+    };
+    let started = std::time::Instant::now();
+    let report = Sim::new(config).run();
+    println!("{report}");
+    println!("wall time {:.1?}", started.elapsed());
     ExitCode::SUCCESS
 }
 

@@ -1,0 +1,168 @@
+//! The messages nodes exchange, and what a node tells others about itself.
+//!
+//! Owns the peer vocabulary and its size accounting. It never validates bytes from a socket:
+//! the rkyv wire form beside the client protocol does that before a message reaches a `Node`.
+
+use std::net::SocketAddr;
+
+use crate::entry::Entry;
+
+/// Peer protocol major version; a join from another major is refused.
+pub const PEER_PROTOCOL_MAJOR: u16 = 1;
+
+/// A node's place in the discovery tree. Depth: root 0, trunk 1, branch 2, leaf 3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    Root,
+    Trunk,
+    Branch,
+    Leaf,
+}
+
+impl Role {
+    pub fn depth(self) -> u8 {
+        self as u8
+    }
+
+    /// The role of a child of this role; `None` for a leaf, which takes no children.
+    pub fn child(self) -> Option<Role> {
+        match self {
+            Role::Root => Some(Role::Trunk),
+            Role::Trunk => Some(Role::Branch),
+            Role::Branch => Some(Role::Leaf),
+            Role::Leaf => None,
+        }
+    }
+}
+
+/// What a node says about itself in pings, maps and heartbeats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NodeInfo {
+    pub id: u64,
+    pub addr: SocketAddr,
+    /// `None` while the node is not attached to the tree.
+    pub role: Option<Role>,
+    pub children: u16,
+    pub capacity: u16,
+}
+
+impl NodeInfo {
+    /// Whether this node can take one more child.
+    pub fn has_room(&self) -> bool {
+        self.role.and_then(Role::child).is_some() && self.children < self.capacity
+    }
+}
+
+/// Everything one node sends another.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Message {
+    /// A node asks a root for a map of candidate parents.
+    Join {
+        major: u16,
+        info: NodeInfo,
+    },
+    /// A root's answer: nearby candidates with room (bounded), and the roots it knows.
+    TopologyMap {
+        candidates: Vec<NodeInfo>,
+        roots: Vec<SocketAddr>,
+    },
+    /// Refusal of a join from another protocol major.
+    JoinRefused {
+        major: u16,
+    },
+    /// Latency probe; `nonce` matches the pong.
+    Ping {
+        nonce: u64,
+        info: NodeInfo,
+    },
+    Pong {
+        nonce: u64,
+        info: NodeInfo,
+    },
+    /// A node asks to become a child.
+    Attach {
+        info: NodeInfo,
+    },
+    /// The answer: accepted (with the parent's info and its path of ancestor ids, root first,
+    /// itself last), or refused for lack of room or because it would close a cycle.
+    AttachReply {
+        accepted: bool,
+        info: NodeInfo,
+        path: Vec<u64>,
+    },
+    /// A child (or a root to another root) says it is alive, and names a few of its own
+    /// children with room, so roots can offer deeper parents in their maps. The parent
+    /// answers with its info.
+    Heartbeat {
+        info: NodeInfo,
+        open_children: Vec<NodeInfo>,
+    },
+    HeartbeatReply {
+        info: NodeInfo,
+        is_child: bool,
+        path: Vec<u64>,
+    },
+    /// A graceful leave, or a child moving to another parent.
+    Leave {
+        info: NodeInfo,
+    },
+    /// New entries travelling along tree edges.
+    Push {
+        entries: Vec<Entry>,
+    },
+    /// A request for the next chunk of a full dump.
+    DumpRequest {
+        cursor: u64,
+    },
+    /// A chunk of a dump; `next` is the cursor to ask for next, `None` when complete.
+    DumpChunk {
+        entries: Vec<Entry>,
+        next: Option<u64>,
+    },
+}
+
+impl Message {
+    /// Approximate bytes on the wire, for the simulator's accounting.
+    pub fn wire_bytes(&self) -> usize {
+        const HEADER: usize = 8;
+        const INFO: usize = 8 + 18 + 1 + 4;
+        HEADER
+            + match self {
+                Message::Join { .. } => 2 + INFO,
+                Message::TopologyMap { candidates, roots } => {
+                    candidates.len() * INFO + roots.len() * 18
+                }
+                Message::JoinRefused { .. } => 2,
+                Message::Ping { .. } | Message::Pong { .. } => 8 + INFO,
+                Message::Attach { .. } | Message::Leave { .. } => INFO,
+                Message::AttachReply { path, .. } | Message::HeartbeatReply { path, .. } => {
+                    1 + INFO + path.len() * 8
+                }
+                Message::Heartbeat { open_children, .. } => INFO * (1 + open_children.len()),
+                Message::Push { entries } => entries.iter().map(Entry::wire_bytes).sum(),
+                Message::DumpRequest { .. } => 8,
+                Message::DumpChunk { entries, .. } => {
+                    9 + entries.iter().map(Entry::wire_bytes).sum::<usize>()
+                }
+            }
+    }
+
+    /// A short name for per-kind accounting.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Join { .. } => "join",
+            Message::TopologyMap { .. } => "topology_map",
+            Message::JoinRefused { .. } => "join_refused",
+            Message::Ping { .. } => "ping",
+            Message::Pong { .. } => "pong",
+            Message::Attach { .. } => "attach",
+            Message::AttachReply { .. } => "attach_reply",
+            Message::Heartbeat { .. } => "heartbeat",
+            Message::HeartbeatReply { .. } => "heartbeat_reply",
+            Message::Leave { .. } => "leave",
+            Message::Push { .. } => "push",
+            Message::DumpRequest { .. } => "dump_request",
+            Message::DumpChunk { .. } => "dump_chunk",
+        }
+    }
+}

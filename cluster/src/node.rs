@@ -1,0 +1,908 @@
+//! One node of the peer network as a pure state machine: join through a root, probe and attach
+//! to a parent in the discovery tree, heartbeat, heal when a parent dies or is wrong, take a
+//! full dump after attaching, and push new entries along tree edges.
+//!
+//! Owns every protocol decision. It never touches a socket, a clock or system randomness: the
+//! driver feeds [`Input`]s with a `now_ms`, drains [`Output`]s, and wakes it at
+//! [`Node::next_wake_ms`]. Its only side effect is on the [`EntryStore`] it owns.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+
+use rand_core::{RngCore, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+use crate::entry::{Applied, Entry, EntryStore};
+use crate::message::{Message, NodeInfo, Role, PEER_PROTOCOL_MAJOR};
+
+#[cfg(test)]
+#[path = "node_tests.rs"]
+mod tests;
+
+/// Tree shape and timing. Every bound has its unit in its name.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// Children a root, a trunk and a branch take at most.
+    pub children_max_root: u16,
+    pub children_max_trunk: u16,
+    pub children_max_branch: u16,
+    pub heartbeat_interval_ms: u64,
+    /// Heartbeats missed before a parent (or child) counts as gone.
+    pub heartbeat_misses_max: u64,
+    /// How long to wait for a root's map or a parent's attach reply.
+    pub reply_timeout_ms: u64,
+    /// How long to wait for pongs when measuring candidates.
+    pub probe_timeout_ms: u64,
+    /// Candidates in one topology map.
+    pub map_candidates_max: usize,
+    /// Entries in one dump chunk or push message.
+    pub entries_per_message_max: usize,
+    /// Pause before joining again after every root failed.
+    pub rejoin_backoff_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            children_max_root: 16,
+            children_max_trunk: 16,
+            children_max_branch: 48,
+            heartbeat_interval_ms: 1_000,
+            heartbeat_misses_max: 3,
+            reply_timeout_ms: 2_000,
+            probe_timeout_ms: 500,
+            map_candidates_max: 16,
+            entries_per_message_max: 256,
+            rejoin_backoff_ms: 1_000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    fn children_max(&self, role: Option<Role>) -> u16 {
+        match role {
+            Some(Role::Root) => self.children_max_root,
+            Some(Role::Trunk) => self.children_max_trunk,
+            Some(Role::Branch) => self.children_max_branch,
+            Some(Role::Leaf) | None => 0,
+        }
+    }
+}
+
+/// Who a node is and where it starts from.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: u64,
+    pub addr: SocketAddr,
+    /// Root addresses to join through (a root lists the other roots here).
+    pub roots: Vec<SocketAddr>,
+    /// Whether this node is one of the roots.
+    pub is_root: bool,
+    pub cluster: ClusterConfig,
+}
+
+/// What the driver feeds the node.
+#[derive(Clone, Debug)]
+pub enum Input {
+    Message {
+        from: SocketAddr,
+        msg: Message,
+    },
+    /// A write made on this node, already in its store: push it to the tree.
+    LocalWrite(Entry),
+    /// The transport could not reach `addr` (connection refused or broken).
+    Unreachable {
+        addr: SocketAddr,
+    },
+    /// Leave the network gracefully: tell parent and children.
+    Leave,
+    Tick,
+}
+
+/// What the node asks the driver to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    Send { to: SocketAddr, msg: Message },
+}
+
+/// Where the node is in joining the tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Phase {
+    /// A configured root: the top of the tree.
+    Root,
+    /// Waiting to (re)join after every root failed.
+    Backoff {
+        until_ms: u64,
+    },
+    /// Asked root number `root` for a map.
+    Joining {
+        root: usize,
+        deadline_ms: u64,
+    },
+    /// Measuring candidates.
+    Probing {
+        deadline_ms: u64,
+    },
+    /// Asked `to` to take us as a child.
+    Attaching {
+        to: SocketAddr,
+        deadline_ms: u64,
+    },
+    Attached,
+    /// Left the network on request.
+    Gone,
+}
+
+#[derive(Clone, Debug)]
+struct Candidate {
+    info: NodeInfo,
+    nonce: u64,
+    sent_ms: u64,
+    rtt_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+struct Link {
+    info: NodeInfo,
+    last_heard_ms: u64,
+    /// Its children with room, as its last heartbeat named them.
+    open_children: Vec<NodeInfo>,
+}
+
+/// Children with room a heartbeat names at most.
+const OPEN_CHILDREN_PER_HEARTBEAT_MAX: usize = 8;
+
+/// A full dump being taken from a peer.
+#[derive(Clone, Debug)]
+struct DumpProgress {
+    from: SocketAddr,
+    cursor: u64,
+    deadline_ms: u64,
+    /// Times the current chunk was asked for again after a timeout.
+    retries: u8,
+}
+
+/// Times a dump chunk is asked for again before the dump moves to another peer.
+const DUMP_RETRIES_MAX: u8 = 2;
+
+/// Counters a driver can read to report what the node did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeCounters {
+    pub joins: u64,
+    pub attaches: u64,
+    pub parent_losses: u64,
+    pub entries_applied: u64,
+    pub entries_stale: u64,
+    pub dumps_completed: u64,
+}
+
+pub struct Node<S> {
+    config: NodeConfig,
+    store: S,
+    rng: Xoshiro256PlusPlus,
+    phase: Phase,
+    role: Option<Role>,
+    parent: Option<Link>,
+    /// Ancestors' ids, root first, as the parent last told us.
+    path: Vec<u64>,
+    /// Ordered maps: the order of sends must not depend on a hasher's seed, or the simulator
+    /// would not repeat a run.
+    children: BTreeMap<SocketAddr, Link>,
+    /// The other roots (for a root): the top of the one tree.
+    root_peers: BTreeMap<SocketAddr, Link>,
+    roots: Vec<SocketAddr>,
+    /// Nodes seen in maps, tried when no root answers.
+    cached_peers: Vec<NodeInfo>,
+    candidates: Vec<Candidate>,
+    /// Candidates not yet asked, best first, while attaching.
+    ranked: Vec<NodeInfo>,
+    dump: Option<DumpProgress>,
+    next_heartbeat_ms: u64,
+    outbox: VecDeque<Output>,
+    counters: NodeCounters,
+}
+
+impl<S: EntryStore> Node<S> {
+    pub fn new(config: NodeConfig, store: S, seed: u64, now_ms: u64) -> Self {
+        let roots: Vec<SocketAddr> = config
+            .roots
+            .iter()
+            .copied()
+            .filter(|&a| a != config.addr)
+            .collect();
+        let mut node = Node {
+            rng: Xoshiro256PlusPlus::seed_from_u64(seed),
+            phase: Phase::Backoff { until_ms: now_ms },
+            role: None,
+            parent: None,
+            path: Vec::new(),
+            children: BTreeMap::new(),
+            root_peers: BTreeMap::new(),
+            roots,
+            cached_peers: Vec::new(),
+            candidates: Vec::new(),
+            ranked: Vec::new(),
+            dump: None,
+            next_heartbeat_ms: now_ms,
+            outbox: VecDeque::new(),
+            counters: NodeCounters::default(),
+            store,
+            config,
+        };
+        if node.config.is_root {
+            node.phase = Phase::Root;
+            node.role = Some(Role::Root);
+            for &addr in &node.roots {
+                node.root_peers.insert(
+                    addr,
+                    Link {
+                        info: NodeInfo {
+                            id: 0,
+                            addr,
+                            role: Some(Role::Root),
+                            children: 0,
+                            capacity: 0,
+                        },
+                        last_heard_ms: now_ms,
+                        open_children: Vec::new(),
+                    },
+                );
+            }
+        } else {
+            node.start_join(now_ms);
+        }
+        node
+    }
+
+    pub fn info(&self) -> NodeInfo {
+        NodeInfo {
+            id: self.config.id,
+            addr: self.config.addr,
+            role: self.role,
+            children: self.children.len() as u16,
+            capacity: self.config.cluster.children_max(self.role),
+        }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    pub fn role(&self) -> Option<Role> {
+        self.role
+    }
+
+    pub fn parent(&self) -> Option<SocketAddr> {
+        self.parent.as_ref().map(|l| l.info.addr)
+    }
+
+    pub fn children(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.children.keys().copied()
+    }
+
+    pub fn is_attached(&self) -> bool {
+        matches!(self.phase, Phase::Root | Phase::Attached)
+    }
+
+    /// Whether the node still takes the dump it started after attaching.
+    pub fn is_dumping(&self) -> bool {
+        self.dump.is_some()
+    }
+
+    pub fn counters(&self) -> NodeCounters {
+        self.counters
+    }
+
+    /// The next output to carry out, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outbox.pop_front()
+    }
+
+    /// When the node next needs a `Tick`.
+    pub fn next_wake_ms(&self) -> u64 {
+        let phase = match self.phase {
+            Phase::Backoff { until_ms } => until_ms,
+            Phase::Joining { deadline_ms, .. }
+            | Phase::Probing { deadline_ms }
+            | Phase::Attaching { deadline_ms, .. } => deadline_ms,
+            Phase::Root | Phase::Attached => u64::MAX,
+            Phase::Gone => return u64::MAX,
+        };
+        let dump = self.dump.as_ref().map_or(u64::MAX, |d| d.deadline_ms);
+        phase.min(dump).min(self.next_heartbeat_ms)
+    }
+
+    pub fn handle(&mut self, input: Input, now_ms: u64) {
+        if self.phase == Phase::Gone {
+            return;
+        }
+        match input {
+            Input::Message { from, msg } => self.on_message(from, msg, now_ms),
+            Input::LocalWrite(entry) => self.push(vec![entry], None),
+            Input::Unreachable { addr } => self.on_unreachable(addr, now_ms),
+            Input::Leave => self.leave(),
+            Input::Tick => self.on_tick(now_ms),
+        }
+    }
+
+    fn send(&mut self, to: SocketAddr, msg: Message) {
+        debug_assert_ne!(to, self.config.addr, "a node never sends to itself");
+        self.outbox.push_back(Output::Send { to, msg });
+    }
+
+    /// Tree neighbours: parent, children and (for a root) the other roots.
+    fn neighbours(&self) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = self.parent.iter().map(|l| l.info.addr).collect();
+        out.extend(self.children.keys().copied());
+        out.extend(self.root_peers.keys().copied());
+        out
+    }
+
+    /// Sends `entries` to every tree neighbour but the one they came from.
+    fn push(&mut self, entries: Vec<Entry>, from: Option<SocketAddr>) {
+        if entries.is_empty() {
+            return;
+        }
+        let chunk = self.config.cluster.entries_per_message_max.max(1);
+        for to in self.neighbours() {
+            if Some(to) == from {
+                continue;
+            }
+            for part in entries.chunks(chunk) {
+                self.send(
+                    to,
+                    Message::Push {
+                        entries: part.to_vec(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Applies entries from a peer; returns those that were new here.
+    fn apply_all(&mut self, entries: Vec<Entry>, now_ms: u64) -> Vec<Entry> {
+        let mut fresh = Vec::new();
+        for entry in entries {
+            match self.store.apply(&entry, now_ms) {
+                Applied::Stored => {
+                    self.counters.entries_applied += 1;
+                    fresh.push(entry);
+                }
+                Applied::Stale | Applied::Expired | Applied::Full => {
+                    self.counters.entries_stale += 1;
+                }
+            }
+        }
+        fresh
+    }
+
+    fn on_message(&mut self, from: SocketAddr, msg: Message, now_ms: u64) {
+        match msg {
+            Message::Join { major, info } => self.on_join(from, major, info),
+            Message::TopologyMap { candidates, roots } => self.on_map(candidates, roots, now_ms),
+            Message::JoinRefused { major } => {
+                // A root of another major: try the next one.
+                let _ = major;
+                self.next_root(now_ms);
+            }
+            Message::Ping { nonce, .. } => {
+                let info = self.info();
+                self.send(from, Message::Pong { nonce, info });
+            }
+            Message::Pong { nonce, info } => self.on_pong(nonce, info, now_ms),
+            Message::Attach { info } => self.on_attach(from, info, now_ms),
+            Message::AttachReply {
+                accepted,
+                info,
+                path,
+            } => self.on_attach_reply(from, accepted, info, path, now_ms),
+            Message::Heartbeat {
+                info,
+                open_children,
+            } => self.on_heartbeat(from, info, open_children, now_ms),
+            Message::HeartbeatReply {
+                info,
+                is_child,
+                path,
+            } => self.on_heartbeat_reply(from, info, is_child, path, now_ms),
+            Message::Leave { .. } => self.on_leave(from, now_ms),
+            Message::Push { entries } => {
+                let fresh = self.apply_all(entries, now_ms);
+                self.push(fresh, Some(from));
+            }
+            Message::DumpRequest { cursor } => {
+                let max = self.config.cluster.entries_per_message_max;
+                let (entries, next) = self.store.dump_chunk(cursor, max, now_ms);
+                self.send(from, Message::DumpChunk { entries, next });
+            }
+            Message::DumpChunk { entries, next } => self.on_dump_chunk(from, entries, next, now_ms),
+        }
+    }
+
+    // --- joining -------------------------------------------------------------------------
+
+    fn start_join(&mut self, now_ms: u64) {
+        self.counters.joins += 1;
+        self.join_root(0, now_ms);
+    }
+
+    fn join_root(&mut self, root: usize, now_ms: u64) {
+        let deadline_ms = now_ms + self.config.cluster.reply_timeout_ms;
+        if let Some(&addr) = self.roots.get(root) {
+            self.phase = Phase::Joining { root, deadline_ms };
+            let msg = Message::Join {
+                major: PEER_PROTOCOL_MAJOR,
+                info: self.info(),
+            };
+            self.send(addr, msg);
+        } else if !self.cached_peers.is_empty() {
+            // Root failover, last resort: measure the peers we knew of as candidates.
+            let peers = std::mem::take(&mut self.cached_peers);
+            self.probe(peers, now_ms);
+        } else {
+            self.phase = Phase::Backoff {
+                until_ms: now_ms + self.config.cluster.rejoin_backoff_ms,
+            };
+        }
+    }
+
+    fn next_root(&mut self, now_ms: u64) {
+        let next = match self.phase {
+            Phase::Joining { root, .. } => root + 1,
+            _ => return,
+        };
+        self.join_root(next, now_ms);
+    }
+
+    fn on_join(&mut self, from: SocketAddr, major: u16, info: NodeInfo) {
+        if major != PEER_PROTOCOL_MAJOR {
+            self.send(
+                from,
+                Message::JoinRefused {
+                    major: PEER_PROTOCOL_MAJOR,
+                },
+            );
+            return;
+        }
+        let mut candidates: Vec<NodeInfo> = Vec::new();
+        let me = self.info();
+        if me.has_room() {
+            candidates.push(me);
+        }
+        candidates.extend(
+            self.children
+                .values()
+                .chain(self.root_peers.values())
+                .flat_map(|l| std::iter::once(l.info).chain(l.open_children.iter().copied()))
+                .filter(|i| i.id != info.id && i.id != 0),
+        );
+        // A bounded random sample: the joiner measures them and picks the closest.
+        let max = self.config.cluster.map_candidates_max;
+        while candidates.len() > max {
+            let at = (self.rng.next_u64() % candidates.len() as u64) as usize;
+            candidates.swap_remove(at);
+        }
+        let mut roots = self.roots.clone();
+        roots.push(self.config.addr);
+        self.send(from, Message::TopologyMap { candidates, roots });
+    }
+
+    fn on_map(&mut self, candidates: Vec<NodeInfo>, roots: Vec<SocketAddr>, now_ms: u64) {
+        if !matches!(self.phase, Phase::Joining { .. }) {
+            return;
+        }
+        for root in roots {
+            if root != self.config.addr && !self.roots.contains(&root) {
+                self.roots.push(root);
+            }
+        }
+        let own = self.config.id;
+        let candidates: Vec<NodeInfo> = candidates
+            .into_iter()
+            .filter(|c| c.id != own && c.addr != self.config.addr)
+            .collect();
+        self.cached_peers = candidates.clone();
+        self.probe(candidates, now_ms);
+    }
+
+    fn probe(&mut self, candidates: Vec<NodeInfo>, now_ms: u64) {
+        self.candidates.clear();
+        for info in candidates {
+            let nonce = self.rng.next_u64();
+            self.candidates.push(Candidate {
+                info,
+                nonce,
+                sent_ms: now_ms,
+                rtt_ms: None,
+            });
+            let me = self.info();
+            self.send(info.addr, Message::Ping { nonce, info: me });
+        }
+        self.phase = Phase::Probing {
+            deadline_ms: now_ms + self.config.cluster.probe_timeout_ms,
+        };
+        if self.candidates.is_empty() {
+            self.choose_parent(now_ms);
+        }
+    }
+
+    fn on_pong(&mut self, nonce: u64, info: NodeInfo, now_ms: u64) {
+        if !matches!(self.phase, Phase::Probing { .. }) {
+            return;
+        }
+        if let Some(c) = self.candidates.iter_mut().find(|c| c.nonce == nonce) {
+            c.rtt_ms = Some(now_ms.saturating_sub(c.sent_ms));
+            c.info = info;
+        }
+        if self.candidates.iter().all(|c| c.rtt_ms.is_some()) {
+            self.choose_parent(now_ms);
+        }
+    }
+
+    /// Ranks measured candidates: the deepest layer with room first, the closest within it.
+    fn choose_parent(&mut self, now_ms: u64) {
+        let mut measured: Vec<(u8, u64, NodeInfo)> = self
+            .candidates
+            .drain(..)
+            .filter_map(|c| Some((c.info.role?.depth(), c.rtt_ms?, c.info)))
+            .filter(|(_, _, info)| info.has_room())
+            .collect();
+        measured.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.id.cmp(&b.2.id)));
+        self.ranked = measured
+            .into_iter()
+            .map(|(_, _, info)| info)
+            .rev()
+            .collect();
+        self.attach_next(now_ms);
+    }
+
+    fn attach_next(&mut self, now_ms: u64) {
+        match self.ranked.pop() {
+            Some(info) => {
+                self.phase = Phase::Attaching {
+                    to: info.addr,
+                    deadline_ms: now_ms + self.config.cluster.reply_timeout_ms,
+                };
+                let me = self.info();
+                self.send(info.addr, Message::Attach { info: me });
+            }
+            // Nobody with room answered: ask the roots again, after a pause.
+            None => {
+                self.phase = Phase::Backoff {
+                    until_ms: now_ms + self.config.cluster.rejoin_backoff_ms,
+                };
+            }
+        }
+    }
+
+    fn on_attach(&mut self, from: SocketAddr, info: NodeInfo, now_ms: u64) {
+        let me = self.info();
+        let known = self.children.contains_key(&from);
+        // Never take an ancestor as a child: that would close a cycle.
+        let ancestor = self.path.contains(&info.id)
+            || self.parent.as_ref().is_some_and(|p| p.info.addr == from);
+        let accepted = self.is_attached() && !ancestor && (known || me.has_room());
+        if accepted {
+            self.children.insert(
+                from,
+                Link {
+                    info,
+                    last_heard_ms: now_ms,
+                    open_children: Vec::new(),
+                },
+            );
+        }
+        let info = self.info();
+        let path = self.path_for_children();
+        self.send(
+            from,
+            Message::AttachReply {
+                accepted,
+                info,
+                path,
+            },
+        );
+    }
+
+    /// The path a child inherits: our ancestors, then us.
+    fn path_for_children(&self) -> Vec<u64> {
+        let mut path = self.path.clone();
+        path.push(self.config.id);
+        path
+    }
+
+    fn on_attach_reply(
+        &mut self,
+        from: SocketAddr,
+        accepted: bool,
+        info: NodeInfo,
+        path: Vec<u64>,
+        now_ms: u64,
+    ) {
+        let Phase::Attaching { to, .. } = self.phase else {
+            return;
+        };
+        if to != from {
+            return;
+        }
+        let role = info.role.and_then(Role::child);
+        // Below one of our own descendants would be a cycle.
+        let cycle = path.contains(&self.config.id) || self.children.contains_key(&from);
+        match (accepted, role) {
+            (true, Some(role)) if !cycle => {
+                self.role = Some(role);
+                self.path = path;
+                self.parent = Some(Link {
+                    info,
+                    last_heard_ms: now_ms,
+                    open_children: Vec::new(),
+                });
+                self.phase = Phase::Attached;
+                self.counters.attaches += 1;
+                self.next_heartbeat_ms = now_ms;
+                self.ranked.clear();
+                // Take a full dump from the new parent before anything else.
+                self.dump = Some(DumpProgress {
+                    from,
+                    cursor: 0,
+                    deadline_ms: now_ms + self.config.cluster.reply_timeout_ms,
+                    retries: 0,
+                });
+                self.send(from, Message::DumpRequest { cursor: 0 });
+            }
+            (true, _) => {
+                // Accepted by a node that cannot be our parent: undo and try the next.
+                let me = self.info();
+                self.send(from, Message::Leave { info: me });
+                self.attach_next(now_ms);
+            }
+            (false, _) => self.attach_next(now_ms),
+        }
+    }
+
+    // --- dumps ---------------------------------------------------------------------------
+
+    fn on_dump_chunk(
+        &mut self,
+        from: SocketAddr,
+        entries: Vec<Entry>,
+        next: Option<u64>,
+        now_ms: u64,
+    ) {
+        let Some(dump) = &self.dump else { return };
+        if dump.from != from {
+            return;
+        }
+        let fresh = self.apply_all(entries, now_ms);
+        // What a dump teaches is pushed on, so children learn it in the same pass.
+        self.push(fresh, Some(from));
+        match next {
+            Some(cursor) => {
+                self.dump = Some(DumpProgress {
+                    from,
+                    cursor,
+                    deadline_ms: now_ms + self.config.cluster.reply_timeout_ms,
+                    retries: 0,
+                });
+                self.send(from, Message::DumpRequest { cursor });
+            }
+            None => {
+                self.dump = None;
+                self.counters.dumps_completed += 1;
+            }
+        }
+    }
+
+    /// The dump's peer is gone: start over from another (the cursor is the old peer's own).
+    fn restart_dump(&mut self, now_ms: u64) {
+        let Some(dump) = self.dump.take() else { return };
+        let next = self
+            .parent
+            .as_ref()
+            .map(|p| p.info.addr)
+            .filter(|&a| a != dump.from)
+            .or_else(|| self.children.keys().copied().find(|&a| a != dump.from));
+        if let Some(from) = next {
+            self.dump = Some(DumpProgress {
+                from,
+                cursor: 0,
+                deadline_ms: now_ms + self.config.cluster.reply_timeout_ms,
+                retries: 0,
+            });
+            self.send(from, Message::DumpRequest { cursor: 0 });
+        }
+    }
+
+    /// A dump chunk did not come in time: ask again, or move to another peer.
+    fn dump_timed_out(&mut self, now_ms: u64) {
+        let timeout_ms = self.config.cluster.reply_timeout_ms;
+        let Some(dump) = &mut self.dump else { return };
+        if dump.retries >= DUMP_RETRIES_MAX {
+            return self.restart_dump(now_ms);
+        }
+        dump.retries += 1;
+        dump.deadline_ms = now_ms + timeout_ms;
+        let (from, cursor) = (dump.from, dump.cursor);
+        self.send(from, Message::DumpRequest { cursor });
+    }
+
+    // --- heartbeats and healing ------------------------------------------------------------
+
+    fn on_heartbeat(
+        &mut self,
+        from: SocketAddr,
+        info: NodeInfo,
+        mut open_children: Vec<NodeInfo>,
+        now_ms: u64,
+    ) {
+        open_children.truncate(OPEN_CHILDREN_PER_HEARTBEAT_MAX);
+        let is_child = match self.children.get_mut(&from) {
+            Some(link) => {
+                link.info = info;
+                link.last_heard_ms = now_ms;
+                link.open_children = open_children;
+                true
+            }
+            None => false,
+        };
+        if let Some(link) = self.root_peers.get_mut(&from) {
+            link.info = info;
+            link.last_heard_ms = now_ms;
+        }
+        let me = self.info();
+        let path = self.path_for_children();
+        self.send(
+            from,
+            Message::HeartbeatReply {
+                info: me,
+                is_child,
+                path,
+            },
+        );
+    }
+
+    fn on_heartbeat_reply(
+        &mut self,
+        from: SocketAddr,
+        info: NodeInfo,
+        is_child: bool,
+        path: Vec<u64>,
+        now_ms: u64,
+    ) {
+        if let Some(link) = self.root_peers.get_mut(&from) {
+            link.info = info;
+            link.last_heard_ms = now_ms;
+            return;
+        }
+        let Some(parent) = &mut self.parent else {
+            return;
+        };
+        if parent.info.addr != from {
+            return;
+        }
+        parent.info = info;
+        parent.last_heard_ms = now_ms;
+        match info.role.and_then(Role::child) {
+            // The parent forgot us, can no longer take children, or sits below us: find another.
+            None => self.lose_parent(now_ms),
+            _ if !is_child || path.contains(&self.config.id) => self.lose_parent(now_ms),
+            Some(role) => {
+                self.role = Some(role);
+                self.path = path;
+            }
+        }
+    }
+
+    fn lose_parent(&mut self, now_ms: u64) {
+        self.counters.parent_losses += 1;
+        if let Some(parent) = self.parent.take() {
+            if self
+                .dump
+                .as_ref()
+                .is_some_and(|d| d.from == parent.info.addr)
+            {
+                self.restart_dump(now_ms);
+            }
+        }
+        self.role = None;
+        self.path.clear();
+        self.start_join(now_ms);
+    }
+
+    fn on_leave(&mut self, from: SocketAddr, now_ms: u64) {
+        if self.children.remove(&from).is_some() {
+            return;
+        }
+        if self.parent.as_ref().is_some_and(|p| p.info.addr == from) {
+            self.lose_parent(now_ms);
+        }
+    }
+
+    fn on_unreachable(&mut self, addr: SocketAddr, now_ms: u64) {
+        self.children.remove(&addr);
+        if self.dump.as_ref().is_some_and(|d| d.from == addr) {
+            self.restart_dump(now_ms);
+        }
+        match self.phase {
+            Phase::Joining { root, .. } if self.roots.get(root) == Some(&addr) => {
+                self.next_root(now_ms)
+            }
+            Phase::Attaching { to, .. } if to == addr => self.attach_next(now_ms),
+            Phase::Probing { .. } => {
+                self.candidates.retain(|c| c.info.addr != addr);
+                if self.candidates.iter().all(|c| c.rtt_ms.is_some()) {
+                    self.choose_parent(now_ms);
+                }
+            }
+            _ => {}
+        }
+        if self.parent.as_ref().is_some_and(|p| p.info.addr == addr) {
+            self.lose_parent(now_ms);
+        }
+    }
+
+    fn leave(&mut self) {
+        let me = self.info();
+        for to in self.neighbours() {
+            self.send(to, Message::Leave { info: me });
+        }
+        self.parent = None;
+        self.children.clear();
+        self.phase = Phase::Gone;
+    }
+
+    fn on_tick(&mut self, now_ms: u64) {
+        match self.phase {
+            Phase::Backoff { until_ms } if now_ms >= until_ms => self.start_join(now_ms),
+            Phase::Joining { deadline_ms, .. } if now_ms >= deadline_ms => self.next_root(now_ms),
+            Phase::Probing { deadline_ms } if now_ms >= deadline_ms => self.choose_parent(now_ms),
+            Phase::Attaching { deadline_ms, .. } if now_ms >= deadline_ms => {
+                self.attach_next(now_ms)
+            }
+            _ => {}
+        }
+        if self.dump.as_ref().is_some_and(|d| now_ms >= d.deadline_ms) {
+            self.dump_timed_out(now_ms);
+        }
+        if now_ms >= self.next_heartbeat_ms {
+            self.heartbeat(now_ms);
+        }
+    }
+
+    fn heartbeat(&mut self, now_ms: u64) {
+        let cluster = &self.config.cluster;
+        self.next_heartbeat_ms = now_ms + cluster.heartbeat_interval_ms;
+        let silence_max_ms = cluster.heartbeat_interval_ms * cluster.heartbeat_misses_max;
+        // Children that stopped talking are gone.
+        self.children
+            .retain(|_, link| now_ms.saturating_sub(link.last_heard_ms) <= silence_max_ms);
+        let parent_silent = self
+            .parent
+            .as_ref()
+            .is_some_and(|p| now_ms.saturating_sub(p.last_heard_ms) > silence_max_ms);
+        if parent_silent {
+            self.lose_parent(now_ms);
+        }
+        let me = self.info();
+        let open_children: Vec<NodeInfo> = self
+            .children
+            .values()
+            .map(|l| l.info)
+            .filter(NodeInfo::has_room)
+            .take(OPEN_CHILDREN_PER_HEARTBEAT_MAX)
+            .collect();
+        let mut to: Vec<SocketAddr> = self.parent.iter().map(|p| p.info.addr).collect();
+        to.extend(self.root_peers.keys().copied());
+        for addr in to {
+            let msg = Message::Heartbeat {
+                info: me,
+                open_children: open_children.clone(),
+            };
+            self.send(addr, msg);
+        }
+    }
+}

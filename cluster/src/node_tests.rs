@@ -1,0 +1,328 @@
+//! The node core driven directly, with a fake clock and hand-fed messages.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use super::*;
+use crate::entry::MemStore;
+use crate::Version;
+
+fn addr(i: u8) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, i], 7800))
+}
+
+fn root(i: u8) -> Node<MemStore> {
+    let config = NodeConfig {
+        id: u64::from(i),
+        addr: addr(i),
+        roots: vec![addr(i)],
+        is_root: true,
+        cluster: ClusterConfig {
+            children_max_root: 2,
+            ..ClusterConfig::default()
+        },
+    };
+    Node::new(config, MemStore::new(), 1, 0)
+}
+
+fn info(i: u8, role: Option<Role>) -> NodeInfo {
+    NodeInfo {
+        id: u64::from(i),
+        addr: addr(i),
+        role,
+        children: 0,
+        capacity: 0,
+    }
+}
+
+fn drain(node: &mut Node<MemStore>) -> Vec<(SocketAddr, Message)> {
+    let mut out = Vec::new();
+    while let Some(Output::Send { to, msg }) = node.poll_output() {
+        out.push((to, msg));
+    }
+    out
+}
+
+fn entry(key: &str, clock: u64) -> Entry {
+    Entry {
+        key: Rc::from(key.as_bytes()),
+        value: Some(Rc::from(b"v".as_slice())),
+        expires_ms: 60_000,
+        version: Version { clock, node: 9 },
+    }
+}
+
+fn attach(node: &mut Node<MemStore>, child: u8) -> Message {
+    let msg = Message::Attach {
+        info: info(child, None),
+    };
+    node.handle(
+        Input::Message {
+            from: addr(child),
+            msg,
+        },
+        0,
+    );
+    drain(node).pop().expect("a reply").1
+}
+
+#[test]
+fn a_join_from_another_major_is_refused() {
+    let mut node = root(1);
+    let msg = Message::Join {
+        major: PEER_PROTOCOL_MAJOR + 1,
+        info: info(5, None),
+    };
+    node.handle(Input::Message { from: addr(5), msg }, 0);
+    let sent = drain(&mut node);
+    assert_eq!(
+        sent,
+        vec![(
+            addr(5),
+            Message::JoinRefused {
+                major: PEER_PROTOCOL_MAJOR
+            }
+        )]
+    );
+}
+
+#[test]
+fn a_parent_refuses_children_past_its_capacity() {
+    let mut node = root(1);
+    assert!(matches!(
+        attach(&mut node, 2),
+        Message::AttachReply { accepted: true, .. }
+    ));
+    assert!(matches!(
+        attach(&mut node, 3),
+        Message::AttachReply { accepted: true, .. }
+    ));
+    assert!(matches!(
+        attach(&mut node, 4),
+        Message::AttachReply {
+            accepted: false,
+            ..
+        }
+    ));
+    // A known child asking again is still accepted (its first reply may have been lost).
+    assert!(matches!(
+        attach(&mut node, 2),
+        Message::AttachReply { accepted: true, .. }
+    ));
+    assert_eq!(node.children().count(), 2);
+}
+
+#[test]
+fn a_push_is_forwarded_once_and_never_back_to_its_sender() {
+    let mut node = root(1);
+    attach(&mut node, 2);
+    attach(&mut node, 3);
+    let push = Message::Push {
+        entries: vec![entry("k", 5)],
+    };
+    node.handle(
+        Input::Message {
+            from: addr(2),
+            msg: push.clone(),
+        },
+        10,
+    );
+    let sent = drain(&mut node);
+    assert_eq!(
+        sent,
+        vec![(addr(3), push.clone())],
+        "to the other child only"
+    );
+    // The same version again is a duplicate: dropped, not forwarded.
+    node.handle(
+        Input::Message {
+            from: addr(3),
+            msg: push,
+        },
+        11,
+    );
+    assert!(drain(&mut node).is_empty());
+    // An older version is stale: dropped too.
+    let older = Message::Push {
+        entries: vec![entry("k", 4)],
+    };
+    node.handle(
+        Input::Message {
+            from: addr(3),
+            msg: older,
+        },
+        12,
+    );
+    assert!(drain(&mut node).is_empty());
+    assert_eq!(node.store().get(b"k", 12).unwrap().version.clock, 5);
+}
+
+#[test]
+fn a_local_write_goes_to_every_tree_neighbour() {
+    let mut node = root(1);
+    attach(&mut node, 2);
+    attach(&mut node, 3);
+    node.handle(Input::LocalWrite(entry("k", 1)), 5);
+    let mut to: Vec<SocketAddr> = drain(&mut node).into_iter().map(|(a, _)| a).collect();
+    to.sort();
+    assert_eq!(to, vec![addr(2), addr(3)]);
+}
+
+#[test]
+fn an_ancestor_is_never_taken_as_a_child() {
+    // Node 7 is a trunk under root 1; root 1 asking 7 to adopt it would close a cycle.
+    let config = NodeConfig {
+        id: 7,
+        addr: addr(7),
+        roots: vec![addr(1)],
+        is_root: false,
+        cluster: ClusterConfig::default(),
+    };
+    let mut node = Node::new(config, MemStore::new(), 3, 0);
+    drain(&mut node);
+    let map = Message::TopologyMap {
+        candidates: vec![NodeInfo {
+            capacity: 4,
+            ..info(1, Some(Role::Root))
+        }],
+        roots: vec![addr(1)],
+    };
+    node.handle(
+        Input::Message {
+            from: addr(1),
+            msg: map,
+        },
+        1,
+    );
+    let nonce = match drain(&mut node).pop() {
+        Some((_, Message::Ping { nonce, .. })) => nonce,
+        other => panic!("expected a ping, got {other:?}"),
+    };
+    let pong = Message::Pong {
+        nonce,
+        info: NodeInfo {
+            capacity: 4,
+            ..info(1, Some(Role::Root))
+        },
+    };
+    node.handle(
+        Input::Message {
+            from: addr(1),
+            msg: pong,
+        },
+        20,
+    );
+    assert!(matches!(
+        drain(&mut node).pop(),
+        Some((_, Message::Attach { .. }))
+    ));
+    let reply = Message::AttachReply {
+        accepted: true,
+        info: NodeInfo {
+            capacity: 4,
+            children: 1,
+            ..info(1, Some(Role::Root))
+        },
+        path: vec![1],
+    };
+    node.handle(
+        Input::Message {
+            from: addr(1),
+            msg: reply,
+        },
+        40,
+    );
+    assert_eq!(node.role(), Some(Role::Trunk));
+    drain(&mut node);
+    let reply = attach_from(&mut node, 1);
+    assert!(
+        matches!(
+            reply,
+            Message::AttachReply {
+                accepted: false,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+}
+
+fn attach_from(node: &mut Node<MemStore>, from: u8) -> Message {
+    let msg = Message::Attach {
+        info: info(from, Some(Role::Root)),
+    };
+    node.handle(
+        Input::Message {
+            from: addr(from),
+            msg,
+        },
+        50,
+    );
+    drain(node).pop().expect("a reply").1
+}
+
+#[test]
+fn a_silent_parent_is_replaced_after_missed_heartbeats() {
+    let config = NodeConfig {
+        id: 7,
+        addr: addr(7),
+        roots: vec![addr(1)],
+        is_root: false,
+        cluster: ClusterConfig::default(),
+    };
+    let mut node = Node::new(config, MemStore::new(), 3, 0);
+    drain(&mut node);
+    // Attach straight away through a map with one candidate.
+    let root_info = NodeInfo {
+        capacity: 4,
+        ..info(1, Some(Role::Root))
+    };
+    let map = Message::TopologyMap {
+        candidates: vec![root_info],
+        roots: vec![addr(1)],
+    };
+    node.handle(
+        Input::Message {
+            from: addr(1),
+            msg: map,
+        },
+        0,
+    );
+    let Some((_, Message::Ping { nonce, .. })) = drain(&mut node).pop() else {
+        panic!("no ping")
+    };
+    node.handle(
+        Input::Message {
+            from: addr(1),
+            msg: Message::Pong {
+                nonce,
+                info: root_info,
+            },
+        },
+        10,
+    );
+    drain(&mut node);
+    let reply = Message::AttachReply {
+        accepted: true,
+        info: root_info,
+        path: vec![1],
+    };
+    node.handle(
+        Input::Message {
+            from: addr(1),
+            msg: reply,
+        },
+        20,
+    );
+    assert!(node.is_attached());
+    // No heartbeat replies for longer than three intervals: the node joins again.
+    for t in (1_000..=4_100).step_by(1_000) {
+        node.handle(Input::Tick, t);
+    }
+    node.handle(Input::Tick, 4_100);
+    assert!(!node.is_attached());
+    assert!(drain(&mut node)
+        .iter()
+        .any(|(to, m)| *to == addr(1) && matches!(m, Message::Join { .. })));
+    assert_eq!(node.counters().parent_losses, 1);
+}

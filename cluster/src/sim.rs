@@ -1,0 +1,817 @@
+//! A deterministic discrete-event simulator of many [`Node`]s: a virtual clock, a seeded RNG,
+//! per-link latency from node positions, TCP-like links (in order; a lost packet costs a
+//! retransmit delay, never the message), crashes, restarts, partitions and client writes.
+//!
+//! Owns the virtual world and its measurements. It never reaches into a node's decisions: it
+//! only delivers inputs and carries out outputs, exactly as the real coordinator will. Same
+//! seed, same run: [`Report::run_hash`] covers every delivered message and the final stores.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::hash::{Hash, Hasher};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::rc::Rc;
+
+use hashbrown::{HashMap, HashSet};
+use rand_core::{RngCore, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::entry::{Applied, Entry, EntryStore, MemStore};
+use crate::message::{Message, Role};
+use crate::node::{ClusterConfig, Input, Node, NodeConfig, Output};
+use crate::Version;
+
+/// Port every simulated node listens on; addresses differ by IP.
+const SIM_PORT: u16 = 7800;
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub nodes: usize,
+    pub roots: usize,
+    pub seed: u64,
+    /// Client writes, spread uniformly over `write_window_ms` after every node has joined.
+    pub writes: usize,
+    /// Nodes join one by one over this window first.
+    pub join_window_ms: u64,
+    pub write_window_ms: u64,
+    /// Simulated time after the last write (so pushes, dumps and healing settle).
+    pub settle_ms: u64,
+    /// Latency between the two farthest nodes; nodes sit on a unit square, so the median link
+    /// is about half of it, plus `latency_floor_ms`.
+    pub latency_span_ms: u64,
+    pub latency_floor_ms: u64,
+    /// Chance that a message is lost once and retransmitted.
+    pub loss: f64,
+    pub retransmit_ms: u64,
+    pub ttl_ms_min: u64,
+    pub ttl_ms_max: u64,
+    /// Share of non-root nodes crashed (and restarted empty after `restart_after_ms`) per
+    /// simulated minute, during the write window.
+    pub churn_per_minute: f64,
+    pub restart_after_ms: u64,
+    pub cluster: ClusterConfig,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            nodes: 100,
+            roots: 2,
+            seed: 1,
+            writes: 1_000,
+            join_window_ms: 20_000,
+            write_window_ms: 60_000,
+            settle_ms: 10_000,
+            latency_span_ms: 90,
+            latency_floor_ms: 5,
+            loss: 0.01,
+            retransmit_ms: 200,
+            ttl_ms_min: 30_000,
+            ttl_ms_max: 300_000,
+            churn_per_minute: 0.0,
+            restart_after_ms: 5_000,
+            cluster: ClusterConfig::default(),
+        }
+    }
+}
+
+/// A simulated node's store: the entries it holds, and which writes arrived when.
+#[derive(Default)]
+pub struct SimStore {
+    entries: MemStore,
+    /// Write ids stored since the simulator last looked.
+    arrivals: Vec<u32>,
+}
+
+impl SimStore {
+    fn write_id(key: &[u8]) -> Option<u32> {
+        let bytes: [u8; 4] = key.get(..4)?.try_into().ok()?;
+        Some(u32::from_le_bytes(bytes))
+    }
+}
+
+impl EntryStore for SimStore {
+    fn apply(&mut self, entry: &Entry, now_ms: u64) -> Applied {
+        let applied = self.entries.apply(entry, now_ms);
+        if applied == Applied::Stored {
+            if let Some(id) = SimStore::write_id(&entry.key) {
+                self.arrivals.push(id);
+            }
+        }
+        applied
+    }
+
+    fn get(&self, key: &[u8], now_ms: u64) -> Option<Entry> {
+        self.entries.get(key, now_ms)
+    }
+
+    fn dump_chunk(&self, cursor: u64, max: usize, now_ms: u64) -> (Vec<Entry>, Option<u64>) {
+        self.entries.dump_chunk(cursor, max, now_ms)
+    }
+
+    fn live_len(&self, now_ms: u64) -> usize {
+        self.entries.live_len(now_ms)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum EventKind {
+    Deliver { from: u32, to: u32, msg: usize },
+    Wake { node: u32 },
+    Join { node: u32 },
+    Write { id: u32 },
+    Crash { node: u32 },
+    Restart { node: u32 },
+    Unreachable { node: u32, peer: u32 },
+}
+
+struct SimNode {
+    node: Option<Node<SimStore>>,
+    /// Position on the unit square (latency is distance).
+    x: f64,
+    y: f64,
+    /// The wake-up currently scheduled for this node, if any.
+    wake_at: u64,
+    bytes_sent: u64,
+    bytes_received: u64,
+}
+
+/// Per-write bookkeeping: when each share of the live nodes held it.
+#[derive(Clone, Debug, Default)]
+struct WriteTrack {
+    written_ms: u64,
+    expires_ms: u64,
+    holders: u32,
+    reached_99_ms: Option<u64>,
+    reached_all_ms: Option<u64>,
+}
+
+/// What a run measured.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub nodes: usize,
+    pub writes: usize,
+    pub simulated_ms: u64,
+    pub messages: u64,
+    pub bytes: u64,
+    pub bytes_by_kind: Vec<(&'static str, u64)>,
+    /// Time from a write until 99% and 100% of the live nodes held it: p50, p99, max (ms).
+    pub reach_99_ms: [u64; 3],
+    pub reach_all_ms: [u64; 3],
+    /// Writes that never reached every live node before expiring or the end of the run.
+    pub writes_short_of_all: usize,
+    /// Writes that no live node held at the end though still live.
+    pub writes_lost: usize,
+    pub attached: usize,
+    pub depth_counts: [usize; 4],
+    pub fanout_max: usize,
+    pub crashes: u64,
+    /// Hash of every delivered message and the final stores: equal seeds give equal hashes.
+    pub run_hash: u64,
+}
+
+pub struct Sim {
+    config: SimConfig,
+    nodes: Vec<SimNode>,
+    roots: Vec<SocketAddr>,
+    queue: BinaryHeap<Reverse<(u64, u64, EventKind)>>,
+    /// Messages in flight, by slot (events refer to them by index).
+    in_flight: Vec<Option<Message>>,
+    free_slots: Vec<usize>,
+    seq: u64,
+    now_ms: u64,
+    rng: Xoshiro256PlusPlus,
+    /// Latest delivery time per directed link, so a link delivers in order like TCP.
+    link_clock: HashMap<(u32, u32), u64>,
+    /// Pairs that cannot reach each other.
+    cut: HashSet<(u32, u32)>,
+    writes: Vec<WriteTrack>,
+    write_nodes: Vec<u32>,
+    hash: Xxh3,
+    messages: u64,
+    bytes_by_kind: HashMap<&'static str, u64>,
+    crashes: u64,
+}
+
+fn addr_of(index: u32) -> SocketAddr {
+    let [_, a, b, c] = index.to_be_bytes();
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, a, b, c), SIM_PORT))
+}
+
+fn index_of(addr: SocketAddr) -> Option<u32> {
+    match addr {
+        SocketAddr::V4(v4) if v4.port() == SIM_PORT => {
+            let [ten, a, b, c] = v4.ip().octets();
+            (ten == 10).then(|| u32::from_be_bytes([0, a, b, c]))
+        }
+        _ => None,
+    }
+}
+
+impl Sim {
+    pub fn new(config: SimConfig) -> Sim {
+        assert!(
+            config.roots >= 1 && config.roots <= config.nodes,
+            "need 1..=nodes roots"
+        );
+        assert!(
+            config.nodes < (1 << 24),
+            "addresses hold 24 bits of node index"
+        );
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(config.seed);
+        let nodes = (0..config.nodes as u32)
+            .map(|_| SimNode {
+                node: None,
+                x: unit(&mut rng),
+                y: unit(&mut rng),
+                wake_at: u64::MAX,
+                bytes_sent: 0,
+                bytes_received: 0,
+            })
+            .collect();
+        let roots = (0..config.roots as u32).map(addr_of).collect();
+        let mut sim = Sim {
+            nodes,
+            roots,
+            queue: BinaryHeap::new(),
+            in_flight: Vec::new(),
+            free_slots: Vec::new(),
+            seq: 0,
+            now_ms: 0,
+            rng,
+            link_clock: HashMap::new(),
+            cut: HashSet::new(),
+            writes: Vec::new(),
+            write_nodes: Vec::new(),
+            hash: Xxh3::new(),
+            messages: 0,
+            bytes_by_kind: HashMap::new(),
+            crashes: 0,
+            config,
+        };
+        sim.schedule_world();
+        sim
+    }
+
+    fn schedule(&mut self, at_ms: u64, kind: EventKind) {
+        self.seq += 1;
+        self.queue.push(Reverse((at_ms, self.seq, kind)));
+    }
+
+    /// Joins, writes and churn, all drawn from the seed up front.
+    fn schedule_world(&mut self) {
+        let config = self.config.clone();
+        for i in 0..config.nodes as u32 {
+            let at = if (i as usize) < config.roots {
+                0
+            } else {
+                config.join_window_ms * u64::from(i) / config.nodes as u64
+            };
+            self.schedule(at, EventKind::Join { node: i });
+        }
+        let start = config.join_window_ms;
+        for id in 0..config.writes as u32 {
+            let at = start + self.rng.next_u64() % config.write_window_ms.max(1);
+            let ttl = config.ttl_ms_min
+                + self.rng.next_u64() % (config.ttl_ms_max - config.ttl_ms_min).max(1);
+            self.writes.push(WriteTrack {
+                written_ms: at,
+                expires_ms: at + ttl,
+                ..WriteTrack::default()
+            });
+            self.write_nodes.push(0);
+            self.schedule(at, EventKind::Write { id });
+        }
+        let non_roots = config.nodes - config.roots;
+        let crashes = (config.churn_per_minute * non_roots as f64 * config.write_window_ms as f64
+            / 60_000.0)
+            .round() as u64;
+        for _ in 0..crashes {
+            if non_roots == 0 {
+                break;
+            }
+            let node = (config.roots + (self.rng.next_u64() % non_roots as u64) as usize) as u32;
+            let at = start + self.rng.next_u64() % config.write_window_ms.max(1);
+            self.schedule(at, EventKind::Crash { node });
+        }
+    }
+
+    /// Cuts every link between the two sides (both directions) until [`Sim::heal`].
+    pub fn partition(&mut self, side_a: &[u32], side_b: &[u32]) {
+        for &a in side_a {
+            for &b in side_b {
+                self.cut.insert((a, b));
+                self.cut.insert((b, a));
+            }
+        }
+    }
+
+    pub fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    pub fn node(&self, index: u32) -> Option<&Node<SimStore>> {
+        self.nodes.get(index as usize)?.node.as_ref()
+    }
+
+    /// Crashes a node now (its state is lost); it stays down.
+    pub fn crash(&mut self, index: u32) {
+        self.crash_node(index, false);
+    }
+
+    /// Starts a crashed node again now, with an empty store (it joins and takes a dump).
+    pub fn restart(&mut self, index: u32) {
+        if self
+            .nodes
+            .get(index as usize)
+            .is_some_and(|n| n.node.is_none())
+        {
+            self.start_node(index);
+        }
+    }
+
+    /// The index of a live node with this role and at least `children` children.
+    pub fn find(&self, role: Role, children: usize) -> Option<u32> {
+        (0..self.nodes.len() as u32).find(|&i| {
+            self.node(i)
+                .is_some_and(|n| n.role() == Some(role) && n.children().count() >= children)
+        })
+    }
+
+    /// Live nodes attached to the tree now.
+    pub fn attached(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.node.as_ref())
+            .filter(|n| n.is_attached())
+            .count()
+    }
+
+    /// Asks a node to leave gracefully now.
+    pub fn leave(&mut self, index: u32) {
+        self.input(index, Input::Leave);
+        if let Some(n) = self.nodes.get_mut(index as usize) {
+            n.node = None;
+        }
+    }
+
+    /// Makes node `index` write a new entry now; returns its write id.
+    pub fn write_now(&mut self, index: u32, ttl_ms: u64) -> u32 {
+        let id = self.writes.len() as u32;
+        self.writes.push(WriteTrack {
+            written_ms: self.now_ms,
+            expires_ms: self.now_ms + ttl_ms,
+            ..WriteTrack::default()
+        });
+        self.write_nodes.push(index);
+        self.do_write(id, Some(index));
+        id
+    }
+
+    /// Live nodes holding write `id` now.
+    pub fn holders(&self, id: u32) -> usize {
+        let key = id.to_le_bytes();
+        self.nodes
+            .iter()
+            .filter_map(|n| n.node.as_ref())
+            .filter(|n| n.store().get(&key, self.now_ms).is_some())
+            .count()
+    }
+
+    pub fn live_nodes(&self) -> usize {
+        self.nodes.iter().filter(|n| n.node.is_some()).count()
+    }
+
+    /// Runs events until simulated time `until_ms`.
+    pub fn run_until(&mut self, until_ms: u64) {
+        while let Some(Reverse((at, _, _))) = self.queue.peek() {
+            if *at > until_ms {
+                break;
+            }
+            let Some(Reverse((at, _, kind))) = self.queue.pop() else {
+                break;
+            };
+            self.now_ms = at;
+            self.step(kind);
+        }
+        self.now_ms = self.now_ms.max(until_ms);
+    }
+
+    /// Runs the whole configured scenario and reports.
+    pub fn run(mut self) -> Report {
+        let end = self.config.join_window_ms + self.config.write_window_ms + self.config.settle_ms;
+        self.run_until(end);
+        self.report()
+    }
+
+    fn step(&mut self, kind: EventKind) {
+        match kind {
+            EventKind::Join { node } => self.start_node(node),
+            EventKind::Wake { node } => {
+                let due = self.nodes[node as usize].wake_at;
+                if due <= self.now_ms {
+                    self.nodes[node as usize].wake_at = u64::MAX;
+                    self.input(node, Input::Tick);
+                }
+            }
+            EventKind::Deliver { from, to, msg } => {
+                let Some(message) = self.in_flight[msg].take() else {
+                    return;
+                };
+                self.free_slots.push(msg);
+                self.deliver(from, to, message);
+            }
+            EventKind::Write { id } => self.do_write(id, None),
+            EventKind::Crash { node } => self.crash_node(node, true),
+            EventKind::Restart { node } => self.start_node(node),
+            EventKind::Unreachable { node, peer } => {
+                let addr = addr_of(peer);
+                self.input(node, Input::Unreachable { addr });
+            }
+        }
+    }
+
+    fn start_node(&mut self, index: u32) {
+        let is_root = (index as usize) < self.config.roots;
+        let config = NodeConfig {
+            id: u64::from(index) + 1,
+            addr: addr_of(index),
+            roots: self.roots.clone(),
+            is_root,
+            cluster: self.config.cluster.clone(),
+        };
+        let seed = self.rng.next_u64();
+        self.nodes[index as usize].node =
+            Some(Node::new(config, SimStore::default(), seed, self.now_ms));
+        self.after_input(index);
+    }
+
+    fn crash_node(&mut self, index: u32, restart: bool) {
+        let Some(slot) = self.nodes.get_mut(index as usize) else {
+            return;
+        };
+        if slot.node.take().is_some() {
+            self.crashes += 1;
+            slot.wake_at = u64::MAX;
+            if restart {
+                let at = self.now_ms + self.config.restart_after_ms;
+                self.schedule(at, EventKind::Restart { node: index });
+            }
+        }
+    }
+
+    fn do_write(&mut self, id: u32, at_node: Option<u32>) {
+        // A client writes to a random live, attached node.
+        let index = match at_node {
+            Some(i) => i,
+            None => {
+                let live: Vec<u32> = (0..self.nodes.len() as u32)
+                    .filter(|&i| {
+                        self.nodes[i as usize]
+                            .node
+                            .as_ref()
+                            .is_some_and(|n| n.is_attached())
+                    })
+                    .collect();
+                if live.is_empty() {
+                    return;
+                }
+                live[(self.rng.next_u64() % live.len() as u64) as usize]
+            }
+        };
+        self.write_nodes[id as usize] = index;
+        let track = &self.writes[id as usize];
+        let entry = Entry {
+            key: Rc::from(id.to_le_bytes().as_slice()),
+            value: Some(Rc::from([0x76u8; 16].as_slice())),
+            expires_ms: track.expires_ms,
+            version: Version::new(self.now_ms, 0, u64::from(index) + 1),
+        };
+        let now = self.now_ms;
+        let Some(node) = self.nodes[index as usize].node.as_mut() else {
+            return;
+        };
+        if node.store_mut().apply(&entry, now) == Applied::Stored {
+            self.input(index, Input::LocalWrite(entry));
+        }
+    }
+
+    fn input(&mut self, index: u32, input: Input) {
+        let now = self.now_ms;
+        let Some(node) = self
+            .nodes
+            .get_mut(index as usize)
+            .and_then(|n| n.node.as_mut())
+        else {
+            return;
+        };
+        node.handle(input, now);
+        self.after_input(index);
+    }
+
+    /// Carries out a node's outputs, records arrivals, and schedules its next wake-up.
+    fn after_input(&mut self, index: u32) {
+        let now = self.now_ms;
+        let mut sends = Vec::new();
+        let (arrivals, wake) = {
+            let Some(node) = self.nodes[index as usize].node.as_mut() else {
+                return;
+            };
+            while let Some(Output::Send { to, msg }) = node.poll_output() {
+                sends.push((to, msg));
+            }
+            (
+                std::mem::take(&mut node.store_mut().arrivals),
+                node.next_wake_ms(),
+            )
+        };
+        for id in arrivals {
+            self.arrived(id);
+        }
+        for (to, msg) in sends {
+            self.send(index, to, msg);
+        }
+        let slot = &mut self.nodes[index as usize];
+        if wake < slot.wake_at {
+            slot.wake_at = wake;
+            self.schedule(wake.max(now), EventKind::Wake { node: index });
+        }
+    }
+
+    fn arrived(&mut self, id: u32) {
+        let live = self.live_nodes() as u32;
+        let now = self.now_ms;
+        let Some(track) = self.writes.get_mut(id as usize) else {
+            return;
+        };
+        track.holders += 1;
+        let elapsed = now.saturating_sub(track.written_ms);
+        if track.reached_99_ms.is_none() && u64::from(track.holders) * 100 >= u64::from(live) * 99 {
+            track.reached_99_ms = Some(elapsed);
+        }
+        if track.reached_all_ms.is_none() && track.holders >= live {
+            track.reached_all_ms = Some(elapsed);
+        }
+    }
+
+    fn send(&mut self, from: u32, to: SocketAddr, msg: Message) {
+        let bytes = msg.wire_bytes() as u64;
+        *self.bytes_by_kind.entry(msg.kind()).or_default() += bytes;
+        self.messages += 1;
+        self.nodes[from as usize].bytes_sent += bytes;
+        let Some(to) = index_of(to).filter(|&t| (t as usize) < self.nodes.len()) else {
+            return;
+        };
+        let one_way = self.latency_ms(from, to);
+        if self.cut.contains(&(from, to)) || self.nodes[to as usize].node.is_none() {
+            // Like a TCP connection refused or reset: the sender learns after a round trip.
+            let at = self.now_ms + 2 * one_way;
+            self.schedule(
+                at,
+                EventKind::Unreachable {
+                    node: from,
+                    peer: to,
+                },
+            );
+            return;
+        }
+        let mut at = self.now_ms + one_way;
+        if unit(&mut self.rng) < self.config.loss {
+            at += self.config.retransmit_ms;
+        }
+        // A link delivers in order: never before the message sent on it before.
+        let link = self.link_clock.entry((from, to)).or_insert(0);
+        at = at.max(*link);
+        *link = at;
+        let slot = match self.free_slots.pop() {
+            Some(slot) => {
+                self.in_flight[slot] = Some(msg);
+                slot
+            }
+            None => {
+                self.in_flight.push(Some(msg));
+                self.in_flight.len() - 1
+            }
+        };
+        self.schedule(
+            at,
+            EventKind::Deliver {
+                from,
+                to,
+                msg: slot,
+            },
+        );
+    }
+
+    fn deliver(&mut self, from: u32, to: u32, msg: Message) {
+        if self.nodes[to as usize].node.is_none() || self.cut.contains(&(from, to)) {
+            let at = self.now_ms + self.latency_ms(from, to);
+            self.schedule(
+                at,
+                EventKind::Unreachable {
+                    node: from,
+                    peer: to,
+                },
+            );
+            return;
+        }
+        self.now_ms.hash(&mut self.hash);
+        from.hash(&mut self.hash);
+        to.hash(&mut self.hash);
+        msg.hash(&mut self.hash);
+        self.nodes[to as usize].bytes_received += msg.wire_bytes() as u64;
+        self.input(
+            to,
+            Input::Message {
+                from: addr_of(from),
+                msg,
+            },
+        );
+    }
+
+    fn latency_ms(&self, a: u32, b: u32) -> u64 {
+        let (na, nb) = (&self.nodes[a as usize], &self.nodes[b as usize]);
+        let distance =
+            ((na.x - nb.x).powi(2) + (na.y - nb.y).powi(2)).sqrt() / std::f64::consts::SQRT_2;
+        self.config.latency_floor_ms + (distance * self.config.latency_span_ms as f64) as u64
+    }
+
+    /// Checks the tree: following parents from any attached node reaches a root within four
+    /// steps (so there is no cycle). Returns the depth of each attached node.
+    pub fn check_tree(&self) -> Result<Vec<usize>, String> {
+        let mut depths = Vec::new();
+        for (i, slot) in self.nodes.iter().enumerate() {
+            let Some(node) = &slot.node else { continue };
+            if !node.is_attached() {
+                continue;
+            }
+            let mut at = node;
+            let mut steps = 0;
+            while at.role() != Some(Role::Root) {
+                let Some(parent) = at.parent().and_then(index_of) else {
+                    return Err(format!("node {i} is attached without a parent"));
+                };
+                let Some(next) = self
+                    .nodes
+                    .get(parent as usize)
+                    .and_then(|n| n.node.as_ref())
+                else {
+                    break; // a dead parent: the node will notice by missed heartbeats
+                };
+                at = next;
+                steps += 1;
+                if steps > 4 {
+                    return Err(format!("node {i}: no root within four parents (a cycle?)"));
+                }
+            }
+            depths.push(steps);
+        }
+        Ok(depths)
+    }
+
+    pub fn report(&mut self) -> Report {
+        let now = self.now_ms;
+        let mut reach_99: Vec<u64> = Vec::new();
+        let mut reach_all: Vec<u64> = Vec::new();
+        let mut short = 0;
+        let mut lost = 0;
+        for (id, track) in self.writes.iter().enumerate() {
+            if track.written_ms > now {
+                continue;
+            }
+            reach_99.extend(track.reached_99_ms);
+            match track.reached_all_ms {
+                Some(ms) => reach_all.push(ms),
+                None => short += 1,
+            }
+            if track.expires_ms > now {
+                let key = (id as u32).to_le_bytes();
+                let held = self
+                    .nodes
+                    .iter()
+                    .filter_map(|n| n.node.as_ref())
+                    .any(|n| n.store().get(&key, now).is_some());
+                if !held {
+                    lost += 1;
+                }
+            }
+        }
+        // The final stores go into the run's hash too.
+        for slot in &self.nodes {
+            if let Some(node) = &slot.node {
+                let (entries, _) = node.store().dump_chunk(0, usize::MAX, now);
+                let mut ids: Vec<(Rc<[u8]>, u64)> = entries
+                    .iter()
+                    .map(|e| (e.key.clone(), e.version.clock))
+                    .collect();
+                ids.sort();
+                ids.hash(&mut self.hash);
+            }
+        }
+        let mut depth_counts = [0usize; 4];
+        let mut fanout_max = 0;
+        let mut attached = 0;
+        for slot in &self.nodes {
+            if let Some(node) = &slot.node {
+                if let Some(role) = node.role() {
+                    depth_counts[role.depth() as usize] += 1;
+                    attached += 1;
+                }
+                fanout_max = fanout_max.max(node.children().count());
+            }
+        }
+        let mut bytes_by_kind: Vec<(&'static str, u64)> =
+            self.bytes_by_kind.iter().map(|(k, v)| (*k, *v)).collect();
+        bytes_by_kind.sort();
+        Report {
+            nodes: self.config.nodes,
+            writes: self.writes.len(),
+            simulated_ms: now,
+            messages: self.messages,
+            bytes: bytes_by_kind.iter().map(|(_, b)| b).sum(),
+            bytes_by_kind,
+            reach_99_ms: percentiles(&mut reach_99),
+            reach_all_ms: percentiles(&mut reach_all),
+            writes_short_of_all: short,
+            writes_lost: lost,
+            attached,
+            depth_counts,
+            fanout_max,
+            crashes: self.crashes,
+            run_hash: self.hash.finish(),
+        }
+    }
+}
+
+fn unit(rng: &mut Xoshiro256PlusPlus) -> f64 {
+    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// p50, p99 and max of `values` (sorted in place); zeros when empty.
+fn percentiles(values: &mut [u64]) -> [u64; 3] {
+    if values.is_empty() {
+        return [0; 3];
+    }
+    values.sort_unstable();
+    let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+    [at(0.5), at(0.99), values[values.len() - 1]]
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let seconds = (self.simulated_ms as f64 / 1000.0).max(0.001);
+        writeln!(
+            f,
+            "nodes {}  writes {}  simulated {:.1} s  crashes {}",
+            self.nodes, self.writes, seconds, self.crashes
+        )?;
+        writeln!(
+            f,
+            "write reaches 99% of live nodes  p50 {} ms  p99 {} ms  max {} ms",
+            self.reach_99_ms[0], self.reach_99_ms[1], self.reach_99_ms[2]
+        )?;
+        writeln!(
+            f,
+            "write reaches every live node    p50 {} ms  p99 {} ms  max {} ms  (short of all: {})",
+            self.reach_all_ms[0],
+            self.reach_all_ms[1],
+            self.reach_all_ms[2],
+            self.writes_short_of_all
+        )?;
+        writeln!(
+            f,
+            "writes lost (live, held by no live node): {}",
+            self.writes_lost
+        )?;
+        writeln!(
+            f,
+            "tree: {} attached; roots {} trunks {} branches {} leaves {}; max fan-out {}",
+            self.attached,
+            self.depth_counts[0],
+            self.depth_counts[1],
+            self.depth_counts[2],
+            self.depth_counts[3],
+            self.fanout_max
+        )?;
+        writeln!(
+            f,
+            "traffic: {} messages, {:.1} bytes per node per second",
+            self.messages,
+            self.bytes as f64 / self.nodes.max(1) as f64 / seconds
+        )?;
+        for (kind, bytes) in &self.bytes_by_kind {
+            writeln!(
+                f,
+                "  {kind:<16} {:>12.1} B/node/s",
+                *bytes as f64 / self.nodes.max(1) as f64 / seconds
+            )?;
+        }
+        write!(f, "run hash {:016x}", self.run_hash)
+    }
+}
