@@ -4,10 +4,12 @@
 //! and [`MemStore`], a plain in-memory implementation for tests and the simulator. It never
 //! decides whom to tell: that is the [`crate::Node`]'s job.
 
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use hashbrown::HashMap;
 
+use crate::sync::{bucket_of, BucketDigest, SYNC_BUCKET_MS};
 use crate::Version;
 
 /// One entry on its way between nodes. Key and value are shared, so pushing one entry to many
@@ -54,12 +56,29 @@ pub trait EntryStore {
     fn dump_chunk(&self, cursor: u64, max: usize, now_ms: u64) -> (Vec<Entry>, Option<u64>);
     /// Live entries held (tombstones included).
     fn live_len(&self, now_ms: u64) -> usize;
+    /// Digests of the non-empty expiry buckets from `from_bucket` on, in bucket order
+    /// (buckets of [`SYNC_BUCKET_MS`]; kept up to date as entries come and go, never by a scan).
+    fn digests(&self, from_bucket: u64) -> Vec<BucketDigest>;
+    /// Stable hashes ([`Entry::stable_hash`]) of the entries in one bucket.
+    fn bucket_hashes(&self, bucket: u64) -> Vec<u64>;
+    /// The entries of one bucket, each with its stable hash.
+    fn bucket_entries(&self, bucket: u64, now_ms: u64) -> Vec<(u64, Entry)>;
+}
+
+/// One expiry bucket's digest and members (slot indices).
+#[derive(Default, Debug)]
+struct Bucket {
+    count: u32,
+    xor: u64,
+    members: Vec<u32>,
 }
 
 /// A simple in-memory store: a map of keys to entries, with a slab order for dumps.
 #[derive(Default, Debug)]
 pub struct MemStore {
-    slots: Vec<Option<Entry>>,
+    /// Entries with their stable hashes.
+    slots: Vec<Option<(Entry, u64)>>,
+    buckets: BTreeMap<u64, Bucket>,
     by_key: HashMap<Rc<[u8]>, usize>,
     free: Vec<usize>,
     /// Entries at most; `apply` answers `Full` past it.
@@ -78,16 +97,45 @@ impl MemStore {
         }
     }
 
-    /// Drops entries expired at `now_ms`.
+    /// Drops entries expired at `now_ms`, a whole bucket at a time.
     pub fn expire(&mut self, now_ms: u64) {
-        for at in 0..self.slots.len() {
-            let expired = matches!(&self.slots[at], Some(e) if e.expires_ms <= now_ms);
-            if expired {
-                if let Some(entry) = self.slots[at].take() {
+        let live_from = bucket_of(now_ms, SYNC_BUCKET_MS);
+        let passed: Vec<u64> = self.buckets.range(..live_from).map(|(&b, _)| b).collect();
+        for bucket in passed {
+            let Some(members) = self.buckets.remove(&bucket) else {
+                continue;
+            };
+            for at in members.members {
+                if let Some((entry, _)) = self.slots[at as usize].take() {
                     self.by_key.remove(&entry.key);
-                    self.free.push(at);
+                    self.free.push(at as usize);
                 }
             }
+        }
+    }
+
+    fn file(&mut self, at: usize, expires_ms: u64, hash: u64) {
+        let bucket = self
+            .buckets
+            .entry(bucket_of(expires_ms, SYNC_BUCKET_MS))
+            .or_default();
+        bucket.count += 1;
+        bucket.xor ^= hash;
+        bucket.members.push(at as u32);
+    }
+
+    fn unfile(&mut self, at: usize, expires_ms: u64, hash: u64) {
+        let key = bucket_of(expires_ms, SYNC_BUCKET_MS);
+        let Some(bucket) = self.buckets.get_mut(&key) else {
+            return;
+        };
+        bucket.count -= 1;
+        bucket.xor ^= hash;
+        if let Some(pos) = bucket.members.iter().position(|&m| m as usize == at) {
+            bucket.members.swap_remove(pos);
+        }
+        if bucket.count == 0 {
+            self.buckets.remove(&key);
         }
     }
 }
@@ -97,14 +145,17 @@ impl EntryStore for MemStore {
         if entry.expires_ms <= now_ms {
             return Applied::Expired;
         }
+        let hash = entry.stable_hash();
         if let Some(&at) = self.by_key.get(&entry.key) {
-            let held = self.slots[at]
-                .as_mut()
-                .expect("indexed slot holds an entry");
+            let Some((held, held_hash)) = self.slots[at].clone() else {
+                return Applied::Stale;
+            };
             if held.version >= entry.version && held.expires_ms > now_ms {
                 return Applied::Stale;
             }
-            *held = entry.clone();
+            self.unfile(at, held.expires_ms, held_hash);
+            self.slots[at] = Some((entry.clone(), hash));
+            self.file(at, entry.expires_ms, hash);
             return Applied::Stored;
         }
         if self.capacity.is_some_and(|max| self.by_key.len() >= max) {
@@ -112,15 +163,16 @@ impl EntryStore for MemStore {
         }
         let at = match self.free.pop() {
             Some(at) => {
-                self.slots[at] = Some(entry.clone());
+                self.slots[at] = Some((entry.clone(), hash));
                 at
             }
             None => {
-                self.slots.push(Some(entry.clone()));
+                self.slots.push(Some((entry.clone(), hash)));
                 self.slots.len() - 1
             }
         };
         self.by_key.insert(entry.key.clone(), at);
+        self.file(at, entry.expires_ms, hash);
         Applied::Stored
     }
 
@@ -128,6 +180,7 @@ impl EntryStore for MemStore {
         let at = *self.by_key.get(key)?;
         self.slots[at]
             .as_ref()
+            .map(|(e, _)| e)
             .filter(|e| e.expires_ms > now_ms)
             .cloned()
     }
@@ -136,7 +189,7 @@ impl EntryStore for MemStore {
         let mut out = Vec::new();
         let mut at = cursor as usize;
         while at < self.slots.len() && out.len() < max {
-            if let Some(entry) = &self.slots[at] {
+            if let Some((entry, _)) = &self.slots[at] {
                 if entry.expires_ms > now_ms {
                     out.push(entry.clone());
                 }
@@ -151,8 +204,39 @@ impl EntryStore for MemStore {
         self.slots
             .iter()
             .flatten()
-            .filter(|e| e.expires_ms > now_ms)
+            .filter(|(e, _)| e.expires_ms > now_ms)
             .count()
+    }
+
+    fn digests(&self, from_bucket: u64) -> Vec<BucketDigest> {
+        self.buckets
+            .range(from_bucket..)
+            .map(|(&bucket, b)| BucketDigest {
+                bucket,
+                count: b.count,
+                xor: b.xor,
+            })
+            .collect()
+    }
+
+    fn bucket_hashes(&self, bucket: u64) -> Vec<u64> {
+        self.buckets.get(&bucket).map_or_else(Vec::new, |b| {
+            b.members
+                .iter()
+                .filter_map(|&at| self.slots[at as usize].as_ref().map(|(_, h)| *h))
+                .collect()
+        })
+    }
+
+    fn bucket_entries(&self, bucket: u64, now_ms: u64) -> Vec<(u64, Entry)> {
+        self.buckets.get(&bucket).map_or_else(Vec::new, |b| {
+            b.members
+                .iter()
+                .filter_map(|&at| self.slots[at as usize].as_ref())
+                .filter(|(e, _)| e.expires_ms > now_ms)
+                .map(|(e, h)| (*h, e.clone()))
+                .collect()
+        })
     }
 }
 
@@ -205,5 +289,32 @@ mod tests {
             cursor = next;
         }
         assert_eq!(seen, 25);
+    }
+
+    #[test]
+    fn bucket_digests_follow_every_change_without_a_scan() {
+        let mut store = MemStore::new();
+        let bucket = |ms: u64| bucket_of(ms, SYNC_BUCKET_MS);
+        store.apply(&entry("a", 1, 15_000), 0);
+        store.apply(&entry("b", 1, 15_500), 0);
+        store.apply(&entry("c", 1, 45_000), 0);
+        let digests = store.digests(0);
+        assert_eq!(digests.len(), 2);
+        assert_eq!(digests[0].bucket, bucket(15_000));
+        assert_eq!(digests[0].count, 2);
+        assert_eq!(
+            digests[0].xor,
+            entry("a", 1, 15_000).stable_hash() ^ entry("b", 1, 15_500).stable_hash()
+        );
+        // A newer version moves "a" to another bucket: both digests follow.
+        store.apply(&entry("a", 2, 45_500), 0);
+        let digests = store.digests(0);
+        assert_eq!(digests[0].count, 1);
+        assert_eq!(digests[1].count, 2);
+        assert_eq!(store.bucket_hashes(bucket(45_000)).len(), 2);
+        assert_eq!(store.digests(bucket(45_000)).len(), 1, "from a bucket on");
+        store.expire(30_000);
+        assert_eq!(store.digests(0).len(), 1, "passed buckets dropped whole");
+        assert!(store.get(b"b", 0).is_none());
     }
 }

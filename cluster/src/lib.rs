@@ -9,6 +9,7 @@ pub mod entry;
 pub mod message;
 pub mod node;
 pub mod sim;
+pub mod sync;
 pub mod version;
 
 pub use entry::{Applied, Entry, EntryStore, MemStore};

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 
 use crate::entry::Entry;
+use crate::sync::{BucketDigest, FilterData};
 
 /// Peer protocol major version; a join from another major is refused.
 pub const PEER_PROTOCOL_MAJOR: u16 = 1;
@@ -119,6 +120,34 @@ pub enum Message {
         entries: Vec<Entry>,
         next: Option<u64>,
     },
+    /// A sync round opens: one number standing for every bucket from `from_bucket` on.
+    /// `round` is also the seed that salts this round's fingerprints.
+    SyncSummary {
+        round: u64,
+        from_bucket: u64,
+        summary: u64,
+    },
+    /// The summaries matched: nothing to do.
+    SyncInSync {
+        round: u64,
+    },
+    /// The summaries differed: the responder's per-bucket digests.
+    SyncDigests {
+        round: u64,
+        digests: Vec<BucketDigest>,
+    },
+    /// Filters of the sender's entries in the buckets that differ; the receiver answers with
+    /// the entries the sender definitely lacks and, if `answer`, with its own filters.
+    SyncFilters {
+        round: u64,
+        filters: Vec<(u64, FilterData)>,
+        answer: bool,
+    },
+    /// Entries the receiver lacks, found through its filters.
+    SyncEntries {
+        round: u64,
+        entries: Vec<Entry>,
+    },
 }
 
 impl Message {
@@ -144,6 +173,18 @@ impl Message {
                 Message::DumpChunk { entries, .. } => {
                     9 + entries.iter().map(Entry::wire_bytes).sum::<usize>()
                 }
+                Message::SyncSummary { .. } => 24,
+                Message::SyncInSync { .. } => 8,
+                Message::SyncDigests { digests, .. } => 8 + digests.len() * 20,
+                Message::SyncFilters { filters, .. } => {
+                    9 + filters
+                        .iter()
+                        .map(|(_, f)| 8 + f.wire_bytes())
+                        .sum::<usize>()
+                }
+                Message::SyncEntries { entries, .. } => {
+                    8 + entries.iter().map(Entry::wire_bytes).sum::<usize>()
+                }
             }
     }
 
@@ -163,6 +204,11 @@ impl Message {
             Message::Push { .. } => "push",
             Message::DumpRequest { .. } => "dump_request",
             Message::DumpChunk { .. } => "dump_chunk",
+            Message::SyncSummary { .. } => "sync_summary",
+            Message::SyncInSync { .. } => "sync_in_sync",
+            Message::SyncDigests { .. } => "sync_digests",
+            Message::SyncFilters { .. } => "sync_filters",
+            Message::SyncEntries { .. } => "sync_entries",
         }
     }
 }

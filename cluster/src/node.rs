@@ -14,6 +14,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 
 use crate::entry::{Applied, Entry, EntryStore};
 use crate::message::{Message, NodeInfo, Role, PEER_PROTOCOL_MAJOR};
+use crate::sync::{self, bucket_of, summary_of, BucketDigest, FilterData, SYNC_BUCKET_MS};
 
 #[cfg(test)]
 #[path = "node_tests.rs"]
@@ -39,6 +40,14 @@ pub struct ClusterConfig {
     pub entries_per_message_max: usize,
     /// Pause before joining again after every root failed.
     pub rejoin_backoff_ms: u64,
+    /// How often a node opens a sync round with its parent (or, a root, the other roots) and
+    /// one random peer; jittered by a tenth either way.
+    pub sync_interval_ms: u64,
+    /// Buckets expiring sooner than this are left out of sync: they would be gone before a
+    /// transfer finished.
+    pub sync_skip_margin_ms: u64,
+    /// Entries one sync round sends at most (the rest waits for the next round).
+    pub sync_entries_per_round_max: usize,
 }
 
 impl Default for ClusterConfig {
@@ -54,6 +63,9 @@ impl Default for ClusterConfig {
             map_candidates_max: 16,
             entries_per_message_max: 256,
             rejoin_backoff_ms: 1_000,
+            sync_interval_ms: 5_000,
+            sync_skip_margin_ms: 2_000,
+            sync_entries_per_round_max: 65_536,
         }
     }
 }
@@ -174,6 +186,19 @@ pub struct NodeCounters {
     pub entries_applied: u64,
     pub entries_stale: u64,
     pub dumps_completed: u64,
+    pub sync_rounds: u64,
+    pub sync_rounds_in_sync: u64,
+    /// Entries learned through sync.
+    pub sync_entries_applied: u64,
+    /// Filters from peers refused as malformed.
+    pub filters_refused: u64,
+}
+
+/// A sync round this node opened with a peer.
+#[derive(Clone, Debug)]
+struct SyncRound {
+    seed: u64,
+    from_bucket: u64,
 }
 
 pub struct Node<S> {
@@ -197,6 +222,11 @@ pub struct Node<S> {
     /// Candidates not yet asked, best first, while attaching.
     ranked: Vec<NodeInfo>,
     dump: Option<DumpProgress>,
+    /// Rounds this node opened, by peer (one at a time each).
+    rounds: BTreeMap<SocketAddr, SyncRound>,
+    next_sync_ms: u64,
+    /// Whether the node has been attached before: a re-attach syncs instead of a full dump.
+    attached_before: bool,
     next_heartbeat_ms: u64,
     outbox: VecDeque<Output>,
     counters: NodeCounters,
@@ -223,6 +253,9 @@ impl<S: EntryStore> Node<S> {
             candidates: Vec::new(),
             ranked: Vec::new(),
             dump: None,
+            rounds: BTreeMap::new(),
+            next_sync_ms: now_ms + config.cluster.sync_interval_ms,
+            attached_before: false,
             next_heartbeat_ms: now_ms,
             outbox: VecDeque::new(),
             counters: NodeCounters::default(),
@@ -284,6 +317,11 @@ impl<S: EntryStore> Node<S> {
         self.children.keys().copied()
     }
 
+    /// Ancestor ids, root first, as the parent last told us.
+    pub fn path(&self) -> &[u64] {
+        &self.path
+    }
+
     pub fn is_attached(&self) -> bool {
         matches!(self.phase, Phase::Root | Phase::Attached)
     }
@@ -313,7 +351,10 @@ impl<S: EntryStore> Node<S> {
             Phase::Gone => return u64::MAX,
         };
         let dump = self.dump.as_ref().map_or(u64::MAX, |d| d.deadline_ms);
-        phase.min(dump).min(self.next_heartbeat_ms)
+        phase
+            .min(dump)
+            .min(self.next_heartbeat_ms)
+            .min(self.next_sync_ms)
     }
 
     pub fn handle(&mut self, input: Input, now_ms: u64) {
@@ -420,6 +461,205 @@ impl<S: EntryStore> Node<S> {
                 self.send(from, Message::DumpChunk { entries, next });
             }
             Message::DumpChunk { entries, next } => self.on_dump_chunk(from, entries, next, now_ms),
+            Message::SyncSummary {
+                round,
+                from_bucket,
+                summary,
+            } => self.on_sync_summary(from, round, from_bucket, summary),
+            Message::SyncInSync { round } => {
+                if self.rounds.get(&from).is_some_and(|r| r.seed == round) {
+                    self.rounds.remove(&from);
+                    self.counters.sync_rounds_in_sync += 1;
+                }
+            }
+            Message::SyncDigests { round, digests } => self.on_sync_digests(from, round, digests),
+            Message::SyncFilters {
+                round,
+                filters,
+                answer,
+            } => self.on_sync_filters(from, round, filters, answer, now_ms),
+            Message::SyncEntries { entries, .. } => {
+                let fresh = self.apply_all(entries, now_ms);
+                self.counters.sync_entries_applied += fresh.len() as u64;
+                // A repair spreads along the tree in one pass, like a new write.
+                self.push(fresh, Some(from));
+            }
+        }
+    }
+
+    // --- xor-filter sync ---------------------------------------------------------------------
+
+    /// Opens rounds with the parent (a root: the other roots) and one random known peer.
+    fn start_sync(&mut self, now_ms: u64) {
+        let interval = self.config.cluster.sync_interval_ms;
+        let jitter = interval / 10;
+        let offset = if jitter == 0 {
+            0
+        } else {
+            self.rng.next_u64() % (2 * jitter)
+        };
+        self.next_sync_ms = now_ms + interval - jitter + offset;
+        if !self.is_attached() {
+            return;
+        }
+        let mut peers: Vec<SocketAddr> = self.parent.iter().map(|p| p.info.addr).collect();
+        peers.extend(self.root_peers.keys().copied());
+        if !self.cached_peers.is_empty() {
+            let at = (self.rng.next_u64() % self.cached_peers.len() as u64) as usize;
+            let extra = self.cached_peers[at].addr;
+            if extra != self.config.addr && !peers.contains(&extra) {
+                peers.push(extra);
+            }
+        }
+        for peer in peers {
+            self.open_round(peer, now_ms);
+        }
+    }
+
+    fn sync_window(&self, now_ms: u64) -> u64 {
+        bucket_of(
+            now_ms + self.config.cluster.sync_skip_margin_ms,
+            SYNC_BUCKET_MS,
+        ) + 1
+    }
+
+    fn open_round(&mut self, peer: SocketAddr, now_ms: u64) {
+        let seed = self.rng.next_u64();
+        let from_bucket = self.sync_window(now_ms);
+        let summary = summary_of(&self.store.digests(from_bucket));
+        self.rounds.insert(peer, SyncRound { seed, from_bucket });
+        self.counters.sync_rounds += 1;
+        self.send(
+            peer,
+            Message::SyncSummary {
+                round: seed,
+                from_bucket,
+                summary,
+            },
+        );
+    }
+
+    fn on_sync_summary(&mut self, from: SocketAddr, round: u64, from_bucket: u64, summary: u64) {
+        let mut digests = self.store.digests(from_bucket);
+        if summary_of(&digests) == summary {
+            self.send(from, Message::SyncInSync { round });
+            return;
+        }
+        digests.truncate(sync::DIGESTS_PER_MESSAGE_MAX);
+        self.send(from, Message::SyncDigests { round, digests });
+    }
+
+    fn on_sync_digests(&mut self, from: SocketAddr, round: u64, theirs: Vec<BucketDigest>) {
+        let Some(sync_round) = self.rounds.get(&from).filter(|r| r.seed == round).cloned() else {
+            return;
+        };
+        let mine = self.store.digests(sync_round.from_bucket);
+        // Buckets where they hold something we do not hold the same way; buckets only we
+        // hold come back through their filters in the answer.
+        let mut differing: Vec<u64> = Vec::new();
+        for digest in theirs.iter().take(sync::DIGESTS_PER_MESSAGE_MAX) {
+            if digest.bucket < sync_round.from_bucket {
+                continue;
+            }
+            let same = mine
+                .binary_search_by_key(&digest.bucket, |d| d.bucket)
+                .is_ok_and(|at| mine[at] == *digest);
+            if !same {
+                differing.push(digest.bucket);
+            }
+        }
+        for digest in &mine {
+            let theirs_has = theirs.iter().any(|d| d.bucket == digest.bucket);
+            if !theirs_has {
+                differing.push(digest.bucket);
+            }
+        }
+        differing.sort_unstable();
+        differing.dedup();
+        self.send_filters(from, round, &differing, true);
+    }
+
+    /// Sends our filters for `buckets`, in messages of bounded size.
+    fn send_filters(&mut self, to: SocketAddr, round: u64, buckets: &[u64], answer: bool) {
+        let mut filters = Vec::new();
+        let mut bytes = 0;
+        for &bucket in buckets {
+            let hashes = self.store.bucket_hashes(bucket);
+            let Some(filter) = FilterData::build(&hashes, round) else {
+                continue;
+            };
+            bytes += filter.wire_bytes();
+            filters.push((bucket, filter));
+            if bytes >= sync::FILTER_BYTES_MAX / 4 {
+                let batch = std::mem::take(&mut filters);
+                self.send(
+                    to,
+                    Message::SyncFilters {
+                        round,
+                        filters: batch,
+                        answer,
+                    },
+                );
+                bytes = 0;
+            }
+        }
+        if !filters.is_empty() || buckets.is_empty() {
+            self.send(
+                to,
+                Message::SyncFilters {
+                    round,
+                    filters,
+                    answer,
+                },
+            );
+        }
+    }
+
+    fn on_sync_filters(
+        &mut self,
+        from: SocketAddr,
+        round: u64,
+        filters: Vec<(u64, FilterData)>,
+        answer: bool,
+        now_ms: u64,
+    ) {
+        // Filters that answer ours only count inside a round we opened with that peer.
+        if !answer && self.rounds.get(&from).is_none_or(|r| r.seed != round) {
+            return;
+        }
+        let skip_before = self.sync_window(now_ms);
+        let mut buckets = Vec::new();
+        let mut lacking = Vec::new();
+        let cap = self.config.cluster.sync_entries_per_round_max;
+        for (bucket, data) in filters {
+            if bucket < skip_before {
+                continue;
+            }
+            let Some(filter) = data.check() else {
+                self.counters.filters_refused += 1;
+                continue;
+            };
+            buckets.push(bucket);
+            for (hash, entry) in self.store.bucket_entries(bucket, now_ms) {
+                if lacking.len() < cap && !filter.contains(sync::salted(hash, round)) {
+                    lacking.push(entry);
+                }
+            }
+        }
+        let chunk = self.config.cluster.entries_per_message_max.max(1);
+        for part in lacking.chunks(chunk) {
+            self.send(
+                from,
+                Message::SyncEntries {
+                    round,
+                    entries: part.to_vec(),
+                },
+            );
+        }
+        if answer {
+            self.send_filters(from, round, &buckets, false);
+        } else {
+            self.rounds.remove(&from);
         }
     }
 
@@ -550,6 +790,15 @@ impl<S: EntryStore> Node<S> {
             .drain(..)
             .filter_map(|c| Some((c.info.role?.depth(), c.rtt_ms?, c.info)))
             .filter(|(_, _, info)| info.has_room())
+            // A node that keeps children must not become a leaf, which takes none.
+            .filter(|(_, _, info)| {
+                self.children.is_empty()
+                    || info
+                        .role
+                        .and_then(Role::child)
+                        .and_then(Role::child)
+                        .is_some()
+            })
             .collect();
         measured.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.id.cmp(&b.2.id)));
         self.ranked = measured
@@ -636,6 +885,7 @@ impl<S: EntryStore> Node<S> {
             (true, Some(role)) if !cycle => {
                 self.role = Some(role);
                 self.path = path;
+                self.tell_children(now_ms);
                 self.parent = Some(Link {
                     info,
                     last_heard_ms: now_ms,
@@ -645,6 +895,12 @@ impl<S: EntryStore> Node<S> {
                 self.counters.attaches += 1;
                 self.next_heartbeat_ms = now_ms;
                 self.ranked.clear();
+                if self.attached_before {
+                    // We hold data already: sync the difference, not a full dump.
+                    self.open_round(from, now_ms);
+                    return;
+                }
+                self.attached_before = true;
                 // Take a full dump from the new parent before anything else.
                 self.dump = Some(DumpProgress {
                     from,
@@ -791,9 +1047,29 @@ impl<S: EntryStore> Node<S> {
             None => self.lose_parent(now_ms),
             _ if !is_child || path.contains(&self.config.id) => self.lose_parent(now_ms),
             Some(role) => {
+                let changed = self.role != Some(role) || self.path != path;
                 self.role = Some(role);
                 self.path = path;
+                if changed {
+                    self.tell_children(now_ms);
+                }
             }
+        }
+    }
+
+    /// Tells every child our new role and path at once (as a heartbeat reply would), so a
+    /// subtree under a node that moved re-checks its place now, not a heartbeat later.
+    fn tell_children(&mut self, _now_ms: u64) {
+        let info = self.info();
+        let path = self.path_for_children();
+        let children: Vec<SocketAddr> = self.children.keys().copied().collect();
+        for child in children {
+            let msg = Message::HeartbeatReply {
+                info,
+                is_child: true,
+                path: path.clone(),
+            };
+            self.send(child, msg);
         }
     }
 
@@ -808,7 +1084,8 @@ impl<S: EntryStore> Node<S> {
                 self.restart_dump(now_ms);
             }
         }
-        self.role = None;
+        // The role stays while we rejoin: our children keep their place under us (a subtree
+        // moves whole); the next parent decides the role, and the children hear it at once.
         self.path.clear();
         self.start_join(now_ms);
     }
@@ -870,6 +1147,9 @@ impl<S: EntryStore> Node<S> {
         }
         if now_ms >= self.next_heartbeat_ms {
             self.heartbeat(now_ms);
+        }
+        if now_ms >= self.next_sync_ms {
+            self.start_sync(now_ms);
         }
     }
 

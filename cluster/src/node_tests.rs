@@ -326,3 +326,119 @@ fn a_silent_parent_is_replaced_after_missed_heartbeats() {
         .any(|(to, m)| *to == addr(1) && matches!(m, Message::Join { .. })));
     assert_eq!(node.counters().parent_losses, 1);
 }
+
+/// Delivers everything `a` and `b` send each other until both are quiet (bounded).
+fn exchange(a: &mut Node<MemStore>, b: &mut Node<MemStore>, now_ms: u64) -> usize {
+    let mut delivered = 0;
+    for _ in 0..100 {
+        let from_a = drain(a);
+        let from_b = drain(b);
+        if from_a.is_empty() && from_b.is_empty() {
+            return delivered;
+        }
+        for (to, msg) in from_a {
+            assert_eq!(to, b.info().addr);
+            b.handle(
+                Input::Message {
+                    from: a.info().addr,
+                    msg,
+                },
+                now_ms,
+            );
+            delivered += 1;
+        }
+        for (to, msg) in from_b {
+            assert_eq!(to, a.info().addr);
+            a.handle(
+                Input::Message {
+                    from: b.info().addr,
+                    msg,
+                },
+                now_ms,
+            );
+            delivered += 1;
+        }
+    }
+    panic!("the two nodes never went quiet");
+}
+
+fn with_entries(i: u8, keys: &[&str]) -> Node<MemStore> {
+    let mut node = root(i);
+    for (n, key) in keys.iter().enumerate() {
+        let mut e = entry(key, 10 + n as u64);
+        e.expires_ms = 100_000 + 20_000 * n as u64;
+        node.store_mut().apply(&e, 0);
+    }
+    drain(&mut node);
+    node
+}
+
+#[test]
+fn one_sync_round_repairs_both_sides() {
+    let mut a = with_entries(1, &["x", "y", "shared"]);
+    let mut b = with_entries(2, &["shared", "z"]);
+    // Give "shared" the same version on both sides.
+    let shared = a.store().get(b"shared", 0).unwrap();
+    b.store_mut().apply(&shared, 0);
+    a.open_round(b.info().addr, 1_000);
+    exchange(&mut a, &mut b, 1_000);
+    for key in ["x", "y", "shared", "z"] {
+        assert!(
+            a.store().get(key.as_bytes(), 1_000).is_some(),
+            "a lacks {key}"
+        );
+        assert!(
+            b.store().get(key.as_bytes(), 1_000).is_some(),
+            "b lacks {key}"
+        );
+    }
+    assert!(a.counters().sync_entries_applied >= 1 && b.counters().sync_entries_applied >= 2);
+    // A second round finds nothing to do: summaries match.
+    a.open_round(b.info().addr, 2_000);
+    let messages = exchange(&mut a, &mut b, 2_000);
+    assert_eq!(messages, 2, "summary and in-sync only");
+    assert_eq!(a.counters().sync_rounds_in_sync, 1);
+}
+
+#[test]
+fn buckets_about_to_expire_are_left_out_of_sync() {
+    let mut a = root(1);
+    let mut b = root(2);
+    let mut soon = entry("soon", 1);
+    soon.expires_ms = 3_000; // expires within the skip margin of now
+    b.store_mut().apply(&soon, 0);
+    a.open_round(b.info().addr, 1_500);
+    exchange(&mut a, &mut b, 1_500);
+    assert!(a.store().get(b"soon", 1_500).is_none());
+    assert_eq!(
+        a.counters().sync_rounds_in_sync,
+        1,
+        "the soon-expiring bucket does not count"
+    );
+}
+
+#[test]
+fn a_malformed_filter_from_a_peer_is_refused_without_harm() {
+    let mut node = with_entries(1, &["x"]);
+    let bucket = crate::sync::bucket_of(100_000, crate::sync::SYNC_BUCKET_MS);
+    let lie = FilterData::Fuse8 {
+        seed: 1,
+        segment_length: 1 << 20,
+        segment_length_mask: (1 << 20) - 1,
+        segment_count_length: 1 << 30,
+        fingerprints: vec![0; 64],
+    };
+    let msg = Message::SyncFilters {
+        round: 5,
+        filters: vec![(bucket, lie)],
+        answer: true,
+    };
+    node.handle(Input::Message { from: addr(9), msg }, 1_000);
+    assert_eq!(node.counters().filters_refused, 1);
+    let sent = drain(&mut node);
+    assert!(
+        sent.iter()
+            .all(|(_, m)| !matches!(m, Message::SyncEntries { .. })),
+        "nothing sent on the strength of a bad filter"
+    );
+}

@@ -18,6 +18,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::entry::{Applied, Entry, EntryStore, MemStore};
+
 use crate::message::{Message, Role};
 use crate::node::{ClusterConfig, Input, Node, NodeConfig, Output};
 use crate::Version;
@@ -113,6 +114,18 @@ impl EntryStore for SimStore {
 
     fn live_len(&self, now_ms: u64) -> usize {
         self.entries.live_len(now_ms)
+    }
+
+    fn digests(&self, from_bucket: u64) -> Vec<crate::sync::BucketDigest> {
+        self.entries.digests(from_bucket)
+    }
+
+    fn bucket_hashes(&self, bucket: u64) -> Vec<u64> {
+        self.entries.bucket_hashes(bucket)
+    }
+
+    fn bucket_entries(&self, bucket: u64, now_ms: u64) -> Vec<(u64, Entry)> {
+        self.entries.bucket_entries(bucket, now_ms)
     }
 }
 
@@ -642,8 +655,8 @@ impl Sim {
         self.config.latency_floor_ms + (distance * self.config.latency_span_ms as f64) as u64
     }
 
-    /// Checks the tree: following parents from any attached node reaches a root within four
-    /// steps (so there is no cycle). Returns the depth of each attached node.
+    /// Checks the tree: following parents from any attached node never comes back to a node
+    /// already seen (no cycle). Returns the number of parents above each attached node.
     pub fn check_tree(&self) -> Result<Vec<usize>, String> {
         let mut depths = Vec::new();
         for (i, slot) in self.nodes.iter().enumerate() {
@@ -651,28 +664,57 @@ impl Sim {
             if !node.is_attached() {
                 continue;
             }
+            let mut seen = vec![i as u32];
             let mut at = node;
-            let mut steps = 0;
             while at.role() != Some(Role::Root) {
                 let Some(parent) = at.parent().and_then(index_of) else {
-                    return Err(format!("node {i} is attached without a parent"));
+                    if seen.len() == 1 {
+                        return Err(format!("node {i} is attached without a parent"));
+                    }
+                    break; // an ancestor rejoining: its subtree waits, detached, not cyclic
                 };
+                if seen.contains(&parent) {
+                    return Err(format!("node {i}: a cycle through {seen:?}"));
+                }
+                seen.push(parent);
+                // A dead parent: the node will notice by missed heartbeats.
                 let Some(next) = self
                     .nodes
                     .get(parent as usize)
                     .and_then(|n| n.node.as_ref())
                 else {
-                    break; // a dead parent: the node will notice by missed heartbeats
+                    break;
                 };
                 at = next;
-                steps += 1;
-                if steps > 4 {
-                    return Err(format!("node {i}: no root within four parents (a cycle?)"));
-                }
             }
-            depths.push(steps);
+            depths.push(seen.len() - 1);
         }
         Ok(depths)
+    }
+
+    /// Checks that, at rest, every attached node's role is the one below its parent's.
+    pub fn check_roles(&self) -> Result<(), String> {
+        for (i, slot) in self.nodes.iter().enumerate() {
+            let Some(node) = &slot.node else { continue };
+            let Some(parent) = node.parent().and_then(index_of) else {
+                continue;
+            };
+            let Some(parent_node) = self
+                .nodes
+                .get(parent as usize)
+                .and_then(|n| n.node.as_ref())
+            else {
+                continue;
+            };
+            if parent_node.role().and_then(Role::child) != node.role() {
+                return Err(format!(
+                    "node {i} is {:?} under a {:?}",
+                    node.role(),
+                    parent_node.role()
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn report(&mut self) -> Report {

@@ -27,6 +27,8 @@ fn joined(nodes: usize, seed: u64) -> Sim {
     });
     sim.run_until(15_000);
     assert_eq!(sim.attached(), nodes, "seed {seed}: every node attached");
+    sim.check_tree().unwrap();
+    sim.check_roles().unwrap();
     sim
 }
 
@@ -82,6 +84,12 @@ fn the_tree_never_has_a_cycle_under_churn() {
             if let Err(e) = sim.check_tree() {
                 panic!("seed {seed} at {} ms: {e}", sim.now_ms());
             }
+        }
+        // Once churn stops and heartbeats settle, every role fits its parent's again.
+        sim.run_until(sim.now_ms() + 25_000);
+        sim.check_tree().unwrap();
+        if let Err(e) = sim.check_roles() {
+            panic!("seed {seed}: {e}");
         }
         let report = sim.report();
         println!("{report}");
@@ -218,4 +226,78 @@ fn a_few_hundred_nodes_converge_with_loss_and_churn() {
         );
         assert_eq!(report.writes_lost, 0);
     }
+}
+
+#[test]
+fn after_a_partition_heals_both_sides_hold_every_live_key_within_three_sync_periods() {
+    for seed in SEEDS {
+        println!("seed {seed}");
+        let mut sim = joined(60, seed);
+        let side_a: Vec<u32> = (0..60).filter(|i| i % 2 == 0).collect();
+        let side_b: Vec<u32> = (0..60).filter(|i| i % 2 == 1).collect();
+        sim.partition(&side_a, &side_b);
+        // Let each side notice and regroup around its own root, writing all along.
+        let mut ids = Vec::new();
+        for step in 0..20 {
+            let writer = if step % 2 == 0 {
+                side_a[1 + step % 29]
+            } else {
+                side_b[1 + step % 29]
+            };
+            ids.push(sim.write_now(writer, 120_000));
+            sim.run_until(sim.now_ms() + 1_000);
+        }
+        sim.heal();
+        // Three sync periods (5 s each, jittered by a tenth).
+        sim.run_until(sim.now_ms() + 16_500);
+        let live = sim.live_nodes();
+        for &id in &ids {
+            assert_eq!(
+                sim.holders(id),
+                live,
+                "seed {seed}: write {id} reached every node after the heal"
+            );
+        }
+        sim.check_tree().unwrap();
+    }
+}
+
+#[test]
+fn a_converged_network_syncs_for_a_few_bytes_per_node_and_round() {
+    let mut sim = Sim::new(SimConfig {
+        writes: 300,
+        ..small(60, 4)
+    });
+    sim.run_until(40_000);
+    let before = sim.report();
+    // Quiet from here: no writes, no churn. Ten sync periods.
+    sim.run_until(90_000);
+    let after = sim.report();
+    let sync_bytes = |r: &repram_cluster::sim::Report| -> u64 {
+        r.bytes_by_kind
+            .iter()
+            .filter(|(k, _)| k.starts_with("sync"))
+            .map(|(_, b)| b)
+            .sum()
+    };
+    let per_node_round = (sync_bytes(&after) - sync_bytes(&before)) as f64 / 60.0 / 10.0;
+    println!("{after}\nsync bytes per node per round once converged: {per_node_round:.0}");
+    assert!(
+        per_node_round < 1024.0,
+        "{per_node_round} B per node per round"
+    );
+    let entries = after
+        .bytes_by_kind
+        .iter()
+        .find(|(k, _)| *k == "sync_entries")
+        .map_or(0, |(_, b)| *b);
+    let entries_before = before
+        .bytes_by_kind
+        .iter()
+        .find(|(k, _)| *k == "sync_entries")
+        .map_or(0, |(_, b)| *b);
+    assert_eq!(
+        entries, entries_before,
+        "a converged network sends no entries through sync"
+    );
 }

@@ -1,0 +1,288 @@
+//! The pieces of an xor-filter sync round: stable entry hashes, per-round salting, per-bucket
+//! digests and binary fuse filters in a form that crosses the wire and is validated on arrival.
+//!
+//! Owns the arithmetic of sync. It never decides with whom or when to sync (the `Node` does)
+//! and never reads a store beyond the slices it is handed.
+
+use xorf::{BinaryFuse8, Filter};
+
+use crate::entry::Entry;
+use crate::Version;
+
+/// Width of an expiry bucket; the whole network uses the same.
+pub const SYNC_BUCKET_MS: u64 = 10_000;
+/// Largest filter (fingerprint bytes) a node builds or accepts from a peer.
+pub const FILTER_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Largest number of bucket digests one message carries.
+pub const DIGESTS_PER_MESSAGE_MAX: usize = 8_192;
+
+/// A stable hash of (key, version), the same on every machine and build (xxh3), stored with
+/// each entry so digests update incrementally.
+pub fn entry_hash(key: &[u8], version: Version) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(key);
+    hasher.update(&version.clock.to_le_bytes());
+    hasher.update(&version.node.to_le_bytes());
+    hasher.digest()
+}
+
+impl Entry {
+    pub fn stable_hash(&self) -> u64 {
+        entry_hash(&self.key, self.version)
+    }
+}
+
+/// The fingerprint of a stable hash in one round: remixed with the round's seed, so a false
+/// positive in one round (a key the filter wrongly claims) is not the same in the next.
+pub fn salted(hash: u64, round_seed: u64) -> u64 {
+    // splitmix64's finaliser: a bijection, so distinct hashes stay distinct.
+    let mut z = hash ^ round_seed;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The expiry bucket of an expiry time.
+pub fn bucket_of(expires_ms: u64, bucket_ms: u64) -> u64 {
+    expires_ms / bucket_ms.max(1)
+}
+
+/// What a store holds in one expiry bucket: how many entries and the xor of their hashes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BucketDigest {
+    pub bucket: u64,
+    pub count: u32,
+    pub xor: u64,
+}
+
+/// One number standing for a list of bucket digests: equal lists give equal summaries.
+pub fn summary_of(digests: &[BucketDigest]) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for d in digests.iter().filter(|d| d.count > 0) {
+        hasher.update(&d.bucket.to_le_bytes());
+        hasher.update(&d.count.to_le_bytes());
+        hasher.update(&d.xor.to_le_bytes());
+    }
+    hasher.digest()
+}
+
+/// A binary fuse filter as it travels: its descriptor and fingerprints, or nothing for an
+/// empty bucket.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum FilterData {
+    Empty,
+    Fuse8 {
+        seed: u64,
+        segment_length: u32,
+        segment_length_mask: u32,
+        segment_count_length: u32,
+        fingerprints: Vec<u8>,
+    },
+}
+
+/// A filter ready to be queried: validated, so a query never reads outside it.
+pub enum CheckedFilter {
+    Empty,
+    Fuse8(BinaryFuse8),
+}
+
+impl CheckedFilter {
+    pub fn contains(&self, fingerprint: u64) -> bool {
+        match self {
+            CheckedFilter::Empty => false,
+            CheckedFilter::Fuse8(filter) => filter.contains(&fingerprint),
+        }
+    }
+}
+
+impl FilterData {
+    /// Builds the filter of `hashes` salted with `round_seed` (deduplicated first, as the
+    /// construction requires distinct keys). `None` when it would be over the size limit.
+    pub fn build(hashes: &[u64], round_seed: u64) -> Option<FilterData> {
+        let mut keys: Vec<u64> = hashes.iter().map(|&h| salted(h, round_seed)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        if keys.is_empty() {
+            return Some(FilterData::Empty);
+        }
+        let filter = BinaryFuse8::try_from(&keys).ok()?;
+        if filter.fingerprints.len() > FILTER_BYTES_MAX {
+            return None;
+        }
+        Some(FilterData::Fuse8 {
+            seed: filter.descriptor.seed,
+            segment_length: filter.descriptor.segment_length,
+            segment_length_mask: filter.descriptor.segment_length_mask,
+            segment_count_length: filter.descriptor.segment_count_length,
+            fingerprints: filter.fingerprints.into_vec(),
+        })
+    }
+
+    pub fn wire_bytes(&self) -> usize {
+        match self {
+            FilterData::Empty => 1,
+            FilterData::Fuse8 { fingerprints, .. } => 1 + 20 + fingerprints.len(),
+        }
+    }
+
+    /// Checks a filter a peer sent before anything queries it: the descriptor must describe
+    /// the fingerprints it came with (a query reads up to `segment_count_length + 2 ×
+    /// segment_length` bytes), within the size limit.
+    pub fn check(self) -> Option<CheckedFilter> {
+        match self {
+            FilterData::Empty => Some(CheckedFilter::Empty),
+            FilterData::Fuse8 {
+                seed,
+                segment_length,
+                segment_length_mask,
+                segment_count_length,
+                fingerprints,
+            } => {
+                let sane = fingerprints.len() <= FILTER_BYTES_MAX
+                    && segment_length.is_power_of_two()
+                    && segment_length_mask == segment_length - 1
+                    && segment_count_length > 0
+                    && segment_count_length % segment_length == 0
+                    && (segment_count_length as u64 + 2 * segment_length as u64)
+                        <= fingerprints.len() as u64;
+                if !sane {
+                    return None;
+                }
+                let filter = BinaryFuse8 {
+                    descriptor: xorf::Descriptor {
+                        seed,
+                        segment_length,
+                        segment_length_mask,
+                        segment_count_length,
+                    },
+                    fingerprints: fingerprints.into_boxed_slice(),
+                };
+                Some(CheckedFilter::Fuse8(filter))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_filter_never_misses_what_it_was_built_from() {
+        let hashes: Vec<u64> = (0..5_000u64)
+            .map(|i| entry_hash(&i.to_le_bytes(), Version::default()))
+            .collect();
+        let filter = FilterData::build(&hashes, 42).unwrap().check().unwrap();
+        assert!(hashes.iter().all(|&h| filter.contains(salted(h, 42))));
+        let others = (5_000..105_000u64)
+            .map(|i| entry_hash(&i.to_le_bytes(), Version::default()))
+            .filter(|&h| filter.contains(salted(h, 42)))
+            .count();
+        assert!(
+            others < 1_000,
+            "false positives {others} of 100000 (expected about 0.4%)"
+        );
+    }
+
+    #[test]
+    fn salting_changes_which_keys_are_false_positives() {
+        let hashes: Vec<u64> = (0..2_000u64)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .collect();
+        let others: Vec<u64> = (2_000..50_000u64)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .collect();
+        let false_positives = |seed| {
+            let filter = FilterData::build(&hashes, seed).unwrap().check().unwrap();
+            others
+                .iter()
+                .copied()
+                .filter(|&h| filter.contains(salted(h, seed)))
+                .collect::<Vec<_>>()
+        };
+        let (a, b) = (false_positives(1), false_positives(2));
+        assert!(!a.is_empty());
+        let repeated = a.iter().filter(|h| b.contains(h)).count();
+        assert!(
+            repeated * 10 < a.len(),
+            "{repeated} of {} false positives repeat",
+            a.len()
+        );
+    }
+
+    #[test]
+    fn duplicate_hashes_still_build_a_filter() {
+        let filter = FilterData::build(&[7, 7, 7, 9], 3)
+            .unwrap()
+            .check()
+            .unwrap();
+        assert!(filter.contains(salted(7, 3)) && filter.contains(salted(9, 3)));
+    }
+
+    #[test]
+    fn a_filter_whose_descriptor_lies_is_refused() {
+        let Some(FilterData::Fuse8 {
+            seed,
+            segment_length,
+            segment_length_mask,
+            segment_count_length,
+            fingerprints,
+        }) = FilterData::build(&[1, 2, 3, 4, 5], 1)
+        else {
+            panic!("a fuse filter")
+        };
+        let lie = |count: u32, fps: Vec<u8>| FilterData::Fuse8 {
+            seed,
+            segment_length,
+            segment_length_mask,
+            segment_count_length: count,
+            fingerprints: fps,
+        };
+        assert!(lie(segment_count_length, fingerprints.clone())
+            .check()
+            .is_some());
+        assert!(lie(segment_count_length * 1_000, fingerprints.clone())
+            .check()
+            .is_none());
+        assert!(lie(segment_count_length, fingerprints[..4].to_vec())
+            .check()
+            .is_none());
+        assert!(lie(0, fingerprints).check().is_none());
+        let huge = FilterData::Fuse8 {
+            seed,
+            segment_length: 1 << 31,
+            segment_length_mask: (1 << 31) - 1,
+            segment_count_length: 1 << 31,
+            fingerprints: vec![0; 16],
+        };
+        assert!(huge.check().is_none());
+    }
+
+    #[test]
+    fn summaries_tell_different_digest_lists_apart() {
+        let a = [BucketDigest {
+            bucket: 1,
+            count: 2,
+            xor: 3,
+        }];
+        let b = [BucketDigest {
+            bucket: 1,
+            count: 2,
+            xor: 4,
+        }];
+        assert_ne!(summary_of(&a), summary_of(&b));
+        let with_empty = [
+            a[0],
+            BucketDigest {
+                bucket: 9,
+                count: 0,
+                xor: 0,
+            },
+        ];
+        assert_eq!(
+            summary_of(&a),
+            summary_of(&with_empty),
+            "empty buckets do not count"
+        );
+    }
+}
