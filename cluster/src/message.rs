@@ -148,6 +148,15 @@ pub enum Message {
         round: u64,
         entries: Vec<Entry>,
     },
+    /// A read missed locally: does the receiver hold `key`? Answered from local data only.
+    Pull {
+        nonce: u64,
+        key: std::rc::Rc<[u8]>,
+    },
+    PullReply {
+        nonce: u64,
+        entry: Option<Entry>,
+    },
 }
 
 impl Message {
@@ -185,6 +194,8 @@ impl Message {
                 Message::SyncEntries { entries, .. } => {
                     8 + entries.iter().map(Entry::wire_bytes).sum::<usize>()
                 }
+                Message::Pull { key, .. } => 8 + key.len(),
+                Message::PullReply { entry, .. } => 9 + entry.as_ref().map_or(0, Entry::wire_bytes),
             }
     }
 
@@ -209,6 +220,8 @@ impl Message {
             Message::SyncDigests { .. } => "sync_digests",
             Message::SyncFilters { .. } => "sync_filters",
             Message::SyncEntries { .. } => "sync_entries",
+            Message::Pull { .. } => "pull",
+            Message::PullReply { .. } => "pull_reply",
         }
     }
 }

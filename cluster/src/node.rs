@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
+use std::rc::Rc;
 
 use rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -48,6 +49,14 @@ pub struct ClusterConfig {
     pub sync_skip_margin_ms: u64,
     /// Entries one sync round sends at most (the rest waits for the next round).
     pub sync_entries_per_round_max: usize,
+    /// How long a lazy pull waits for its neighbours.
+    pub pull_timeout_ms: u64,
+    /// Pulls this node has waiting at once; more answer `None` at once.
+    pub pulls_in_flight_max: usize,
+    /// How long a key no neighbour had is answered `None` without asking again.
+    pub pull_miss_cache_ms: u64,
+    /// Pulls from peers this node answers per second (the rest are dropped).
+    pub pull_answers_per_second_max: u32,
 }
 
 impl Default for ClusterConfig {
@@ -66,6 +75,10 @@ impl Default for ClusterConfig {
             sync_interval_ms: 5_000,
             sync_skip_margin_ms: 2_000,
             sync_entries_per_round_max: 65_536,
+            pull_timeout_ms: 300,
+            pulls_in_flight_max: 1_024,
+            pull_miss_cache_ms: 1_000,
+            pull_answers_per_second_max: 10_000,
         }
     }
 }
@@ -108,13 +121,28 @@ pub enum Input {
     },
     /// Leave the network gracefully: tell parent and children.
     Leave,
+    /// A read of `key` missed locally (and may ask peers): find it. Answered by an
+    /// [`Output::PullDone`] with the same `request`, by the deadline at the latest.
+    LocalMiss {
+        request: u64,
+        key: Rc<[u8]>,
+    },
     Tick,
 }
 
 /// What the node asks the driver to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
-    Send { to: SocketAddr, msg: Message },
+    Send {
+        to: SocketAddr,
+        msg: Message,
+    },
+    /// The answer to a [`Input::LocalMiss`]: the entry a peer held (already stored here), or
+    /// `None` when no neighbour had it in time.
+    PullDone {
+        request: u64,
+        entry: Option<Entry>,
+    },
 }
 
 /// Where the node is in joining the tree.
@@ -192,6 +220,19 @@ pub struct NodeCounters {
     pub sync_entries_applied: u64,
     /// Filters from peers refused as malformed.
     pub filters_refused: u64,
+    pub pulls_hit: u64,
+    pub pulls_missed: u64,
+    pub pull_answers_dropped: u64,
+}
+
+/// A lazy pull waiting for its neighbours.
+#[derive(Clone, Debug)]
+struct PendingPull {
+    request: u64,
+    key: Rc<[u8]>,
+    deadline_ms: u64,
+    /// Neighbours asked that have not answered yet.
+    waiting: u32,
 }
 
 /// A sync round this node opened with a peer.
@@ -227,6 +268,12 @@ pub struct Node<S> {
     next_sync_ms: u64,
     /// Whether the node has been attached before: a re-attach syncs instead of a full dump.
     attached_before: bool,
+    /// Lazy pulls waiting, by nonce.
+    pulls: BTreeMap<u64, PendingPull>,
+    /// Keys no neighbour had, until when that answer stands.
+    pull_misses: BTreeMap<Rc<[u8]>, u64>,
+    /// Pull answers given in the current second, and which second.
+    pull_answers: (u64, u32),
     next_heartbeat_ms: u64,
     outbox: VecDeque<Output>,
     counters: NodeCounters,
@@ -256,6 +303,9 @@ impl<S: EntryStore> Node<S> {
             rounds: BTreeMap::new(),
             next_sync_ms: now_ms + config.cluster.sync_interval_ms,
             attached_before: false,
+            pulls: BTreeMap::new(),
+            pull_misses: BTreeMap::new(),
+            pull_answers: (0, 0),
             next_heartbeat_ms: now_ms,
             outbox: VecDeque::new(),
             counters: NodeCounters::default(),
@@ -351,7 +401,14 @@ impl<S: EntryStore> Node<S> {
             Phase::Gone => return u64::MAX,
         };
         let dump = self.dump.as_ref().map_or(u64::MAX, |d| d.deadline_ms);
+        let pull = self
+            .pulls
+            .values()
+            .map(|p| p.deadline_ms)
+            .min()
+            .unwrap_or(u64::MAX);
         phase
+            .min(pull)
             .min(dump)
             .min(self.next_heartbeat_ms)
             .min(self.next_sync_ms)
@@ -366,6 +423,7 @@ impl<S: EntryStore> Node<S> {
             Input::LocalWrite(entry) => self.push(vec![entry], None),
             Input::Unreachable { addr } => self.on_unreachable(addr, now_ms),
             Input::Leave => self.leave(),
+            Input::LocalMiss { request, key } => self.pull(request, key, now_ms),
             Input::Tick => self.on_tick(now_ms),
         }
     }
@@ -478,6 +536,8 @@ impl<S: EntryStore> Node<S> {
                 filters,
                 answer,
             } => self.on_sync_filters(from, round, filters, answer, now_ms),
+            Message::Pull { nonce, key } => self.on_pull(from, nonce, &key, now_ms),
+            Message::PullReply { nonce, entry } => self.on_pull_reply(nonce, entry, now_ms),
             Message::SyncEntries { entries, .. } => {
                 let fresh = self.apply_all(entries, now_ms);
                 self.counters.sync_entries_applied += fresh.len() as u64;
@@ -485,6 +545,111 @@ impl<S: EntryStore> Node<S> {
                 self.push(fresh, Some(from));
             }
         }
+    }
+
+    // --- lazy pull ---------------------------------------------------------------------------
+
+    fn pull(&mut self, request: u64, key: Rc<[u8]>, now_ms: u64) {
+        let neighbours = self.neighbours();
+        let cached_miss = self
+            .pull_misses
+            .get(&key)
+            .is_some_and(|&until| until > now_ms);
+        if neighbours.is_empty()
+            || cached_miss
+            || self.pulls.len() >= self.config.cluster.pulls_in_flight_max
+        {
+            self.counters.pulls_missed += 1;
+            self.outbox.push_back(Output::PullDone {
+                request,
+                entry: None,
+            });
+            return;
+        }
+        let nonce = self.rng.next_u64();
+        for to in &neighbours {
+            self.send(
+                *to,
+                Message::Pull {
+                    nonce,
+                    key: key.clone(),
+                },
+            );
+        }
+        self.pulls.insert(
+            nonce,
+            PendingPull {
+                request,
+                key,
+                deadline_ms: now_ms + self.config.cluster.pull_timeout_ms,
+                waiting: neighbours.len() as u32,
+            },
+        );
+    }
+
+    /// Answers from local data only (never asks further: no chains), within a rate cap.
+    fn on_pull(&mut self, from: SocketAddr, nonce: u64, key: &[u8], now_ms: u64) {
+        let second = now_ms / 1_000;
+        if self.pull_answers.0 != second {
+            self.pull_answers = (second, 0);
+        }
+        if self.pull_answers.1 >= self.config.cluster.pull_answers_per_second_max {
+            self.counters.pull_answers_dropped += 1;
+            return;
+        }
+        self.pull_answers.1 += 1;
+        let entry = self.store.get(key, now_ms);
+        self.send(from, Message::PullReply { nonce, entry });
+    }
+
+    fn on_pull_reply(&mut self, nonce: u64, entry: Option<Entry>, now_ms: u64) {
+        let Some(pending) = self.pulls.get_mut(&nonce) else {
+            return; // answered already, or timed out
+        };
+        pending.waiting = pending.waiting.saturating_sub(1);
+        let hit = entry.filter(|e| e.key == pending.key && e.expires_ms > now_ms);
+        match hit {
+            Some(entry) => {
+                let Some(pending) = self.pulls.remove(&nonce) else {
+                    return;
+                };
+                self.counters.pulls_hit += 1;
+                // The first hit wins: stored here, so the next read is local.
+                self.store.apply(&entry, now_ms);
+                self.outbox.push_back(Output::PullDone {
+                    request: pending.request,
+                    entry: Some(entry),
+                });
+            }
+            None if pending.waiting == 0 => self.finish_pull_miss(nonce, now_ms),
+            None => {}
+        }
+    }
+
+    fn finish_pull_miss(&mut self, nonce: u64, now_ms: u64) {
+        let Some(pending) = self.pulls.remove(&nonce) else {
+            return;
+        };
+        self.counters.pulls_missed += 1;
+        let until = now_ms + self.config.cluster.pull_miss_cache_ms;
+        self.pull_misses.insert(pending.key, until);
+        self.outbox.push_back(Output::PullDone {
+            request: pending.request,
+            entry: None,
+        });
+    }
+
+    fn expire_pulls(&mut self, now_ms: u64) {
+        let due: Vec<u64> = self
+            .pulls
+            .iter()
+            .filter(|(_, p)| p.deadline_ms <= now_ms)
+            .map(|(&n, _)| n)
+            .collect();
+        for nonce in due {
+            self.finish_pull_miss(nonce, now_ms);
+        }
+        self.pull_misses.retain(|_, &mut until| until > now_ms);
     }
 
     // --- xor-filter sync ---------------------------------------------------------------------
@@ -1151,6 +1316,7 @@ impl<S: EntryStore> Node<S> {
         if now_ms >= self.next_sync_ms {
             self.start_sync(now_ms);
         }
+        self.expire_pulls(now_ms);
     }
 
     fn heartbeat(&mut self, now_ms: u64) {

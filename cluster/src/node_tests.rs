@@ -37,8 +37,10 @@ fn info(i: u8, role: Option<Role>) -> NodeInfo {
 
 fn drain(node: &mut Node<MemStore>) -> Vec<(SocketAddr, Message)> {
     let mut out = Vec::new();
-    while let Some(Output::Send { to, msg }) = node.poll_output() {
-        out.push((to, msg));
+    while let Some(output) = node.poll_output() {
+        if let Output::Send { to, msg } = output {
+            out.push((to, msg));
+        }
     }
     out
 }
@@ -441,4 +443,114 @@ fn a_malformed_filter_from_a_peer_is_refused_without_harm() {
             .all(|(_, m)| !matches!(m, Message::SyncEntries { .. })),
         "nothing sent on the strength of a bad filter"
     );
+}
+
+fn pull_done(node: &mut Node<MemStore>) -> Vec<(u64, Option<Entry>)> {
+    let mut done = Vec::new();
+    while let Some(output) = node.poll_output() {
+        if let Output::PullDone { request, entry } = output {
+            done.push((request, entry));
+        }
+    }
+    done
+}
+
+#[test]
+fn a_local_miss_asks_the_neighbours_and_the_first_hit_wins() {
+    let mut node = root(1);
+    attach(&mut node, 2);
+    attach(&mut node, 3);
+    node.handle(
+        Input::LocalMiss {
+            request: 7,
+            key: Rc::from(b"k".as_slice()),
+        },
+        100,
+    );
+    let asked = drain(&mut node);
+    assert_eq!(asked.len(), 2, "both neighbours asked in parallel");
+    let Message::Pull { nonce, .. } = asked[0].1.clone() else {
+        panic!("a pull")
+    };
+    let reply = Message::PullReply {
+        nonce,
+        entry: Some(entry("k", 3)),
+    };
+    node.handle(
+        Input::Message {
+            from: addr(3),
+            msg: reply.clone(),
+        },
+        120,
+    );
+    assert_eq!(pull_done(&mut node), vec![(7, Some(entry("k", 3)))]);
+    assert!(
+        node.store().get(b"k", 130).is_some(),
+        "stored for the next read"
+    );
+    // The slower neighbour's answer changes nothing.
+    node.handle(
+        Input::Message {
+            from: addr(2),
+            msg: reply,
+        },
+        140,
+    );
+    assert!(pull_done(&mut node).is_empty());
+}
+
+#[test]
+fn a_pull_nobody_answers_ends_at_its_deadline_and_is_cached_as_a_miss() {
+    let mut node = root(1);
+    attach(&mut node, 2);
+    let key: Rc<[u8]> = Rc::from(b"missing".as_slice());
+    node.handle(
+        Input::LocalMiss {
+            request: 1,
+            key: key.clone(),
+        },
+        0,
+    );
+    drain(&mut node);
+    assert!(node.next_wake_ms() <= 300, "wakes for the deadline");
+    node.handle(Input::Tick, 300);
+    assert_eq!(pull_done(&mut node), vec![(1, None)]);
+    // Asked again at once: answered from the miss cache, no message sent.
+    node.handle(Input::LocalMiss { request: 2, key }, 400);
+    let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
+    assert_eq!(
+        outputs,
+        vec![Output::PullDone {
+            request: 2,
+            entry: None
+        }]
+    );
+}
+
+#[test]
+fn pulls_are_answered_from_local_data_only_and_capped() {
+    let mut node = with_entries(1, &["here"]);
+    let ask = |node: &mut Node<MemStore>, key: &str, nonce| {
+        let msg = Message::Pull {
+            nonce,
+            key: Rc::from(key.as_bytes()),
+        };
+        node.handle(Input::Message { from: addr(5), msg }, 1_000);
+        drain(node)
+    };
+    let sent = ask(&mut node, "here", 1);
+    assert!(matches!(
+        &sent[..],
+        [(_, Message::PullReply { entry: Some(_), .. })]
+    ));
+    let sent = ask(&mut node, "elsewhere", 2);
+    assert!(
+        matches!(&sent[..], [(_, Message::PullReply { entry: None, .. })]),
+        "a miss is answered, never passed on: {sent:?}"
+    );
+    let cap = ClusterConfig::default().pull_answers_per_second_max;
+    for nonce in 0..u64::from(cap) {
+        ask(&mut node, "here", 10 + nonce);
+    }
+    assert!(node.counters().pull_answers_dropped > 0);
 }

@@ -536,8 +536,11 @@ impl Sim {
             let Some(node) = self.nodes[index as usize].node.as_mut() else {
                 return;
             };
-            while let Some(Output::Send { to, msg }) = node.poll_output() {
-                sends.push((to, msg));
+            while let Some(output) = node.poll_output() {
+                match output {
+                    Output::Send { to, msg } => sends.push((to, msg)),
+                    Output::PullDone { .. } => {}
+                }
             }
             (
                 std::mem::take(&mut node.store_mut().arrivals),
