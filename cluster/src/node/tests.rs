@@ -5,6 +5,7 @@ use std::rc::Rc;
 
 use super::*;
 use crate::entry::MemStore;
+use crate::sync::FilterData;
 use crate::Version;
 
 fn addr(i: u8) -> SocketAddr {

@@ -1,0 +1,205 @@
+//! Xor-filter sync rounds: summary, per-bucket digests, salted filters for the buckets that
+//! differ, and the entries each side definitely lacks, both ways in one round. Repairs are
+//! pushed on along the tree.
+
+use std::net::SocketAddr;
+
+use rand_core::RngCore;
+
+use super::{Node, SyncRound};
+use crate::entry::EntryStore;
+use crate::message::Message;
+use crate::sync::{self, bucket_of, summary_of, BucketDigest, FilterData, SYNC_BUCKET_MS};
+
+impl<S: EntryStore> Node<S> {
+    /// Opens rounds with the parent (a root: the other roots) and one random known peer.
+    pub(super) fn start_sync(&mut self, now_ms: u64) {
+        let interval = self.config.cluster.sync_interval_ms;
+        let jitter = interval / 10;
+        let offset = if jitter == 0 {
+            0
+        } else {
+            self.rng.next_u64() % (2 * jitter)
+        };
+        self.next_sync_ms = now_ms + interval - jitter + offset;
+        if !self.is_attached() {
+            return;
+        }
+        let mut peers: Vec<SocketAddr> = self.parent.iter().map(|p| p.info.addr).collect();
+        peers.extend(self.root_peers.keys().copied());
+        if !self.cached_peers.is_empty() {
+            let at = (self.rng.next_u64() % self.cached_peers.len() as u64) as usize;
+            let extra = self.cached_peers[at].addr;
+            if extra != self.config.addr && !peers.contains(&extra) {
+                peers.push(extra);
+            }
+        }
+        for peer in peers {
+            self.open_round(peer, now_ms);
+        }
+    }
+
+    pub(super) fn sync_window(&self, now_ms: u64) -> u64 {
+        bucket_of(
+            now_ms + self.config.cluster.sync_skip_margin_ms,
+            SYNC_BUCKET_MS,
+        ) + 1
+    }
+
+    pub(super) fn open_round(&mut self, peer: SocketAddr, now_ms: u64) {
+        let seed = self.rng.next_u64();
+        let from_bucket = self.sync_window(now_ms);
+        let summary = summary_of(&self.store.digests(from_bucket));
+        self.rounds.insert(peer, SyncRound { seed, from_bucket });
+        self.counters.sync_rounds += 1;
+        self.send(
+            peer,
+            Message::SyncSummary {
+                round: seed,
+                from_bucket,
+                summary,
+            },
+        );
+    }
+
+    pub(super) fn on_sync_summary(
+        &mut self,
+        from: SocketAddr,
+        round: u64,
+        from_bucket: u64,
+        summary: u64,
+    ) {
+        let mut digests = self.store.digests(from_bucket);
+        if summary_of(&digests) == summary {
+            self.send(from, Message::SyncInSync { round });
+            return;
+        }
+        digests.truncate(sync::DIGESTS_PER_MESSAGE_MAX);
+        self.send(from, Message::SyncDigests { round, digests });
+    }
+
+    pub(super) fn on_sync_digests(
+        &mut self,
+        from: SocketAddr,
+        round: u64,
+        theirs: Vec<BucketDigest>,
+    ) {
+        let Some(sync_round) = self.rounds.get(&from).filter(|r| r.seed == round).cloned() else {
+            return;
+        };
+        let mine = self.store.digests(sync_round.from_bucket);
+        // Buckets where they hold something we do not hold the same way; buckets only we
+        // hold come back through their filters in the answer.
+        let mut differing: Vec<u64> = Vec::new();
+        for digest in theirs.iter().take(sync::DIGESTS_PER_MESSAGE_MAX) {
+            if digest.bucket < sync_round.from_bucket {
+                continue;
+            }
+            let same = mine
+                .binary_search_by_key(&digest.bucket, |d| d.bucket)
+                .is_ok_and(|at| mine[at] == *digest);
+            if !same {
+                differing.push(digest.bucket);
+            }
+        }
+        for digest in &mine {
+            let theirs_has = theirs.iter().any(|d| d.bucket == digest.bucket);
+            if !theirs_has {
+                differing.push(digest.bucket);
+            }
+        }
+        differing.sort_unstable();
+        differing.dedup();
+        self.send_filters(from, round, &differing, true);
+    }
+
+    /// Sends our filters for `buckets`, in messages of bounded size.
+    pub(super) fn send_filters(
+        &mut self,
+        to: SocketAddr,
+        round: u64,
+        buckets: &[u64],
+        answer: bool,
+    ) {
+        let mut filters = Vec::new();
+        let mut bytes = 0;
+        for &bucket in buckets {
+            let hashes = self.store.bucket_hashes(bucket);
+            let Some(filter) = FilterData::build(&hashes, round) else {
+                continue;
+            };
+            bytes += filter.wire_bytes();
+            filters.push((bucket, filter));
+            if bytes >= sync::FILTER_BYTES_MAX / 4 {
+                let batch = std::mem::take(&mut filters);
+                self.send(
+                    to,
+                    Message::SyncFilters {
+                        round,
+                        filters: batch,
+                        answer,
+                    },
+                );
+                bytes = 0;
+            }
+        }
+        if !filters.is_empty() || buckets.is_empty() {
+            self.send(
+                to,
+                Message::SyncFilters {
+                    round,
+                    filters,
+                    answer,
+                },
+            );
+        }
+    }
+
+    pub(super) fn on_sync_filters(
+        &mut self,
+        from: SocketAddr,
+        round: u64,
+        filters: Vec<(u64, FilterData)>,
+        answer: bool,
+        now_ms: u64,
+    ) {
+        // Filters that answer ours only count inside a round we opened with that peer.
+        if !answer && self.rounds.get(&from).is_none_or(|r| r.seed != round) {
+            return;
+        }
+        let skip_before = self.sync_window(now_ms);
+        let mut buckets = Vec::new();
+        let mut lacking = Vec::new();
+        let cap = self.config.cluster.sync_entries_per_round_max;
+        for (bucket, data) in filters {
+            if bucket < skip_before {
+                continue;
+            }
+            let Some(filter) = data.check() else {
+                self.counters.filters_refused += 1;
+                continue;
+            };
+            buckets.push(bucket);
+            for (hash, entry) in self.store.bucket_entries(bucket, now_ms) {
+                if lacking.len() < cap && !filter.contains(sync::salted(hash, round)) {
+                    lacking.push(entry);
+                }
+            }
+        }
+        let chunk = self.config.cluster.entries_per_message_max.max(1);
+        for part in lacking.chunks(chunk) {
+            self.send(
+                from,
+                Message::SyncEntries {
+                    round,
+                    entries: part.to_vec(),
+                },
+            );
+        }
+        if answer {
+            self.send_filters(from, round, &buckets, false);
+        } else {
+            self.rounds.remove(&from);
+        }
+    }
+}
