@@ -357,6 +357,40 @@ impl Sim {
         })
     }
 
+    /// Mean one-way latency from each attached non-root node to its parent.
+    pub fn mean_parent_latency_ms(&self) -> f64 {
+        let mut total = 0u64;
+        let mut count = 0u64;
+        for (i, slot) in self.nodes.iter().enumerate() {
+            let Some(node) = &slot.node else { continue };
+            let Some(parent) = node.parent().and_then(index_of) else {
+                continue;
+            };
+            total += self.latency_ms(i as u32, parent);
+            count += 1;
+        }
+        total as f64 / count.max(1) as f64
+    }
+
+    /// Moves every node to a new random place: the network's distances change under a tree
+    /// built for the old ones.
+    pub fn reshuffle_positions(&mut self) {
+        for slot in &mut self.nodes {
+            slot.x = unit(&mut self.rng);
+            slot.y = unit(&mut self.rng);
+        }
+        self.link_clock.clear();
+    }
+
+    /// Moves made to closer parents, over live nodes.
+    pub fn rebalances(&self) -> u64 {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.node.as_ref())
+            .map(|n| n.counters().rebalances)
+            .sum()
+    }
+
     /// Live nodes attached to the tree now.
     pub fn attached(&self) -> usize {
         self.nodes

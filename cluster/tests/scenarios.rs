@@ -301,3 +301,35 @@ fn a_converged_network_syncs_for_a_few_bytes_per_node_and_round() {
         "a converged network sends no entries through sync"
     );
 }
+
+#[test]
+fn rebalance_cuts_mean_parent_latency_by_a_fifth_within_five_periods() {
+    for seed in SEEDS {
+        println!("seed {seed}");
+        let mut sim = joined(200, seed);
+        // The network's distances change under the tree: parents are now random.
+        sim.reshuffle_positions();
+        sim.run_until(sim.now_ms() + 3_000);
+        let before = sim.mean_parent_latency_ms();
+        let mut worst_cycle: Result<(), String> = Ok(());
+        // Five leaf rebalance periods (30 s each), checking the tree every second.
+        for _ in 0..150 {
+            sim.run_until(sim.now_ms() + 1_000);
+            if let Err(e) = sim.check_tree() {
+                worst_cycle = Err(e);
+            }
+        }
+        let after = sim.mean_parent_latency_ms();
+        println!(
+            "mean parent latency {before:.1} ms -> {after:.1} ms, {} moves",
+            sim.rebalances()
+        );
+        worst_cycle.unwrap();
+        assert!(
+            after <= before * 0.8,
+            "seed {seed}: {before:.1} -> {after:.1} ms"
+        );
+        assert_eq!(sim.attached(), 200);
+        sim.check_roles().unwrap();
+    }
+}

@@ -17,6 +17,7 @@ use crate::entry::{Applied, Entry, EntryStore};
 use crate::message::{Message, NodeInfo, Role, PEER_PROTOCOL_MAJOR};
 
 mod pull;
+mod rebalance;
 mod sync_round;
 #[cfg(test)]
 mod tests;
@@ -57,6 +58,11 @@ pub struct ClusterConfig {
     pub pull_miss_cache_ms: u64,
     /// Pulls from peers this node answers per second (the rest are dropped).
     pub pull_answers_per_second_max: u32,
+    /// How often a leaf looks for a closer parent; a branch waits twice as long and a trunk
+    /// four times, so leaves settle first. Jittered by a tenth either way.
+    pub rebalance_interval_ms: u64,
+    /// A candidate must be this many percent closer than the parent to move to it.
+    pub rebalance_gain_percent: u64,
 }
 
 impl Default for ClusterConfig {
@@ -79,6 +85,8 @@ impl Default for ClusterConfig {
             pulls_in_flight_max: 1_024,
             pull_miss_cache_ms: 1_000,
             pull_answers_per_second_max: 10_000,
+            rebalance_interval_ms: 30_000,
+            rebalance_gain_percent: 20,
         }
     }
 }
@@ -223,6 +231,8 @@ pub struct NodeCounters {
     pub pulls_hit: u64,
     pub pulls_missed: u64,
     pub pull_answers_dropped: u64,
+    /// Moves to a closer parent.
+    pub rebalances: u64,
 }
 
 /// A lazy pull waiting for its neighbours.
@@ -274,6 +284,13 @@ pub struct Node<S> {
     pull_misses: BTreeMap<Rc<[u8]>, u64>,
     /// Pull answers given in the current second, and which second.
     pull_answers: (u64, u32),
+    /// Round-trip time to the parent, smoothed over heartbeats.
+    parent_rtt_ms: Option<u64>,
+    /// When the heartbeat to the parent that is still unanswered left.
+    heartbeat_sent_ms: Option<u64>,
+    next_rebalance_ms: u64,
+    /// A search for a closer parent under way (we stay attached meanwhile).
+    rebalance: Option<rebalance::Search>,
     next_heartbeat_ms: u64,
     outbox: VecDeque<Output>,
     counters: NodeCounters,
@@ -306,6 +323,10 @@ impl<S: EntryStore> Node<S> {
             pulls: BTreeMap::new(),
             pull_misses: BTreeMap::new(),
             pull_answers: (0, 0),
+            parent_rtt_ms: None,
+            heartbeat_sent_ms: None,
+            next_rebalance_ms: u64::MAX,
+            rebalance: None,
             next_heartbeat_ms: now_ms,
             outbox: VecDeque::new(),
             counters: NodeCounters::default(),
@@ -407,7 +428,12 @@ impl<S: EntryStore> Node<S> {
             .map(|p| p.deadline_ms)
             .min()
             .unwrap_or(u64::MAX);
+        let rebalance = self
+            .rebalance
+            .as_ref()
+            .map_or(self.next_rebalance_ms, |r| r.deadline_ms);
         phase
+            .min(rebalance)
             .min(pull)
             .min(dump)
             .min(self.next_heartbeat_ms)
@@ -616,6 +642,9 @@ impl<S: EntryStore> Node<S> {
     }
 
     fn on_map(&mut self, candidates: Vec<NodeInfo>, roots: Vec<SocketAddr>, now_ms: u64) {
+        if self.rebalance.is_some() {
+            return self.on_rebalance_map(candidates, now_ms);
+        }
         if !matches!(self.phase, Phase::Joining { .. }) {
             return;
         }
@@ -655,6 +684,9 @@ impl<S: EntryStore> Node<S> {
     }
 
     fn on_pong(&mut self, nonce: u64, info: NodeInfo, now_ms: u64) {
+        if self.rebalance.is_some() {
+            return self.on_rebalance_pong(nonce, info, now_ms);
+        }
         if !matches!(self.phase, Phase::Probing { .. }) {
             return;
         }
@@ -756,6 +788,9 @@ impl<S: EntryStore> Node<S> {
         path: Vec<u64>,
         now_ms: u64,
     ) {
+        if self.rebalance.is_some() && self.phase == Phase::Attached {
+            return self.on_rebalance_reply(from, accepted, info, path, now_ms);
+        }
         let Phase::Attaching { to, .. } = self.phase else {
             return;
         };
@@ -776,6 +811,8 @@ impl<S: EntryStore> Node<S> {
                     open_children: Vec::new(),
                 });
                 self.phase = Phase::Attached;
+                self.parent_rtt_ms = None;
+                self.schedule_rebalance(now_ms);
                 self.counters.attaches += 1;
                 self.next_heartbeat_ms = now_ms;
                 self.ranked.clear();
@@ -926,6 +963,14 @@ impl<S: EntryStore> Node<S> {
         }
         parent.info = info;
         parent.last_heard_ms = now_ms;
+        // Only a reply to our heartbeat measures the distance (not an unsolicited update).
+        if let Some(sent_ms) = self.heartbeat_sent_ms.take() {
+            let sample = now_ms.saturating_sub(sent_ms);
+            self.parent_rtt_ms = Some(match self.parent_rtt_ms {
+                Some(rtt) => (3 * rtt + sample) / 4,
+                None => sample,
+            });
+        }
         match info.role.and_then(Role::child) {
             // The parent forgot us, can no longer take children, or sits below us: find another.
             None => self.lose_parent(now_ms),
@@ -1036,6 +1081,7 @@ impl<S: EntryStore> Node<S> {
             self.start_sync(now_ms);
         }
         self.expire_pulls(now_ms);
+        self.rebalance_tick(now_ms);
     }
 
     fn heartbeat(&mut self, now_ms: u64) {
@@ -1062,6 +1108,9 @@ impl<S: EntryStore> Node<S> {
             .collect();
         let mut to: Vec<SocketAddr> = self.parent.iter().map(|p| p.info.addr).collect();
         to.extend(self.root_peers.keys().copied());
+        if self.parent.is_some() {
+            self.heartbeat_sent_ms = Some(now_ms);
+        }
         for addr in to {
             let msg = Message::Heartbeat {
                 info: me,
