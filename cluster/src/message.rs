@@ -157,6 +157,10 @@ pub enum Message {
         nonce: u64,
         entry: Option<Entry>,
     },
+    /// The sender's store is full: spare it pushes and sync entries for a while.
+    Full {
+        retry_after_ms: u64,
+    },
 }
 
 impl Message {
@@ -196,6 +200,7 @@ impl Message {
                 }
                 Message::Pull { key, .. } => 8 + key.len(),
                 Message::PullReply { entry, .. } => 9 + entry.as_ref().map_or(0, Entry::wire_bytes),
+                Message::Full { .. } => 8,
             }
     }
 
@@ -222,6 +227,7 @@ impl Message {
             Message::SyncEntries { .. } => "sync_entries",
             Message::Pull { .. } => "pull",
             Message::PullReply { .. } => "pull_reply",
+            Message::Full { .. } => "full",
         }
     }
 }

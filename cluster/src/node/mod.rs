@@ -63,6 +63,11 @@ pub struct ClusterConfig {
     pub rebalance_interval_ms: u64,
     /// A candidate must be this many percent closer than the parent to move to it.
     pub rebalance_gain_percent: u64,
+    /// Longest TTL the network allows: an entry from a peer expiring later than now plus
+    /// this is refused (it could only come from a broken or hostile peer).
+    pub ttl_ms_max: u64,
+    /// How long a peer that said it is full is spared pushes and sync entries.
+    pub full_backoff_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -87,6 +92,8 @@ impl Default for ClusterConfig {
             pull_answers_per_second_max: 10_000,
             rebalance_interval_ms: 30_000,
             rebalance_gain_percent: 20,
+            ttl_ms_max: 24 * 60 * 60 * 1_000,
+            full_backoff_ms: 30_000,
         }
     }
 }
@@ -233,7 +240,16 @@ pub struct NodeCounters {
     pub pull_answers_dropped: u64,
     /// Moves to a closer parent.
     pub rebalances: u64,
+    /// Entries from peers refused outright (expiry beyond the longest TTL), and messages
+    /// refused as malformed (a path deeper than the tree, too many entries).
+    pub entries_refused: u64,
+    pub messages_refused: u64,
 }
+
+/// The tree's depth: a path of ancestors is never longer (root, trunk, branch).
+const PATH_LEN_MAX: usize = 3;
+/// Roots a map may name.
+const MAP_ROOTS_MAX: usize = 16;
 
 /// A lazy pull waiting for its neighbours.
 #[derive(Clone, Debug)]
@@ -291,6 +307,8 @@ pub struct Node<S> {
     next_rebalance_ms: u64,
     /// A search for a closer parent under way (we stay attached meanwhile).
     rebalance: Option<rebalance::Search>,
+    /// Peers that said their store is full, until when they are spared.
+    full_peers: BTreeMap<SocketAddr, u64>,
     next_heartbeat_ms: u64,
     outbox: VecDeque<Output>,
     counters: NodeCounters,
@@ -327,6 +345,7 @@ impl<S: EntryStore> Node<S> {
             heartbeat_sent_ms: None,
             next_rebalance_ms: u64::MAX,
             rebalance: None,
+            full_peers: BTreeMap::new(),
             next_heartbeat_ms: now_ms,
             outbox: VecDeque::new(),
             counters: NodeCounters::default(),
@@ -446,7 +465,7 @@ impl<S: EntryStore> Node<S> {
         }
         match input {
             Input::Message { from, msg } => self.on_message(from, msg, now_ms),
-            Input::LocalWrite(entry) => self.push(vec![entry], None),
+            Input::LocalWrite(entry) => self.push(vec![entry], None, now_ms),
             Input::Unreachable { addr } => self.on_unreachable(addr, now_ms),
             Input::Leave => self.leave(),
             Input::LocalMiss { request, key } => self.pull(request, key, now_ms),
@@ -468,13 +487,13 @@ impl<S: EntryStore> Node<S> {
     }
 
     /// Sends `entries` to every tree neighbour but the one they came from.
-    fn push(&mut self, entries: Vec<Entry>, from: Option<SocketAddr>) {
+    fn push(&mut self, entries: Vec<Entry>, from: Option<SocketAddr>, now_ms: u64) {
         if entries.is_empty() {
             return;
         }
         let chunk = self.config.cluster.entries_per_message_max.max(1);
         for to in self.neighbours() {
-            if Some(to) == from {
+            if Some(to) == from || self.is_full(to, now_ms) {
                 continue;
             }
             for part in entries.chunks(chunk) {
@@ -488,19 +507,41 @@ impl<S: EntryStore> Node<S> {
         }
     }
 
-    /// Applies entries from a peer; returns those that were new here.
-    fn apply_all(&mut self, entries: Vec<Entry>, now_ms: u64) -> Vec<Entry> {
+    /// Whether `peer` said it is full and is still being spared.
+    fn is_full(&self, peer: SocketAddr, now_ms: u64) -> bool {
+        self.full_peers
+            .get(&peer)
+            .is_some_and(|&until| until > now_ms)
+    }
+
+    /// Applies entries from `from`; returns those that were new here. Entries past the
+    /// longest TTL are refused; a full store tells the sender so it stops resending.
+    fn apply_all(&mut self, from: SocketAddr, mut entries: Vec<Entry>, now_ms: u64) -> Vec<Entry> {
+        let per_message = self.config.cluster.entries_per_message_max.max(1);
+        if entries.len() > per_message {
+            self.counters.messages_refused += 1;
+            entries.truncate(per_message);
+        }
+        let latest_ms = now_ms.saturating_add(self.config.cluster.ttl_ms_max);
         let mut fresh = Vec::new();
+        let mut full = false;
         for entry in entries {
+            if entry.expires_ms > latest_ms {
+                self.counters.entries_refused += 1;
+                continue;
+            }
             match self.store.apply(&entry, now_ms) {
                 Applied::Stored => {
                     self.counters.entries_applied += 1;
                     fresh.push(entry);
                 }
-                Applied::Stale | Applied::Expired | Applied::Full => {
-                    self.counters.entries_stale += 1;
-                }
+                Applied::Full => full = true,
+                Applied::Stale | Applied::Expired => self.counters.entries_stale += 1,
             }
+        }
+        if full {
+            let retry_after_ms = self.config.cluster.full_backoff_ms;
+            self.send(from, Message::Full { retry_after_ms });
         }
         fresh
     }
@@ -508,7 +549,18 @@ impl<S: EntryStore> Node<S> {
     fn on_message(&mut self, from: SocketAddr, msg: Message, now_ms: u64) {
         match msg {
             Message::Join { major, info } => self.on_join(from, major, info),
-            Message::TopologyMap { candidates, roots } => self.on_map(candidates, roots, now_ms),
+            Message::TopologyMap {
+                mut candidates,
+                mut roots,
+            } => {
+                candidates.truncate(self.config.cluster.map_candidates_max);
+                roots.truncate(MAP_ROOTS_MAX);
+                self.on_map(candidates, roots, now_ms)
+            }
+            Message::Full { retry_after_ms } => {
+                let spare_ms = retry_after_ms.min(self.config.cluster.full_backoff_ms * 4);
+                self.full_peers.insert(from, now_ms + spare_ms);
+            }
             Message::JoinRefused { major } => {
                 // A root of another major: try the next one.
                 let _ = major;
@@ -520,6 +572,12 @@ impl<S: EntryStore> Node<S> {
             }
             Message::Pong { nonce, info } => self.on_pong(nonce, info, now_ms),
             Message::Attach { info } => self.on_attach(from, info, now_ms),
+            Message::AttachReply { path, .. } | Message::HeartbeatReply { path, .. }
+                if path.len() > PATH_LEN_MAX =>
+            {
+                // Deeper than the tree can be: a broken or lying peer.
+                self.counters.messages_refused += 1;
+            }
             Message::AttachReply {
                 accepted,
                 info,
@@ -536,8 +594,8 @@ impl<S: EntryStore> Node<S> {
             } => self.on_heartbeat_reply(from, info, is_child, path, now_ms),
             Message::Leave { .. } => self.on_leave(from, now_ms),
             Message::Push { entries } => {
-                let fresh = self.apply_all(entries, now_ms);
-                self.push(fresh, Some(from));
+                let fresh = self.apply_all(from, entries, now_ms);
+                self.push(fresh, Some(from), now_ms);
             }
             Message::DumpRequest { cursor } => {
                 let max = self.config.cluster.entries_per_message_max;
@@ -565,10 +623,10 @@ impl<S: EntryStore> Node<S> {
             Message::Pull { nonce, key } => self.on_pull(from, nonce, &key, now_ms),
             Message::PullReply { nonce, entry } => self.on_pull_reply(nonce, entry, now_ms),
             Message::SyncEntries { entries, .. } => {
-                let fresh = self.apply_all(entries, now_ms);
+                let fresh = self.apply_all(from, entries, now_ms);
                 self.counters.sync_entries_applied += fresh.len() as u64;
                 // A repair spreads along the tree in one pass, like a new write.
-                self.push(fresh, Some(from));
+                self.push(fresh, Some(from), now_ms);
             }
         }
     }
@@ -854,9 +912,9 @@ impl<S: EntryStore> Node<S> {
         if dump.from != from {
             return;
         }
-        let fresh = self.apply_all(entries, now_ms);
+        let fresh = self.apply_all(from, entries, now_ms);
         // What a dump teaches is pushed on, so children learn it in the same pass.
-        self.push(fresh, Some(from));
+        self.push(fresh, Some(from), now_ms);
         match next {
             Some(cursor) => {
                 self.dump = Some(DumpProgress {

@@ -70,7 +70,9 @@ impl<S: EntryStore> Node<S> {
             return; // answered already, or timed out
         };
         pending.waiting = pending.waiting.saturating_sub(1);
-        let hit = entry.filter(|e| e.key == pending.key && e.expires_ms > now_ms);
+        let latest_ms = now_ms.saturating_add(self.config.cluster.ttl_ms_max);
+        let hit = entry
+            .filter(|e| e.key == pending.key && e.expires_ms > now_ms && e.expires_ms <= latest_ms);
         match hit {
             Some(entry) => {
                 let Some(pending) = self.pulls.remove(&nonce) else {

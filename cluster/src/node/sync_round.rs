@@ -186,6 +186,9 @@ impl<S: EntryStore> Node<S> {
                 }
             }
         }
+        if self.is_full(from, now_ms) {
+            lacking.clear();
+        }
         let chunk = self.config.cluster.entries_per_message_max.max(1);
         for part in lacking.chunks(chunk) {
             self.send(

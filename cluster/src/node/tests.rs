@@ -555,3 +555,95 @@ fn pulls_are_answered_from_local_data_only_and_capped() {
     }
     assert!(node.counters().pull_answers_dropped > 0);
 }
+
+#[test]
+fn an_entry_expiring_beyond_the_longest_ttl_is_refused() {
+    let mut node = root(1);
+    let mut far = entry("far", 1);
+    far.expires_ms = ClusterConfig::default().ttl_ms_max + 10_000;
+    let push = Message::Push { entries: vec![far] };
+    node.handle(
+        Input::Message {
+            from: addr(2),
+            msg: push,
+        },
+        0,
+    );
+    assert!(node.store().get(b"far", 0).is_none());
+    assert_eq!(node.counters().entries_refused, 1);
+}
+
+#[test]
+fn a_full_node_says_so_and_is_spared_pushes_for_a_while() {
+    let config = NodeConfig {
+        id: 1,
+        addr: addr(1),
+        roots: vec![addr(1)],
+        is_root: true,
+        cluster: ClusterConfig::default(),
+    };
+    let mut full = Node::new(config, MemStore::with_capacity_limit(1), 1, 0);
+    let push = Message::Push {
+        entries: vec![entry("a", 1), entry("b", 1)],
+    };
+    full.handle(
+        Input::Message {
+            from: addr(2),
+            msg: push,
+        },
+        0,
+    );
+    let sent = drain(&mut full);
+    assert!(
+        sent.contains(&(
+            addr(2),
+            Message::Full {
+                retry_after_ms: 30_000
+            }
+        )),
+        "{sent:?}"
+    );
+
+    // The sender, told so, skips the full peer until the time is up.
+    let mut sender = root(2);
+    attach(&mut sender, 1);
+    attach(&mut sender, 3);
+    let msg = Message::Full {
+        retry_after_ms: 30_000,
+    };
+    sender.handle(Input::Message { from: addr(1), msg }, 0);
+    sender.handle(Input::LocalWrite(entry("c", 1)), 10);
+    let to: Vec<SocketAddr> = drain(&mut sender).into_iter().map(|(a, _)| a).collect();
+    assert_eq!(to, vec![addr(3)]);
+    sender.handle(Input::LocalWrite(entry("d", 1)), 40_000);
+    let to: Vec<SocketAddr> = drain(&mut sender).into_iter().map(|(a, _)| a).collect();
+    assert!(to.contains(&addr(1)), "spared no longer: {to:?}");
+}
+
+#[test]
+fn a_path_deeper_than_the_tree_is_refused() {
+    let mut node = root(1);
+    let msg = Message::HeartbeatReply {
+        info: info(2, Some(Role::Branch)),
+        is_child: true,
+        path: vec![1, 2, 3, 4, 5],
+    };
+    node.handle(Input::Message { from: addr(2), msg }, 0);
+    assert_eq!(node.counters().messages_refused, 1);
+}
+
+#[test]
+fn a_push_of_more_entries_than_a_message_holds_is_cut_to_the_limit() {
+    let mut node = root(1);
+    let max = ClusterConfig::default().entries_per_message_max;
+    let entries: Vec<Entry> = (0..max + 50).map(|i| entry(&format!("k{i}"), 1)).collect();
+    node.handle(
+        Input::Message {
+            from: addr(2),
+            msg: Message::Push { entries },
+        },
+        0,
+    );
+    assert_eq!(node.counters().entries_applied, max as u64);
+    assert_eq!(node.counters().messages_refused, 1);
+}
