@@ -63,6 +63,9 @@ pub trait EntryStore {
     fn bucket_hashes(&self, bucket: u64) -> Vec<u64>;
     /// The entries of one bucket, each with its stable hash.
     fn bucket_entries(&self, bucket: u64, now_ms: u64) -> Vec<(u64, Entry)>;
+    /// Forgets what has expired by `now_ms` (whole buckets at a time). The node calls it on
+    /// its heartbeat; a store with its own expiry timer may do nothing here.
+    fn expire(&mut self, now_ms: u64);
 }
 
 /// One expiry bucket's digest and members (slot indices).
@@ -98,7 +101,7 @@ impl MemStore {
     }
 
     /// Drops entries expired at `now_ms`, a whole bucket at a time.
-    pub fn expire(&mut self, now_ms: u64) {
+    fn drop_passed_buckets(&mut self, now_ms: u64) {
         let live_from = bucket_of(now_ms, SYNC_BUCKET_MS);
         let passed: Vec<u64> = self.buckets.range(..live_from).map(|(&b, _)| b).collect();
         for bucket in passed {
@@ -226,6 +229,10 @@ impl EntryStore for MemStore {
                 .filter_map(|&at| self.slots[at as usize].as_ref().map(|(_, h)| *h))
                 .collect()
         })
+    }
+
+    fn expire(&mut self, now_ms: u64) {
+        self.drop_passed_buckets(now_ms);
     }
 
     fn bucket_entries(&self, bucket: u64, now_ms: u64) -> Vec<(u64, Entry)> {

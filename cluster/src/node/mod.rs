@@ -1143,6 +1143,7 @@ impl<S: EntryStore> Node<S> {
     }
 
     fn heartbeat(&mut self, now_ms: u64) {
+        self.store.expire(now_ms);
         let cluster = &self.config.cluster;
         self.next_heartbeat_ms = now_ms + cluster.heartbeat_interval_ms;
         let silence_max_ms = cluster.heartbeat_interval_ms * cluster.heartbeat_misses_max;

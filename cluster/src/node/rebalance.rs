@@ -201,5 +201,8 @@ impl<S: EntryStore> Node<S> {
         self.next_heartbeat_ms = now_ms;
         self.counters.rebalances += 1;
         self.tell_children(now_ms);
+        // Writes the old parent stopped sending and the new one had before taking us: one
+        // sync round with the new parent closes that gap now, not a sync period later.
+        self.open_round(from, now_ms);
     }
 }

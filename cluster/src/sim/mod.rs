@@ -17,7 +17,10 @@ use rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::entry::{Applied, Entry, EntryStore, MemStore};
+mod store;
+
+pub use self::store::SimStore;
+use crate::entry::{Applied, Entry, EntryStore};
 
 use crate::message::{Message, Role};
 use crate::node::{ClusterConfig, Input, Node, NodeConfig, Output};
@@ -75,57 +78,6 @@ impl Default for SimConfig {
             restart_after_ms: 5_000,
             cluster: ClusterConfig::default(),
         }
-    }
-}
-
-/// A simulated node's store: the entries it holds, and which writes arrived when.
-#[derive(Default)]
-pub struct SimStore {
-    entries: MemStore,
-    /// Write ids stored since the simulator last looked.
-    arrivals: Vec<u32>,
-}
-
-impl SimStore {
-    fn write_id(key: &[u8]) -> Option<u32> {
-        let bytes: [u8; 4] = key.get(..4)?.try_into().ok()?;
-        Some(u32::from_le_bytes(bytes))
-    }
-}
-
-impl EntryStore for SimStore {
-    fn apply(&mut self, entry: &Entry, now_ms: u64) -> Applied {
-        let applied = self.entries.apply(entry, now_ms);
-        if applied == Applied::Stored {
-            if let Some(id) = SimStore::write_id(&entry.key) {
-                self.arrivals.push(id);
-            }
-        }
-        applied
-    }
-
-    fn get(&self, key: &[u8], now_ms: u64) -> Option<Entry> {
-        self.entries.get(key, now_ms)
-    }
-
-    fn dump_chunk(&self, cursor: u64, max: usize, now_ms: u64) -> (Vec<Entry>, Option<u64>) {
-        self.entries.dump_chunk(cursor, max, now_ms)
-    }
-
-    fn live_len(&self, now_ms: u64) -> usize {
-        self.entries.live_len(now_ms)
-    }
-
-    fn digests(&self, from_bucket: u64) -> Vec<crate::sync::BucketDigest> {
-        self.entries.digests(from_bucket)
-    }
-
-    fn bucket_hashes(&self, bucket: u64) -> Vec<u64> {
-        self.entries.bucket_hashes(bucket)
-    }
-
-    fn bucket_entries(&self, bucket: u64, now_ms: u64) -> Vec<(u64, Entry)> {
-        self.entries.bucket_entries(bucket, now_ms)
     }
 }
 
