@@ -309,6 +309,9 @@ pub struct Node<S> {
     rebalance: Option<rebalance::Search>,
     /// Peers that said their store is full, until when they are spared.
     full_peers: BTreeMap<SocketAddr, u64>,
+    /// Peers whose view we found stale (they lacked entries, or their summary differed):
+    /// synced with first. Value: when we found out.
+    stale_peers: BTreeMap<SocketAddr, u64>,
     next_heartbeat_ms: u64,
     outbox: VecDeque<Output>,
     counters: NodeCounters,
@@ -346,6 +349,7 @@ impl<S: EntryStore> Node<S> {
             next_rebalance_ms: u64::MAX,
             rebalance: None,
             full_peers: BTreeMap::new(),
+            stale_peers: BTreeMap::new(),
             next_heartbeat_ms: now_ms,
             outbox: VecDeque::new(),
             counters: NodeCounters::default(),
@@ -607,10 +611,11 @@ impl<S: EntryStore> Node<S> {
                 round,
                 from_bucket,
                 summary,
-            } => self.on_sync_summary(from, round, from_bucket, summary),
+            } => self.on_sync_summary(from, round, from_bucket, summary, now_ms),
             Message::SyncInSync { round } => {
                 if self.rounds.get(&from).is_some_and(|r| r.seed == round) {
                     self.rounds.remove(&from);
+                    self.stale_peers.remove(&from);
                     self.counters.sync_rounds_in_sync += 1;
                 }
             }

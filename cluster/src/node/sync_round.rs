@@ -11,6 +11,10 @@ use crate::entry::EntryStore;
 use crate::message::Message;
 use crate::sync::{self, bucket_of, summary_of, BucketDigest, FilterData, SYNC_BUCKET_MS};
 
+/// Stale peers remembered at most, and synced with in one period at most.
+const STALE_PEERS_MAX: usize = 64;
+const STALE_PEERS_PER_ROUND_MAX: usize = 2;
+
 impl<S: EntryStore> Node<S> {
     /// Opens rounds with the parent (a root: the other roots) and one random known peer.
     pub(super) fn start_sync(&mut self, now_ms: u64) {
@@ -27,6 +31,18 @@ impl<S: EntryStore> Node<S> {
         }
         let mut peers: Vec<SocketAddr> = self.parent.iter().map(|p| p.info.addr).collect();
         peers.extend(self.root_peers.keys().copied());
+        // Peers last seen with a stale view come first (the longest-known stale first).
+        let mut stale: Vec<(u64, SocketAddr)> = self
+            .stale_peers
+            .iter()
+            .map(|(&a, &since)| (since, a))
+            .collect();
+        stale.sort_unstable();
+        for (_, peer) in stale.into_iter().take(STALE_PEERS_PER_ROUND_MAX) {
+            if !peers.contains(&peer) {
+                peers.push(peer);
+            }
+        }
         if !self.cached_peers.is_empty() {
             let at = (self.rng.next_u64() % self.cached_peers.len() as u64) as usize;
             let extra = self.cached_peers[at].addr;
@@ -68,12 +84,15 @@ impl<S: EntryStore> Node<S> {
         round: u64,
         from_bucket: u64,
         summary: u64,
+        now_ms: u64,
     ) {
         let mut digests = self.store.digests(from_bucket);
         if summary_of(&digests) == summary {
+            self.stale_peers.remove(&from);
             self.send(from, Message::SyncInSync { round });
             return;
         }
+        self.mark_stale(from, now_ms);
         digests.truncate(sync::DIGESTS_PER_MESSAGE_MAX);
         self.send(from, Message::SyncDigests { round, digests });
     }
@@ -189,6 +208,9 @@ impl<S: EntryStore> Node<S> {
         if self.is_full(from, now_ms) {
             lacking.clear();
         }
+        if !lacking.is_empty() {
+            self.mark_stale(from, now_ms);
+        }
         let chunk = self.config.cluster.entries_per_message_max.max(1);
         for part in lacking.chunks(chunk) {
             self.send(
@@ -204,5 +226,20 @@ impl<S: EntryStore> Node<S> {
         } else {
             self.rounds.remove(&from);
         }
+    }
+
+    /// Remembers that `peer`'s view differs from ours, within a bounded set.
+    fn mark_stale(&mut self, peer: SocketAddr, now_ms: u64) {
+        if self.stale_peers.len() >= STALE_PEERS_MAX && !self.stale_peers.contains_key(&peer) {
+            let newest = self
+                .stale_peers
+                .iter()
+                .max_by_key(|(_, &since)| since)
+                .map(|(&a, _)| a);
+            if let Some(newest) = newest {
+                self.stale_peers.remove(&newest);
+            }
+        }
+        self.stale_peers.entry(peer).or_insert(now_ms);
     }
 }

@@ -647,3 +647,48 @@ fn a_push_of_more_entries_than_a_message_holds_is_cut_to_the_limit() {
     assert_eq!(node.counters().entries_applied, max as u64);
     assert_eq!(node.counters().messages_refused, 1);
 }
+
+#[test]
+fn a_peer_found_stale_is_synced_with_first_until_it_catches_up() {
+    let mut a = with_entries(1, &["x"]);
+    let summary = Message::SyncSummary {
+        round: 9,
+        from_bucket: 0,
+        summary: 12345,
+    };
+    a.handle(
+        Input::Message {
+            from: addr(7),
+            msg: summary,
+        },
+        100,
+    );
+    drain(&mut a);
+    // A's own sync period comes: the stale peer is among those it opens rounds with.
+    let due = a
+        .next_wake_ms()
+        .max(ClusterConfig::default().sync_interval_ms * 2);
+    a.handle(Input::Tick, due);
+    let to: Vec<SocketAddr> = drain(&mut a)
+        .into_iter()
+        .filter(|(_, m)| matches!(m, Message::SyncSummary { .. }))
+        .map(|(to, _)| to)
+        .collect();
+    assert!(to.contains(&addr(7)), "{to:?}");
+    // The peer answers in sync: no longer stale, so the next period leaves it out.
+    let Some(round) = a.rounds.get(&addr(7)).map(|r| r.seed) else {
+        panic!("a round with the stale peer")
+    };
+    a.handle(
+        Input::Message {
+            from: addr(7),
+            msg: Message::SyncInSync { round },
+        },
+        due + 10,
+    );
+    let later = due + ClusterConfig::default().sync_interval_ms * 2;
+    a.handle(Input::Tick, later);
+    assert!(drain(&mut a)
+        .iter()
+        .all(|(to, m)| !(matches!(m, Message::SyncSummary { .. }) && *to == addr(7))));
+}
