@@ -16,6 +16,7 @@ use rkyv::ser::allocator::ArenaHandle;
 use rkyv::with::InlineAsBox;
 use rkyv::{Archive, Deserialize, Serialize};
 
+pub mod peer;
 #[cfg(test)]
 mod tests;
 
