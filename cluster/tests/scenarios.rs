@@ -333,3 +333,149 @@ fn rebalance_cuts_mean_parent_latency_by_a_fifth_within_five_periods() {
         sim.check_roles().unwrap();
     }
 }
+
+#[test]
+fn reads_are_served_locally_or_by_a_lazy_pull_even_with_skewed_clocks() {
+    for seed in SEEDS {
+        println!("seed {seed}");
+        let report = Sim::new(SimConfig {
+            reads: 1_000,
+            clock_skew_ms_max: 250,
+            ..small(80, seed)
+        })
+        .run();
+        println!("{report}");
+        assert_eq!(report.writes_short_of_all, 0);
+        assert_eq!(report.writes_lost, 0);
+        assert!(report.reads > 500);
+        // Only a read right after its write, at a node neither the push nor a neighbour has
+        // reached yet, may miss; once the push has had a second, every read finds its key.
+        assert_eq!(report.reads_missed_after_1s, 0, "{report}");
+        assert!(report.reads_local * 10 >= report.reads * 9, "{report}");
+    }
+}
+
+#[test]
+fn a_node_joining_during_heavy_writes_ends_up_with_every_live_write() {
+    for seed in SEEDS {
+        println!("seed {seed}");
+        let mut sim = joined(40, seed);
+        let leaf = sim.find(Role::Leaf, 0).expect("a leaf");
+        let mut ids = Vec::new();
+        for step in 0..100u32 {
+            if step == 20 {
+                sim.crash(leaf);
+            }
+            if step == 25 {
+                sim.restart(leaf);
+            }
+            for w in 0..10u32 {
+                let writer = 2 + (step * 10 + w) % 38;
+                if writer != leaf {
+                    ids.push(sim.write_now(writer, 120_000));
+                }
+            }
+            sim.run_until(sim.now_ms() + 100);
+        }
+        sim.run_until(sim.now_ms() + 10_000);
+        let missing: Vec<u32> = ids
+            .iter()
+            .copied()
+            .filter(|&id| sim.holders(id) != sim.live_nodes())
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "seed {seed}: {} writes short of all: {:?}",
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        );
+    }
+}
+
+#[test]
+fn a_hostile_peer_cannot_plant_entries_or_break_the_tree() {
+    use repram_cluster::message::{Message, NodeInfo};
+    use repram_cluster::sync::FilterData;
+    use repram_cluster::{Entry, Version};
+    use std::rc::Rc;
+
+    for seed in SEEDS {
+        println!("seed {seed}");
+        let mut sim = joined(40, seed);
+        let liar: std::net::SocketAddr = "192.0.2.66:7800".parse().unwrap();
+        let planted = Entry {
+            key: Rc::from(777_777u32.to_le_bytes().as_slice()),
+            value: Some(Rc::from(b"evil".as_slice())),
+            expires_ms: u64::MAX / 2, // far beyond any TTL
+            version: Version {
+                clock: u64::MAX,
+                node: 66,
+            },
+        };
+        let fake = NodeInfo {
+            id: 66,
+            addr: liar,
+            role: None,
+            children: 0,
+            capacity: 0,
+        };
+        for target in 0..40u32 {
+            sim.inject(
+                target,
+                liar,
+                Message::Push {
+                    entries: vec![planted.clone()],
+                },
+            );
+            sim.inject(
+                target,
+                liar,
+                Message::HeartbeatReply {
+                    info: fake,
+                    is_child: true,
+                    path: vec![1; 50],
+                },
+            );
+            let lie = FilterData::Fuse8 {
+                seed: 1,
+                segment_length: 1 << 30,
+                segment_length_mask: (1 << 30) - 1,
+                segment_count_length: 1 << 30,
+                fingerprints: vec![0; 8],
+            };
+            sim.inject(
+                target,
+                liar,
+                Message::SyncFilters {
+                    round: 1,
+                    filters: vec![(u64::MAX, lie)],
+                    answer: true,
+                },
+            );
+            sim.inject(
+                target,
+                liar,
+                Message::TopologyMap {
+                    candidates: vec![fake; 1_000],
+                    roots: vec![liar; 1_000],
+                },
+            );
+            sim.inject(target, liar, Message::Attach { info: fake });
+        }
+        sim.run_until(sim.now_ms() + 10_000);
+        assert_eq!(
+            sim.holders(777_777),
+            0,
+            "seed {seed}: the planted entry is nowhere"
+        );
+        sim.check_tree().unwrap();
+        assert_eq!(sim.attached(), 40);
+        let id = sim.write_now(7, 60_000);
+        sim.run_until(sim.now_ms() + 2_000);
+        assert_eq!(
+            sim.holders(id),
+            40,
+            "seed {seed}: the network still converges"
+        );
+    }
+}

@@ -55,6 +55,10 @@ pub struct SimConfig {
     /// simulated minute, during the write window.
     pub churn_per_minute: f64,
     pub restart_after_ms: u64,
+    /// Client reads of written keys at random nodes, spread over the write window.
+    pub reads: usize,
+    /// Each node's clock is off by up to this much, either way (fixed per node).
+    pub clock_skew_ms_max: u64,
     pub cluster: ClusterConfig,
 }
 
@@ -76,6 +80,8 @@ impl Default for SimConfig {
             ttl_ms_max: 300_000,
             churn_per_minute: 0.0,
             restart_after_ms: 5_000,
+            reads: 0,
+            clock_skew_ms_max: 0,
             cluster: ClusterConfig::default(),
         }
     }
@@ -87,6 +93,7 @@ enum EventKind {
     Wake { node: u32 },
     Join { node: u32 },
     Write { id: u32 },
+    Read,
     Crash { node: u32 },
     Restart { node: u32 },
     Unreachable { node: u32, peer: u32 },
@@ -97,8 +104,10 @@ struct SimNode {
     /// Position on the unit square (latency is distance).
     x: f64,
     y: f64,
-    /// The wake-up currently scheduled for this node, if any.
+    /// The wake-up currently scheduled for this node, if any (in simulated time).
     wake_at: u64,
+    /// How far this node's clock is from simulated time.
+    skew_ms: i64,
     bytes_sent: u64,
     bytes_received: u64,
 }
@@ -133,6 +142,14 @@ pub struct Report {
     pub depth_counts: [usize; 4],
     pub fanout_max: usize,
     pub crashes: u64,
+    /// Client reads: answered from the node's own store, by a lazy pull, or not at all
+    /// (the key was live somewhere but neither here nor at a neighbour in time).
+    pub reads: u64,
+    pub reads_local: u64,
+    pub reads_pulled: u64,
+    pub reads_missed: u64,
+    /// Misses of keys written more than a second before the read (the push had had its time).
+    pub reads_missed_after_1s: u64,
     /// Hash of every delivered message and the final stores: equal seeds give equal hashes.
     pub run_hash: u64,
 }
@@ -158,6 +175,15 @@ pub struct Sim {
     messages: u64,
     bytes_by_kind: HashMap<&'static str, u64>,
     crashes: u64,
+    /// Live nodes, kept as nodes start and stop (counting them per arrival would be slow).
+    live: u32,
+    reads: u64,
+    reads_local: u64,
+    reads_pulled: u64,
+    reads_missed: u64,
+    reads_missed_after_1s: u64,
+    /// Reads waiting on a lazy pull: write id → how old the write was when read.
+    read_ages: HashMap<u64, u64>,
 }
 
 fn addr_of(index: u32) -> SocketAddr {
@@ -186,14 +212,24 @@ impl Sim {
             "addresses hold 24 bits of node index"
         );
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(config.seed);
+        let skew_max = config.clock_skew_ms_max as i64;
         let nodes = (0..config.nodes as u32)
-            .map(|_| SimNode {
-                node: None,
-                x: unit(&mut rng),
-                y: unit(&mut rng),
-                wake_at: u64::MAX,
-                bytes_sent: 0,
-                bytes_received: 0,
+            .map(|_| {
+                let (x, y) = (unit(&mut rng), unit(&mut rng));
+                let skew_ms = if skew_max == 0 {
+                    0
+                } else {
+                    (rng.next_u64() % (2 * skew_max as u64 + 1)) as i64 - skew_max
+                };
+                SimNode {
+                    node: None,
+                    x,
+                    y,
+                    wake_at: u64::MAX,
+                    skew_ms,
+                    bytes_sent: 0,
+                    bytes_received: 0,
+                }
             })
             .collect();
         let roots = (0..config.roots as u32).map(addr_of).collect();
@@ -214,6 +250,13 @@ impl Sim {
             messages: 0,
             bytes_by_kind: HashMap::new(),
             crashes: 0,
+            live: 0,
+            reads: 0,
+            reads_local: 0,
+            reads_pulled: 0,
+            reads_missed: 0,
+            reads_missed_after_1s: 0,
+            read_ages: HashMap::new(),
             config,
         };
         sim.schedule_world();
@@ -260,6 +303,78 @@ impl Sim {
             let node = (config.roots + (self.rng.next_u64() % non_roots as u64) as usize) as u32;
             let at = start + self.rng.next_u64() % config.write_window_ms.max(1);
             self.schedule(at, EventKind::Crash { node });
+        }
+        for _ in 0..config.reads {
+            let at = start + self.rng.next_u64() % config.write_window_ms.max(1);
+            self.schedule(at, EventKind::Read);
+        }
+    }
+
+    /// The time on node `index`'s own clock.
+    fn node_now(&self, index: u32) -> u64 {
+        let skew = self.nodes.get(index as usize).map_or(0, |n| n.skew_ms);
+        (self.now_ms as i64 + skew).max(0) as u64
+    }
+
+    /// A random live node attached to the tree (a few random tries, then a scan).
+    fn random_attached(&mut self) -> Option<u32> {
+        let attached = |sim: &Sim, i: u32| {
+            sim.nodes[i as usize]
+                .node
+                .as_ref()
+                .is_some_and(|n| n.is_attached())
+        };
+        for _ in 0..64 {
+            let i = (self.rng.next_u64() % self.nodes.len() as u64) as u32;
+            if attached(self, i) {
+                return Some(i);
+            }
+        }
+        let all: Vec<u32> = (0..self.nodes.len() as u32)
+            .filter(|&i| attached(self, i))
+            .collect();
+        if all.is_empty() {
+            return None;
+        }
+        Some(all[(self.rng.next_u64() % all.len() as u64) as usize])
+    }
+
+    /// A client reads a written, still live key at a random attached node.
+    fn do_read(&mut self) {
+        // A written key that is still live (write ids are not in time order: try a few).
+        let now = self.now_ms;
+        let mut chosen = None;
+        for _ in 0..16 {
+            if self.writes.is_empty() {
+                break;
+            }
+            let id = (self.rng.next_u64() % self.writes.len() as u64) as u32;
+            let track = &self.writes[id as usize];
+            if track.written_ms <= now && track.expires_ms > now {
+                chosen = Some(id);
+                break;
+            }
+        }
+        let Some(id) = chosen else {
+            return;
+        };
+        let Some(index) = self.random_attached() else {
+            return;
+        };
+        self.reads += 1;
+        let key: Rc<[u8]> = Rc::from(id.to_le_bytes().as_slice());
+        let now = self.node_now(index);
+        let local = self.nodes[index as usize]
+            .node
+            .as_ref()
+            .is_some_and(|n| n.store().get(&key, now).is_some());
+        if local {
+            self.reads_local += 1;
+        } else {
+            let request = u64::from(id);
+            let age = now.saturating_sub(self.writes[id as usize].written_ms);
+            self.read_ages.insert(request, age);
+            self.input(index, Input::LocalMiss { request, key });
         }
     }
 
@@ -352,11 +467,18 @@ impl Sim {
             .count()
     }
 
+    /// Delivers `msg` to node `to` now as if `from` had sent it (a hostile or broken peer).
+    pub fn inject(&mut self, to: u32, from: SocketAddr, msg: Message) {
+        self.input(to, Input::Message { from, msg });
+    }
+
     /// Asks a node to leave gracefully now.
     pub fn leave(&mut self, index: u32) {
         self.input(index, Input::Leave);
         if let Some(n) = self.nodes.get_mut(index as usize) {
-            n.node = None;
+            if n.node.take().is_some() {
+                self.live -= 1;
+            }
         }
     }
 
@@ -384,7 +506,7 @@ impl Sim {
     }
 
     pub fn live_nodes(&self) -> usize {
-        self.nodes.iter().filter(|n| n.node.is_some()).count()
+        self.live as usize
     }
 
     /// Runs events until simulated time `until_ms`.
@@ -427,6 +549,7 @@ impl Sim {
                 self.deliver(from, to, message);
             }
             EventKind::Write { id } => self.do_write(id, None),
+            EventKind::Read => self.do_read(),
             EventKind::Crash { node } => self.crash_node(node, true),
             EventKind::Restart { node } => self.start_node(node),
             EventKind::Unreachable { node, peer } => {
@@ -446,8 +569,11 @@ impl Sim {
             cluster: self.config.cluster.clone(),
         };
         let seed = self.rng.next_u64();
-        self.nodes[index as usize].node =
-            Some(Node::new(config, SimStore::default(), seed, self.now_ms));
+        let now = self.node_now(index);
+        if self.nodes[index as usize].node.is_none() {
+            self.live += 1;
+        }
+        self.nodes[index as usize].node = Some(Node::new(config, SimStore::default(), seed, now));
         self.after_input(index);
     }
 
@@ -456,6 +582,7 @@ impl Sim {
             return;
         };
         if slot.node.take().is_some() {
+            self.live -= 1;
             self.crashes += 1;
             slot.wake_at = u64::MAX;
             if restart {
@@ -467,32 +594,21 @@ impl Sim {
 
     fn do_write(&mut self, id: u32, at_node: Option<u32>) {
         // A client writes to a random live, attached node.
-        let index = match at_node {
+        let index = match at_node.or_else(|| self.random_attached()) {
             Some(i) => i,
-            None => {
-                let live: Vec<u32> = (0..self.nodes.len() as u32)
-                    .filter(|&i| {
-                        self.nodes[i as usize]
-                            .node
-                            .as_ref()
-                            .is_some_and(|n| n.is_attached())
-                    })
-                    .collect();
-                if live.is_empty() {
-                    return;
-                }
-                live[(self.rng.next_u64() % live.len() as u64) as usize]
-            }
+            None => return,
         };
         self.write_nodes[id as usize] = index;
         let track = &self.writes[id as usize];
+        let ttl_ms = track.expires_ms - track.written_ms;
+        // The writer's own clock stamps the version and the expiry.
+        let now = self.node_now(index);
         let entry = Entry {
             key: Rc::from(id.to_le_bytes().as_slice()),
             value: Some(Rc::from([0x76u8; 16].as_slice())),
-            expires_ms: track.expires_ms,
-            version: Version::new(self.now_ms, 0, u64::from(index) + 1),
+            expires_ms: now + ttl_ms,
+            version: Version::new(now, 0, u64::from(index) + 1),
         };
-        let now = self.now_ms;
         let Some(node) = self.nodes[index as usize].node.as_mut() else {
             return;
         };
@@ -502,7 +618,7 @@ impl Sim {
     }
 
     fn input(&mut self, index: u32, input: Input) {
-        let now = self.now_ms;
+        let now = self.node_now(index);
         let Some(node) = self
             .nodes
             .get_mut(index as usize)
@@ -517,7 +633,9 @@ impl Sim {
     /// Carries out a node's outputs, records arrivals, and schedules its next wake-up.
     fn after_input(&mut self, index: u32) {
         let now = self.now_ms;
+        let skew = self.nodes[index as usize].skew_ms;
         let mut sends = Vec::new();
+        let mut pulls = Vec::new();
         let (arrivals, wake) = {
             let Some(node) = self.nodes[index as usize].node.as_mut() else {
                 return;
@@ -525,7 +643,7 @@ impl Sim {
             while let Some(output) = node.poll_output() {
                 match output {
                     Output::Send { to, msg } => sends.push((to, msg)),
-                    Output::PullDone { .. } => {}
+                    Output::PullDone { request, entry } => pulls.push((request, entry.is_some())),
                 }
             }
             (
@@ -536,9 +654,26 @@ impl Sim {
         for id in arrivals {
             self.arrived(id);
         }
+        for (request, hit) in pulls {
+            let age = self.read_ages.remove(&request).unwrap_or(0);
+            if hit {
+                self.reads_pulled += 1;
+            } else {
+                self.reads_missed += 1;
+                if age > 1_000 {
+                    self.reads_missed_after_1s += 1;
+                }
+            }
+        }
         for (to, msg) in sends {
             self.send(index, to, msg);
         }
+        // The node asked to wake at a time on its own clock.
+        let wake = if wake == u64::MAX {
+            wake
+        } else {
+            (wake as i64 - skew).max(0) as u64
+        };
         let slot = &mut self.nodes[index as usize];
         if wake < slot.wake_at {
             slot.wake_at = wake;
@@ -775,6 +910,11 @@ impl Sim {
             depth_counts,
             fanout_max,
             crashes: self.crashes,
+            reads: self.reads,
+            reads_local: self.reads_local,
+            reads_pulled: self.reads_pulled,
+            reads_missed: self.reads_missed,
+            reads_missed_after_1s: self.reads_missed_after_1s,
             run_hash: self.hash.finish(),
         }
     }
@@ -820,6 +960,17 @@ impl std::fmt::Display for Report {
             "writes lost (live, held by no live node): {}",
             self.writes_lost
         )?;
+        if self.reads > 0 {
+            writeln!(
+                f,
+                "reads {}: local {}, by lazy pull {}, missed {} ({} of writes older than 1 s)",
+                self.reads,
+                self.reads_local,
+                self.reads_pulled,
+                self.reads_missed,
+                self.reads_missed_after_1s
+            )?;
+        }
         writeln!(
             f,
             "tree: {} attached; roots {} trunks {} branches {} leaves {}; max fan-out {}",
