@@ -121,23 +121,24 @@ impl EntryStore for SimStore {
         if node & TOMBSTONE_BIT != 0 {
             return Applied::Stale;
         }
-        let compact = Compact {
-            clock: entry.version.clock,
-            node: node
-                | if entry.value.is_none() {
-                    TOMBSTONE_BIT
-                } else {
-                    0
-                },
-            expires_ms,
-            hash: entry_hash(&entry.key, entry.version),
-        };
         if let Some(held) = self.entries.get(&id).copied() {
             if held.version() >= entry.version && u64::from(held.expires_ms) > now_ms {
                 return Applied::Stale;
             }
             self.unfile(id, &held);
         }
+        // Hashed only once it is known to be stored: most arrivals in a busy tree are dupes.
+        let tombstone = if entry.value.is_none() {
+            TOMBSTONE_BIT
+        } else {
+            0
+        };
+        let compact = Compact {
+            clock: entry.version.clock,
+            node: node | tombstone,
+            expires_ms,
+            hash: entry_hash(&entry.key, entry.version),
+        };
         self.entries.insert(id, compact);
         self.file(id, &compact);
         self.arrivals.push(id);
