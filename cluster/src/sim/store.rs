@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+use hashbrown::HashMap;
+
 use crate::entry::{Applied, Entry, EntryStore};
 use crate::sync::{bucket_of, entry_hash, BucketDigest, SYNC_BUCKET_MS};
 use crate::Version;
@@ -15,8 +17,9 @@ use crate::Version;
 /// One entry, compactly. The node id's top bit marks a tombstone.
 #[derive(Clone, Copy, Debug)]
 struct Compact {
-    clock: u64,
+    id: u32,
     node: u32,
+    clock: u64,
     expires_ms: u32,
     hash: u64,
 }
@@ -32,18 +35,19 @@ impl Compact {
     }
 }
 
+/// One expiry bucket: its digest and its entries, stored inline so that a sync round reads
+/// a bucket as one contiguous slice.
 #[derive(Default, Debug)]
 struct Bucket {
-    count: u32,
     xor: u64,
-    members: Vec<u32>,
+    members: Vec<Compact>,
 }
 
 /// A simulated node's store, and which writes arrived since the simulator last looked.
 pub struct SimStore {
-    /// Ordered by write id, which also gives dumps a stable cursor.
-    entries: BTreeMap<u32, Compact>,
-    buckets: BTreeMap<u64, Bucket>,
+    /// Write id → (bucket, position in its members).
+    index: HashMap<u32, (u32, u32)>,
+    buckets: BTreeMap<u32, Bucket>,
     value: Rc<[u8]>,
     pub(super) arrivals: Vec<u32>,
 }
@@ -58,7 +62,7 @@ impl SimStore {
     /// A store whose values are all `value` (shared, never copied).
     pub fn new(value: Rc<[u8]>) -> Self {
         SimStore {
-            entries: BTreeMap::new(),
+            index: HashMap::new(),
             buckets: BTreeMap::new(),
             value,
             arrivals: Vec::new(),
@@ -70,36 +74,46 @@ impl SimStore {
         Some(u32::from_le_bytes(bytes))
     }
 
-    fn entry_of(&self, id: u32, c: &Compact) -> Entry {
+    fn entry_of(&self, c: &Compact) -> Entry {
         Entry {
-            key: Rc::from(id.to_le_bytes().as_slice()),
+            key: Rc::from(c.id.to_le_bytes().as_slice()),
             value: (c.node & TOMBSTONE_BIT == 0).then(|| self.value.clone()),
             expires_ms: u64::from(c.expires_ms),
             version: c.version(),
         }
     }
 
-    fn file(&mut self, id: u32, c: &Compact) {
-        let bucket = self
-            .buckets
-            .entry(bucket_of(u64::from(c.expires_ms), SYNC_BUCKET_MS))
-            .or_default();
-        bucket.count += 1;
-        bucket.xor ^= c.hash;
-        bucket.members.push(id);
+    fn held(&self, id: u32) -> Option<&Compact> {
+        let &(bucket, at) = self.index.get(&id)?;
+        self.buckets.get(&bucket)?.members.get(at as usize)
     }
 
-    fn unfile(&mut self, id: u32, c: &Compact) {
-        let key = bucket_of(u64::from(c.expires_ms), SYNC_BUCKET_MS);
+    fn bucket_key(expires_ms: u32) -> u32 {
+        bucket_of(u64::from(expires_ms), SYNC_BUCKET_MS) as u32
+    }
+
+    fn file(&mut self, c: Compact) {
+        let key = SimStore::bucket_key(c.expires_ms);
+        let bucket = self.buckets.entry(key).or_default();
+        bucket.xor ^= c.hash;
+        bucket.members.push(c);
+        self.index
+            .insert(c.id, (key, bucket.members.len() as u32 - 1));
+    }
+
+    fn unfile(&mut self, id: u32) {
+        let Some((key, at)) = self.index.remove(&id) else {
+            return;
+        };
         let Some(bucket) = self.buckets.get_mut(&key) else {
             return;
         };
-        bucket.count -= 1;
-        bucket.xor ^= c.hash;
-        if let Some(pos) = bucket.members.iter().position(|&m| m == id) {
-            bucket.members.swap_remove(pos);
+        let removed = bucket.members.swap_remove(at as usize);
+        bucket.xor ^= removed.hash;
+        if let Some(moved) = bucket.members.get(at as usize) {
+            self.index.insert(moved.id, (key, at));
         }
-        if bucket.count == 0 {
+        if bucket.members.is_empty() {
             self.buckets.remove(&key);
         }
     }
@@ -121,11 +135,11 @@ impl EntryStore for SimStore {
         if node & TOMBSTONE_BIT != 0 {
             return Applied::Stale;
         }
-        if let Some(held) = self.entries.get(&id).copied() {
+        if let Some(held) = self.held(id) {
             if held.version() >= entry.version && u64::from(held.expires_ms) > now_ms {
                 return Applied::Stale;
             }
-            self.unfile(id, &held);
+            self.unfile(id);
         }
         // Hashed only once it is known to be stored: most arrivals in a busy tree are dupes.
         let tombstone = if entry.value.is_none() {
@@ -133,87 +147,94 @@ impl EntryStore for SimStore {
         } else {
             0
         };
-        let compact = Compact {
-            clock: entry.version.clock,
+        self.file(Compact {
+            id,
             node: node | tombstone,
+            clock: entry.version.clock,
             expires_ms,
             hash: entry_hash(&entry.key, entry.version),
-        };
-        self.entries.insert(id, compact);
-        self.file(id, &compact);
+        });
         self.arrivals.push(id);
         Applied::Stored
     }
 
     fn get(&self, key: &[u8], now_ms: u64) -> Option<Entry> {
-        let id = SimStore::write_id(key)?;
-        let c = self.entries.get(&id)?;
-        (u64::from(c.expires_ms) > now_ms).then(|| self.entry_of(id, c))
+        let c = self.held(SimStore::write_id(key)?)?;
+        (u64::from(c.expires_ms) > now_ms).then(|| self.entry_of(c))
     }
 
+    /// The cursor is (bucket << 32 | position): best effort while entries move, which the
+    /// sync after a dump repairs.
     fn dump_chunk(&self, cursor: u64, max: usize, now_ms: u64) -> (Vec<Entry>, Option<u64>) {
-        let Ok(from) = u32::try_from(cursor) else {
-            return (Vec::new(), None);
-        };
+        let (first, mut at) = ((cursor >> 32) as u32, (cursor & 0xffff_ffff) as usize);
         let mut out = Vec::new();
-        let mut next = None;
-        for (&id, c) in self.entries.range(from..) {
-            if out.len() >= max {
-                next = Some(u64::from(id));
-                break;
+        for (&key, bucket) in self.buckets.range(first..) {
+            if key != first {
+                at = 0;
             }
-            if u64::from(c.expires_ms) > now_ms {
-                out.push(self.entry_of(id, c));
+            while at < bucket.members.len() {
+                if out.len() >= max {
+                    return (out, Some((u64::from(key) << 32) | at as u64));
+                }
+                let c = &bucket.members[at];
+                if u64::from(c.expires_ms) > now_ms {
+                    out.push(self.entry_of(c));
+                }
+                at += 1;
             }
         }
-        (out, next)
+        (out, None)
     }
 
     fn live_len(&self, now_ms: u64) -> usize {
-        self.entries
+        self.buckets
             .values()
+            .flat_map(|b| b.members.iter())
             .filter(|c| u64::from(c.expires_ms) > now_ms)
             .count()
     }
 
     fn digests(&self, from_bucket: u64) -> Vec<BucketDigest> {
+        let from = u32::try_from(from_bucket).unwrap_or(u32::MAX);
         self.buckets
-            .range(from_bucket..)
+            .range(from..)
             .map(|(&bucket, b)| BucketDigest {
-                bucket,
-                count: b.count,
+                bucket: u64::from(bucket),
+                count: b.members.len() as u32,
                 xor: b.xor,
             })
             .collect()
     }
 
     fn bucket_hashes(&self, bucket: u64) -> Vec<u64> {
-        self.buckets.get(&bucket).map_or_else(Vec::new, |b| {
-            b.members
-                .iter()
-                .filter_map(|id| self.entries.get(id).map(|c| c.hash))
-                .collect()
-        })
+        let Ok(key) = u32::try_from(bucket) else {
+            return Vec::new();
+        };
+        self.buckets
+            .get(&key)
+            .map_or_else(Vec::new, |b| b.members.iter().map(|c| c.hash).collect())
     }
 
     fn bucket_entries(&self, bucket: u64, now_ms: u64) -> Vec<(u64, Entry)> {
-        self.buckets.get(&bucket).map_or_else(Vec::new, |b| {
+        let Ok(key) = u32::try_from(bucket) else {
+            return Vec::new();
+        };
+        self.buckets.get(&key).map_or_else(Vec::new, |b| {
             b.members
                 .iter()
-                .filter_map(|&id| Some((id, self.entries.get(&id)?)))
-                .filter(|(_, c)| u64::from(c.expires_ms) > now_ms)
-                .map(|(id, c)| (c.hash, self.entry_of(id, c)))
+                .filter(|c| u64::from(c.expires_ms) > now_ms)
+                .map(|c| (c.hash, self.entry_of(c)))
                 .collect()
         })
     }
 
     fn expire(&mut self, now_ms: u64) {
-        let live_from = bucket_of(now_ms, SYNC_BUCKET_MS);
-        let passed: Vec<u64> = self.buckets.range(..live_from).map(|(&b, _)| b).collect();
-        for bucket in passed {
-            if let Some(members) = self.buckets.remove(&bucket) {
-                for id in members.members {
-                    self.entries.remove(&id);
+        let live_from = bucket_of(now_ms, SYNC_BUCKET_MS) as u32;
+        let passed: Vec<u32> = self.buckets.range(..live_from).map(|(&b, _)| b).collect();
+        for key in passed {
+            if let Some(bucket) = self.buckets.remove(&key) {
+                for c in bucket.members {
+                    self.index.remove(&c.id);
                 }
             }
         }
