@@ -1,0 +1,19 @@
+//! repram-loadgen: drives a REPRAM node, Redis/Valkey or memcached with one workload and
+//! records latency in HdrHistograms (open loop with coordinated-omission correction, or
+//! closed loop), then compares runs side by side and plots them.
+//!
+//! Module map: `workload` (what to send), `schedule` (when), `target` (how each server is
+//! spoken to), `driver` (one thread's connections and workers), `run` (threads, phases,
+//! progress), `histograms` (HdrHistogram formats), `report` (the JSON and files), `compare`
+//! and `plot` (reading runs back), `cpu` (server CPU time from /proc).
+
+pub mod compare;
+pub mod cpu;
+pub mod driver;
+pub mod histograms;
+pub mod plot;
+pub mod report;
+pub mod run;
+pub mod schedule;
+pub mod target;
+pub mod workload;

@@ -1,0 +1,209 @@
+//! The `repram-loadgen` binary: `run` drives a server and saves the run; `compare` sets saved
+//! runs side by side and plots them.
+//!
+//! Owns the command line only: every knob becomes a `RunPlan`; nothing here measures.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use repram_loadgen::compare::compare_files;
+use repram_loadgen::run::{run, RunPlan};
+use repram_loadgen::schedule::Pace;
+use repram_loadgen::target::{TargetKind, TargetSpec};
+use repram_loadgen::workload::{KeyDistribution, ValueSize, Workload};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "repram-loadgen",
+    version,
+    about = "Load generator for REPRAM, Redis/Valkey and memcached, with HDR latency histograms"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Drive a server with a workload; print progress each second and a summary at the end.
+    Run(Box<RunArgs>),
+    /// Print saved runs side by side (ratios to the first) and plot their latency.
+    Compare {
+        /// Run reports (`.json` written by `run --out`); the first is the baseline.
+        #[arg(required = true, num_args = 2..)]
+        runs: Vec<PathBuf>,
+        /// Write the plot to PREFIX.svg and PREFIX.png.
+        #[arg(long, value_name = "PREFIX")]
+        plot: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Which server speaks at --addr.
+    #[arg(long, value_enum, default_value_t = TargetKind::Repram)]
+    target: TargetKind,
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    addr: String,
+    /// REPRAM: send everything through the shared port instead of each shard's own.
+    #[arg(long)]
+    no_shard_aware: bool,
+    /// Loadgen threads, each one pinned glommio executor.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// CPUs to pin threads to, e.g. `1` or `2,3` [default: the CPUs this process may use].
+    #[arg(long, value_delimiter = ',')]
+    cpus: Option<Vec<usize>>,
+    /// Do not pin threads.
+    #[arg(long, conflicts_with = "cpus")]
+    no_pin: bool,
+    /// Connections per thread.
+    #[arg(long, default_value_t = 50)]
+    connections: usize,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 1)]
+    pipeline: usize,
+    /// Share of reads, 0.0..=1.0 (the rest are writes).
+    #[arg(long, default_value_t = 0.9)]
+    reads: f64,
+    /// Key space size.
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    /// `uniform`, `zipfian` (skew 0.99) or `zipfian:SKEW`.
+    #[arg(long, default_value = "uniform")]
+    distribution: KeyDistribution,
+    /// Value size in bytes: `100` or a range `64..1024`.
+    #[arg(long, default_value = "100")]
+    value_size: ValueSize,
+    /// TTL of every write.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// Write every key once before measuring.
+    #[arg(long)]
+    preload: bool,
+    /// Longest the preload may take.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    preload_timeout: Duration,
+    /// How long to measure (every run is bounded by it).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Stop after this many requests, if that comes before the duration.
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Open loop: send this many requests a second in all, latency from each request's
+    /// intended send time. Without it: closed loop.
+    #[arg(long, value_name = "OPS_PER_SECOND")]
+    rate: Option<u64>,
+    /// A request unanswered for this long counts as a `timeout` error and its connection is
+    /// replaced.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    connect_timeout: Duration,
+    /// The server's pid: report its CPU seconds and ops per server CPU-second.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Name of the run in reports and plots [default: target and mode].
+    #[arg(long)]
+    label: Option<String>,
+    /// Save PREFIX.json, PREFIX.hgrm (and .get.hgrm, .set.hgrm) and PREFIX.hlog.
+    #[arg(long, value_name = "PREFIX")]
+    out: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run_command(*args),
+        Command::Compare { runs, plot } => match compare_files(&runs, plot.as_deref()) {
+            Ok((table, written)) => {
+                print!("{table}");
+                for path in written {
+                    println!("wrote {}", path.display());
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("repram-loadgen: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_command(args: RunArgs) -> Result<(), String> {
+    let addr = repram::client::resolve(&args.addr).map_err(|e| e.to_string())?;
+    let cpus = match (args.no_pin, args.cpus) {
+        (true, _) => Vec::new(),
+        (false, Some(cpus)) => cpus,
+        (false, None) => allowed_cpus(),
+    };
+    let pace = match args.rate {
+        Some(rate_per_second) => Pace::Open { rate_per_second },
+        None => Pace::Closed,
+    };
+    let plan = RunPlan {
+        label: args.label.clone().unwrap_or_default(),
+        target: TargetSpec {
+            kind: args.target,
+            addr,
+            shard_aware: !args.no_shard_aware,
+            connect_timeout: args.connect_timeout,
+        },
+        workload: Workload {
+            keys: args.keys,
+            distribution: args.distribution,
+            read_ratio: args.reads,
+            value_size: args.value_size,
+            ttl: args.ttl,
+        },
+        threads: args.threads,
+        cpus,
+        connections_per_thread: args.connections,
+        pipeline_depth: args.pipeline,
+        pace,
+        duration: args.duration,
+        requests_max: args.requests,
+        preload: args.preload,
+        preload_time_limit: args.preload_timeout,
+        request_timeout: args.timeout,
+        server_pid: args.server_pid,
+        progress: !args.quiet,
+        seed: args.seed,
+    };
+    let output = run(&plan).map_err(|e| e.to_string())?;
+    print!("{}", output.report.summary());
+    if let Some(prefix) = &args.out {
+        for path in output.save(prefix)? {
+            println!("wrote {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// The CPUs this process may run on (its affinity mask), in order.
+fn allowed_cpus() -> Vec<usize> {
+    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: `cpu_set_t` is plain bits, valid when zeroed; `sched_getaffinity` writes at
+    // most its size into it, and CPU_ISSET reads within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return (0..online).collect();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
+}
