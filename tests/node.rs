@@ -534,3 +534,28 @@ fn full_shard_queues_answer_busy_and_never_hang() {
     assert_eq!(stats.total.busy, busy);
     assert_eq!(stats.total.keys, ok);
 }
+
+#[test]
+fn a_client_never_hangs_on_a_server_that_accepts_and_stays_silent() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let holder = std::thread::spawn(move || {
+        // Accept and say nothing, for longer than the client waits.
+        let (conn, _) = listener.accept().unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        drop(conn);
+    });
+    let options = ClientOptions {
+        connect_timeout: Duration::from_millis(500),
+        ..ClientOptions::default()
+    };
+    let started = Instant::now();
+    let result = BlockingClient::connect(&addr.to_string(), &options);
+    assert!(
+        matches!(result, Err(repram::client::ClientError::Timeout(_))),
+        "{:?}",
+        result.err()
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    holder.join().unwrap();
+}

@@ -25,7 +25,11 @@ pub const ADDR_DEFAULT: &str = "127.0.0.1:7700";
 pub struct ClientOptions {
     /// Connect to every shard's own port and send each key straight to its owner.
     pub shard_aware: bool,
+    /// For the TCP connect and the Hello that follows it.
     pub connect_timeout: Duration,
+    /// How long any one call waits for its answer; `None` waits as long as the connection
+    /// lives (for callers that keep their own deadlines, like the loadgen).
+    pub request_timeout: Option<Duration>,
 }
 
 impl Default for ClientOptions {
@@ -33,6 +37,7 @@ impl Default for ClientOptions {
         ClientOptions {
             shard_aware: true,
             connect_timeout: Duration::from_secs(5),
+            request_timeout: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -51,6 +56,8 @@ pub enum ClientError {
     },
     #[error("connection closed: {0}")]
     Closed(String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
 }
 
 impl From<io::Error> for ClientError {
@@ -103,6 +110,24 @@ pub struct Client {
     main: Rc<Connection>,
     /// One per shard when shard-aware, indexed by shard id.
     shards: Vec<Rc<Connection>>,
+    request_timeout: Option<Duration>,
+}
+
+/// `call` with a deadline, if one is set.
+async fn within<T>(
+    deadline: Option<Duration>,
+    call: impl std::future::Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
+    match deadline {
+        None => call.await,
+        Some(limit) => {
+            futures_lite::future::or(call, async {
+                glommio::timer::sleep(limit).await;
+                Err(ClientError::Timeout(limit))
+            })
+            .await
+        }
+    }
 }
 
 /// Resolves `addr` before glommio sees it: its connect blocks on DNS and panics on failure.
@@ -117,15 +142,18 @@ impl Client {
     /// Connects, says Hello, and (shard-aware) connects to every shard's own port.
     pub async fn connect(addr: SocketAddr, options: &ClientOptions) -> Result<Client, ClientError> {
         let main = Connection::open(addr, options.connect_timeout).await?;
-        let hello = match main
-            .call(|id| wire::Request {
+        // A server that accepts but never says Hello must not hang us.
+        let hello = within(
+            Some(options.connect_timeout),
+            main.call(|id| wire::Request {
                 id,
                 op: Op::Hello {
                     protocol_version: PROTOCOL_VERSION,
                 },
-            })
-            .await?
-        {
+            }),
+        )
+        .await;
+        let hello = match hello? {
             Answer::Hello(info) => info,
             other => return Err(unexpected(&other)),
         };
@@ -147,6 +175,7 @@ impl Client {
             hello,
             main,
             shards,
+            request_timeout: options.request_timeout,
         })
     }
 
@@ -175,13 +204,14 @@ impl Client {
         ttl: Duration,
     ) -> Result<Stored, ClientError> {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        let answer = self
-            .route(key)
-            .call(|id| wire::Request {
+        let answer = within(
+            self.request_timeout,
+            self.route(key).call(|id| wire::Request {
                 id,
                 op: Op::Put { key, value, ttl_ms },
-            })
-            .await?;
+            }),
+        )
+        .await?;
         match answer {
             Answer::Stored(stored) => Ok(stored),
             other => Err(unexpected(&other)),
@@ -199,13 +229,14 @@ impl Client {
     }
 
     async fn get_with(&self, key: &[u8], local_only: bool) -> Result<Option<Value>, ClientError> {
-        let answer = self
-            .route(key)
-            .call(|id| wire::Request {
+        let answer = within(
+            self.request_timeout,
+            self.route(key).call(|id| wire::Request {
                 id,
                 op: Op::Get { key, local_only },
-            })
-            .await?;
+            }),
+        )
+        .await?;
         match answer {
             Answer::Value(value) => Ok(Some(value)),
             Answer::NotFound => Ok(None),
@@ -215,13 +246,14 @@ impl Client {
 
     /// Deletes `key`; `false` when there was no live value.
     pub async fn delete(&self, key: &[u8]) -> Result<bool, ClientError> {
-        let answer = self
-            .route(key)
-            .call(|id| wire::Request {
+        let answer = within(
+            self.request_timeout,
+            self.route(key).call(|id| wire::Request {
                 id,
                 op: Op::Delete { key },
-            })
-            .await?;
+            }),
+        )
+        .await?;
         match answer {
             Answer::Deleted => Ok(true),
             Answer::NotFound => Ok(false),

@@ -130,6 +130,7 @@ impl OpError {
             ClientError::Io(text) => OpError::Io(text),
             ClientError::Protocol(text) => OpError::Protocol(text),
             ClientError::Closed(text) => OpError::Closed(text),
+            ClientError::Timeout(_) => OpError::Timeout,
         }
     }
 }
@@ -145,9 +146,11 @@ impl TargetConnection {
     pub async fn connect(spec: &TargetSpec) -> Result<TargetConnection, OpError> {
         match spec.kind {
             TargetKind::Repram => {
+                // The driver keeps its own deadline on every request.
                 let options = ClientOptions {
                     shard_aware: spec.shard_aware,
                     connect_timeout: spec.connect_timeout,
+                    request_timeout: None,
                 };
                 Client::connect(spec.addr, &options)
                     .await
