@@ -26,7 +26,8 @@ impl<S: EntryStore> Node<S> {
             self.rng.next_u64() % (2 * jitter)
         };
         self.next_sync_ms = now_ms + interval - jitter + offset;
-        if !self.is_attached() {
+        // A node applies its first dump before it syncs (the dump brings everything anyway).
+        if !self.is_attached() || self.dump.is_some() {
             return;
         }
         let mut peers: Vec<SocketAddr> = self.parent.iter().map(|p| p.info.addr).collect();

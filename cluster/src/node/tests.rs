@@ -692,3 +692,97 @@ fn a_peer_found_stale_is_synced_with_first_until_it_catches_up() {
         .iter()
         .all(|(to, m)| !(matches!(m, Message::SyncSummary { .. }) && *to == addr(7))));
 }
+
+#[test]
+fn a_node_takes_its_dump_before_it_syncs() {
+    let config = NodeConfig {
+        id: 7,
+        addr: addr(7),
+        roots: vec![addr(1)],
+        is_root: false,
+        cluster: ClusterConfig::default(),
+    };
+    let mut node = Node::new(config, MemStore::new(), 3, 0);
+    drain(&mut node);
+    let root_info = NodeInfo {
+        capacity: 4,
+        ..info(1, Some(Role::Root))
+    };
+    let map = Message::TopologyMap {
+        candidates: vec![root_info],
+        roots: vec![addr(1)],
+    };
+    node.handle(
+        Input::Message {
+            from: addr(1),
+            msg: map,
+        },
+        0,
+    );
+    let Some((_, Message::Ping { nonce, .. })) = drain(&mut node).pop() else {
+        panic!("no ping")
+    };
+    let pong = Message::Pong {
+        nonce,
+        info: root_info,
+    };
+    node.handle(
+        Input::Message {
+            from: addr(1),
+            msg: pong,
+        },
+        10,
+    );
+    drain(&mut node);
+    let reply = Message::AttachReply {
+        accepted: true,
+        info: root_info,
+        path: vec![1],
+    };
+    node.handle(
+        Input::Message {
+            from: addr(1),
+            msg: reply,
+        },
+        20,
+    );
+    assert!(node.is_dumping());
+    let alive = |node: &mut Node<MemStore>, at: u64| {
+        let msg = Message::HeartbeatReply {
+            info: root_info,
+            is_child: true,
+            path: vec![1],
+        };
+        node.handle(Input::Message { from: addr(1), msg }, at);
+    };
+    // A sync period passes with the dump still running (the parent alive): no round opens.
+    for at in [2_000, 4_000, 5_990] {
+        alive(&mut node, at);
+    }
+    node.handle(Input::Tick, 6_000);
+    assert!(node.is_attached());
+    assert!(drain(&mut node)
+        .iter()
+        .all(|(_, m)| !matches!(m, Message::SyncSummary { .. })));
+    // The dump completes: the next period syncs.
+    let chunk = Message::DumpChunk {
+        entries: vec![entry("k", 1)],
+        next: None,
+    };
+    node.handle(
+        Input::Message {
+            from: addr(1),
+            msg: chunk,
+        },
+        6_100,
+    );
+    assert!(!node.is_dumping());
+    for at in [8_000, 10_000, 11_990] {
+        alive(&mut node, at);
+    }
+    node.handle(Input::Tick, 12_000);
+    assert!(node.is_attached());
+    assert!(drain(&mut node)
+        .iter()
+        .any(|(_, m)| matches!(m, Message::SyncSummary { .. })));
+}
