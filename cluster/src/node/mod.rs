@@ -725,8 +725,10 @@ impl<S: EntryStore> Node<S> {
         self.probe(candidates, now_ms);
     }
 
-    fn probe(&mut self, candidates: Vec<NodeInfo>, now_ms: u64) {
+    /// Pings each candidate, to measure them (for joining or for rebalance).
+    fn ping_candidates(&mut self, candidates: Vec<NodeInfo>, now_ms: u64) {
         self.candidates.clear();
+        let me = self.info();
         for info in candidates {
             let nonce = self.rng.next_u64();
             self.candidates.push(Candidate {
@@ -735,9 +737,21 @@ impl<S: EntryStore> Node<S> {
                 sent_ms: now_ms,
                 rtt_ms: None,
             });
-            let me = self.info();
             self.send(info.addr, Message::Ping { nonce, info: me });
         }
+    }
+
+    /// Records a pong's round trip; true once every candidate has answered.
+    fn record_pong(&mut self, nonce: u64, info: NodeInfo, now_ms: u64) -> bool {
+        if let Some(c) = self.candidates.iter_mut().find(|c| c.nonce == nonce) {
+            c.rtt_ms = Some(now_ms.saturating_sub(c.sent_ms));
+            c.info = info;
+        }
+        self.candidates.iter().all(|c| c.rtt_ms.is_some())
+    }
+
+    fn probe(&mut self, candidates: Vec<NodeInfo>, now_ms: u64) {
+        self.ping_candidates(candidates, now_ms);
         self.phase = Phase::Probing {
             deadline_ms: now_ms + self.config.cluster.probe_timeout_ms,
         };
@@ -753,11 +767,7 @@ impl<S: EntryStore> Node<S> {
         if !matches!(self.phase, Phase::Probing { .. }) {
             return;
         }
-        if let Some(c) = self.candidates.iter_mut().find(|c| c.nonce == nonce) {
-            c.rtt_ms = Some(now_ms.saturating_sub(c.sent_ms));
-            c.info = info;
-        }
-        if self.candidates.iter().all(|c| c.rtt_ms.is_some()) {
+        if self.record_pong(nonce, info, now_ms) {
             self.choose_parent(now_ms);
         }
     }

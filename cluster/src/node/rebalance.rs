@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use rand_core::RngCore;
 
-use super::{Candidate, Link, Node};
+use super::{Link, Node};
 use crate::entry::EntryStore;
 use crate::message::{Message, NodeInfo, Role, PEER_PROTOCOL_MAJOR};
 
@@ -102,18 +102,7 @@ impl<S: EntryStore> Node<S> {
             self.rebalance = None;
             return;
         }
-        self.candidates.clear();
-        for info in eligible {
-            let nonce = self.rng.next_u64();
-            self.candidates.push(Candidate {
-                info,
-                nonce,
-                sent_ms: now_ms,
-                rtt_ms: None,
-            });
-            let me = self.info();
-            self.send(info.addr, Message::Ping { nonce, info: me });
-        }
+        self.ping_candidates(eligible, now_ms);
         self.rebalance = Some(Search {
             deadline_ms: now_ms + self.config.cluster.probe_timeout_ms,
             step: Step::Probing,
@@ -124,11 +113,7 @@ impl<S: EntryStore> Node<S> {
         if self.rebalance.as_ref().map(|s| &s.step) != Some(&Step::Probing) {
             return;
         }
-        if let Some(c) = self.candidates.iter_mut().find(|c| c.nonce == nonce) {
-            c.rtt_ms = Some(now_ms.saturating_sub(c.sent_ms));
-            c.info = info;
-        }
-        if self.candidates.iter().all(|c| c.rtt_ms.is_some()) {
+        if self.record_pong(nonce, info, now_ms) {
             self.choose_closer(now_ms);
         }
     }

@@ -69,6 +69,55 @@ fn attach(node: &mut Node<MemStore>, child: u8) -> Message {
     drain(node).pop().expect("a reply").1
 }
 
+/// Root 1 as a child sees it: a root with room.
+fn root_info() -> NodeInfo {
+    NodeInfo {
+        capacity: 4,
+        ..info(1, Some(Role::Root))
+    }
+}
+
+/// Node 7, attached under root 1 at time 20 through a map, a ping and an attach reply; its
+/// first dump from the root is under way.
+fn child_of_root() -> Node<MemStore> {
+    let config = NodeConfig {
+        id: 7,
+        addr: addr(7),
+        roots: vec![addr(1)],
+        is_root: false,
+        cluster: ClusterConfig::default(),
+    };
+    let mut node = Node::new(config, MemStore::new(), 3, 0);
+    drain(&mut node);
+    let from = addr(1);
+    let map = Message::TopologyMap {
+        candidates: vec![root_info()],
+        roots: vec![from],
+    };
+    node.handle(Input::Message { from, msg: map }, 0);
+    let Some((_, Message::Ping { nonce, .. })) = drain(&mut node).pop() else {
+        panic!("no ping to the one candidate")
+    };
+    let pong = Message::Pong {
+        nonce,
+        info: root_info(),
+    };
+    node.handle(Input::Message { from, msg: pong }, 10);
+    assert!(matches!(
+        drain(&mut node).pop(),
+        Some((_, Message::Attach { .. }))
+    ));
+    let reply = Message::AttachReply {
+        accepted: true,
+        info: root_info(),
+        path: vec![1],
+    };
+    node.handle(Input::Message { from, msg: reply }, 20);
+    assert!(node.is_attached());
+    drain(&mut node);
+    node
+}
+
 #[test]
 fn a_join_from_another_major_is_refused() {
     let mut node = root(1);
@@ -174,69 +223,8 @@ fn a_local_write_goes_to_every_tree_neighbour() {
 #[test]
 fn an_ancestor_is_never_taken_as_a_child() {
     // Node 7 is a trunk under root 1; root 1 asking 7 to adopt it would close a cycle.
-    let config = NodeConfig {
-        id: 7,
-        addr: addr(7),
-        roots: vec![addr(1)],
-        is_root: false,
-        cluster: ClusterConfig::default(),
-    };
-    let mut node = Node::new(config, MemStore::new(), 3, 0);
-    drain(&mut node);
-    let map = Message::TopologyMap {
-        candidates: vec![NodeInfo {
-            capacity: 4,
-            ..info(1, Some(Role::Root))
-        }],
-        roots: vec![addr(1)],
-    };
-    node.handle(
-        Input::Message {
-            from: addr(1),
-            msg: map,
-        },
-        1,
-    );
-    let nonce = match drain(&mut node).pop() {
-        Some((_, Message::Ping { nonce, .. })) => nonce,
-        other => panic!("expected a ping, got {other:?}"),
-    };
-    let pong = Message::Pong {
-        nonce,
-        info: NodeInfo {
-            capacity: 4,
-            ..info(1, Some(Role::Root))
-        },
-    };
-    node.handle(
-        Input::Message {
-            from: addr(1),
-            msg: pong,
-        },
-        20,
-    );
-    assert!(matches!(
-        drain(&mut node).pop(),
-        Some((_, Message::Attach { .. }))
-    ));
-    let reply = Message::AttachReply {
-        accepted: true,
-        info: NodeInfo {
-            capacity: 4,
-            children: 1,
-            ..info(1, Some(Role::Root))
-        },
-        path: vec![1],
-    };
-    node.handle(
-        Input::Message {
-            from: addr(1),
-            msg: reply,
-        },
-        40,
-    );
+    let mut node = child_of_root();
     assert_eq!(node.role(), Some(Role::Trunk));
-    drain(&mut node);
     let reply = attach_from(&mut node, 1);
     assert!(
         matches!(
@@ -266,57 +254,7 @@ fn attach_from(node: &mut Node<MemStore>, from: u8) -> Message {
 
 #[test]
 fn a_silent_parent_is_replaced_after_missed_heartbeats() {
-    let config = NodeConfig {
-        id: 7,
-        addr: addr(7),
-        roots: vec![addr(1)],
-        is_root: false,
-        cluster: ClusterConfig::default(),
-    };
-    let mut node = Node::new(config, MemStore::new(), 3, 0);
-    drain(&mut node);
-    // Attach straight away through a map with one candidate.
-    let root_info = NodeInfo {
-        capacity: 4,
-        ..info(1, Some(Role::Root))
-    };
-    let map = Message::TopologyMap {
-        candidates: vec![root_info],
-        roots: vec![addr(1)],
-    };
-    node.handle(
-        Input::Message {
-            from: addr(1),
-            msg: map,
-        },
-        0,
-    );
-    let Some((_, Message::Ping { nonce, .. })) = drain(&mut node).pop() else {
-        panic!("no ping")
-    };
-    node.handle(
-        Input::Message {
-            from: addr(1),
-            msg: Message::Pong {
-                nonce,
-                info: root_info,
-            },
-        },
-        10,
-    );
-    drain(&mut node);
-    let reply = Message::AttachReply {
-        accepted: true,
-        info: root_info,
-        path: vec![1],
-    };
-    node.handle(
-        Input::Message {
-            from: addr(1),
-            msg: reply,
-        },
-        20,
-    );
+    let mut node = child_of_root();
     assert!(node.is_attached());
     // No heartbeat replies for longer than three intervals: the node joins again.
     for t in (1_000..=4_100).step_by(1_000) {
@@ -695,57 +633,8 @@ fn a_peer_found_stale_is_synced_with_first_until_it_catches_up() {
 
 #[test]
 fn a_node_takes_its_dump_before_it_syncs() {
-    let config = NodeConfig {
-        id: 7,
-        addr: addr(7),
-        roots: vec![addr(1)],
-        is_root: false,
-        cluster: ClusterConfig::default(),
-    };
-    let mut node = Node::new(config, MemStore::new(), 3, 0);
-    drain(&mut node);
-    let root_info = NodeInfo {
-        capacity: 4,
-        ..info(1, Some(Role::Root))
-    };
-    let map = Message::TopologyMap {
-        candidates: vec![root_info],
-        roots: vec![addr(1)],
-    };
-    node.handle(
-        Input::Message {
-            from: addr(1),
-            msg: map,
-        },
-        0,
-    );
-    let Some((_, Message::Ping { nonce, .. })) = drain(&mut node).pop() else {
-        panic!("no ping")
-    };
-    let pong = Message::Pong {
-        nonce,
-        info: root_info,
-    };
-    node.handle(
-        Input::Message {
-            from: addr(1),
-            msg: pong,
-        },
-        10,
-    );
-    drain(&mut node);
-    let reply = Message::AttachReply {
-        accepted: true,
-        info: root_info,
-        path: vec![1],
-    };
-    node.handle(
-        Input::Message {
-            from: addr(1),
-            msg: reply,
-        },
-        20,
-    );
+    let mut node = child_of_root();
+    let root_info = root_info();
     assert!(node.is_dumping());
     let alive = |node: &mut Node<MemStore>, at: u64| {
         let msg = Message::HeartbeatReply {
