@@ -89,6 +89,10 @@ struct SimArgs {
     /// Percent of messages lost once (and retransmitted 200 ms later).
     #[arg(long, default_value_t = 1.0)]
     loss: f64,
+    /// Cut the network in two halves for this many seconds from the start of the writes,
+    /// then heal it and report how long until every write was everywhere.
+    #[arg(long, default_value_t = 0.0)]
+    partition_seconds: f64,
     #[arg(long, default_value_t = 7)]
     seed: u64,
 }
@@ -250,6 +254,7 @@ fn simulate(args: &SimArgs) -> ExitCode {
         write_window_ms: (args.write_minutes * 60_000.0) as u64,
         churn_per_minute: args.churn / 100.0,
         loss: args.loss / 100.0,
+        partition_ms: (args.partition_seconds * 1_000.0) as u64,
         ..SimConfig::default()
     };
     let started = std::time::Instant::now();

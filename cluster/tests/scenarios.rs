@@ -541,3 +541,24 @@ fn after_divergence_repair_bytes_stay_within_one_and_a_half_times_what_was_missi
         }
     }
 }
+
+#[test]
+fn the_report_times_convergence_after_a_configured_partition_heals() {
+    for seed in SEEDS {
+        let report = Sim::new(SimConfig {
+            partition_ms: 10_000,
+            ..small(80, seed)
+        })
+        .run();
+        println!("seed {seed}\n{report}");
+        let healed_in = report
+            .heal_to_converged_ms
+            .expect("every earlier write got everywhere");
+        assert!(
+            healed_in <= 15_000,
+            "seed {seed}: {healed_in} ms, over three sync periods"
+        );
+        assert!(report.parent_latency_joined_ms > 0.0 && report.parent_latency_end_ms > 0.0);
+        assert!(report.bytes_per_node_round > 0.0);
+    }
+}

@@ -59,6 +59,9 @@ pub struct SimConfig {
     pub reads: usize,
     /// Each node's clock is off by up to this much, either way (fixed per node).
     pub clock_skew_ms_max: u64,
+    /// Cut the network in two halves (even and odd nodes) for this long, from the start of
+    /// the write window; 0 never.
+    pub partition_ms: u64,
     pub cluster: ClusterConfig,
 }
 
@@ -82,6 +85,7 @@ impl Default for SimConfig {
             restart_after_ms: 5_000,
             reads: 0,
             clock_skew_ms_max: 0,
+            partition_ms: 0,
             cluster: ClusterConfig::default(),
         }
     }
@@ -89,14 +93,35 @@ impl Default for SimConfig {
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum EventKind {
-    Deliver { from: u32, to: u32, msg: usize },
-    Wake { node: u32 },
-    Join { node: u32 },
-    Write { id: u32 },
+    Deliver {
+        from: u32,
+        to: u32,
+        msg: usize,
+    },
+    Wake {
+        node: u32,
+    },
+    Join {
+        node: u32,
+    },
+    Write {
+        id: u32,
+    },
     Read,
-    Crash { node: u32 },
-    Restart { node: u32 },
-    Unreachable { node: u32, peer: u32 },
+    Crash {
+        node: u32,
+    },
+    Partition,
+    Heal,
+    /// Measure mean parent latency (at the end of the join window).
+    SampleParentLatency,
+    Restart {
+        node: u32,
+    },
+    Unreachable {
+        node: u32,
+        peer: u32,
+    },
 }
 
 struct SimNode {
@@ -142,6 +167,15 @@ pub struct Report {
     pub depth_counts: [usize; 4],
     pub fanout_max: usize,
     pub crashes: u64,
+    /// Mean one-way latency to the parent when every node had joined, and at the end (after
+    /// rebalancing).
+    pub parent_latency_joined_ms: f64,
+    pub parent_latency_end_ms: f64,
+    /// With a partition: from the heal until every write made before it was on every live
+    /// node (`None`: some never got there).
+    pub heal_to_converged_ms: Option<u64>,
+    /// Bytes per node per sync period (the protocol's round).
+    pub bytes_per_node_round: f64,
     /// Client reads: answered from the node's own store, by a lazy pull, or not at all
     /// (the key was live somewhere but neither here nor at a neighbour in time).
     pub reads: u64,
@@ -175,6 +209,9 @@ pub struct Sim {
     messages: u64,
     bytes_by_kind: HashMap<&'static str, u64>,
     crashes: u64,
+    partitioned_at_ms: Option<u64>,
+    healed_at_ms: Option<u64>,
+    parent_latency_joined_ms: f64,
     /// Live nodes, kept as nodes start and stop (counting them per arrival would be slow).
     live: u32,
     reads: u64,
@@ -250,6 +287,9 @@ impl Sim {
             messages: 0,
             bytes_by_kind: HashMap::new(),
             crashes: 0,
+            partitioned_at_ms: None,
+            healed_at_ms: None,
+            parent_latency_joined_ms: 0.0,
             live: 0,
             reads: 0,
             reads_local: 0,
@@ -271,6 +311,11 @@ impl Sim {
     /// Joins, writes and churn, all drawn from the seed up front.
     fn schedule_world(&mut self) {
         let config = self.config.clone();
+        self.schedule(config.join_window_ms, EventKind::SampleParentLatency);
+        if config.partition_ms > 0 {
+            self.schedule(config.join_window_ms, EventKind::Partition);
+            self.schedule(config.join_window_ms + config.partition_ms, EventKind::Heal);
+        }
         for i in 0..config.nodes as u32 {
             let at = if (i as usize) < config.roots {
                 0
@@ -439,6 +484,19 @@ impl Sim {
         total as f64 / count.max(1) as f64
     }
 
+    /// Time from the heal until every write made before it reached every live node.
+    fn heal_to_converged_ms(&self) -> Option<u64> {
+        let healed = self.healed_at_ms?;
+        let mut latest = healed;
+        for track in self.writes.iter().filter(|w| w.written_ms < healed) {
+            if track.expires_ms <= healed {
+                continue;
+            }
+            latest = latest.max(track.written_ms + track.reached_all_ms?);
+        }
+        Some(latest - healed)
+    }
+
     /// Moves every node to a new random place: the network's distances change under a tree
     /// built for the old ones.
     pub fn reshuffle_positions(&mut self) {
@@ -551,6 +609,19 @@ impl Sim {
             EventKind::Write { id } => self.do_write(id, None),
             EventKind::Read => self.do_read(),
             EventKind::Crash { node } => self.crash_node(node, true),
+            EventKind::Partition => {
+                let (even, odd): (Vec<u32>, Vec<u32>) =
+                    (0..self.nodes.len() as u32).partition(|i| i % 2 == 0);
+                self.partition(&even, &odd);
+                self.partitioned_at_ms = Some(self.now_ms);
+            }
+            EventKind::Heal => {
+                self.heal();
+                self.healed_at_ms = Some(self.now_ms);
+            }
+            EventKind::SampleParentLatency => {
+                self.parent_latency_joined_ms = self.mean_parent_latency_ms();
+            }
             EventKind::Restart { node } => self.start_node(node),
             EventKind::Unreachable { node, peer } => {
                 let addr = addr_of(peer);
@@ -895,6 +966,10 @@ impl Sim {
         let mut bytes_by_kind: Vec<(&'static str, u64)> =
             self.bytes_by_kind.iter().map(|(k, v)| (*k, *v)).collect();
         bytes_by_kind.sort();
+        let total_bytes: u64 = bytes_by_kind.iter().map(|(_, b)| b).sum();
+        let rounds = now as f64 / self.config.cluster.sync_interval_ms.max(1) as f64;
+        let bytes_per_node_round =
+            total_bytes as f64 / self.config.nodes.max(1) as f64 / rounds.max(1.0);
         Report {
             nodes: self.config.nodes,
             writes: self.writes.len(),
@@ -910,6 +985,10 @@ impl Sim {
             depth_counts,
             fanout_max,
             crashes: self.crashes,
+            parent_latency_joined_ms: self.parent_latency_joined_ms,
+            parent_latency_end_ms: self.mean_parent_latency_ms(),
+            heal_to_converged_ms: self.heal_to_converged_ms(),
+            bytes_per_node_round,
             reads: self.reads,
             reads_local: self.reads_local,
             reads_pulled: self.reads_pulled,
@@ -983,15 +1062,27 @@ impl std::fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "traffic: {} messages, {:.1} bytes per node per second",
+            "traffic: {} messages, {:.1} bytes per node per second, {:.0} per node per sync round",
             self.messages,
-            self.bytes as f64 / self.nodes.max(1) as f64 / seconds
+            self.bytes as f64 / self.nodes.max(1) as f64 / seconds,
+            self.bytes_per_node_round
         )?;
         for (kind, bytes) in &self.bytes_by_kind {
             writeln!(
                 f,
                 "  {kind:<16} {:>12.1} B/node/s",
                 *bytes as f64 / self.nodes.max(1) as f64 / seconds
+            )?;
+        }
+        writeln!(
+            f,
+            "mean parent latency: {:.1} ms once joined, {:.1} ms at the end",
+            self.parent_latency_joined_ms, self.parent_latency_end_ms
+        )?;
+        if let Some(ms) = self.heal_to_converged_ms {
+            writeln!(
+                f,
+                "after the partition healed, every earlier write was everywhere in {ms} ms"
             )?;
         }
         write!(f, "run hash {:016x}", self.run_hash)
