@@ -258,7 +258,16 @@ fn simulate(args: &SimArgs) -> ExitCode {
         ..SimConfig::default()
     };
     let started = std::time::Instant::now();
-    let report = Sim::new(config).run();
+    let report = Sim::new(config).run_with_progress(|p| {
+        eprintln!(
+            "sim: {:.0} of {:.0} simulated s, {} messages, {} live nodes, {:.0?} wall",
+            p.simulated_ms as f64 / 1000.0,
+            p.end_ms as f64 / 1000.0,
+            p.messages,
+            p.live_nodes,
+            started.elapsed()
+        );
+    });
     println!("{report}");
     println!("wall time {:.1?}", started.elapsed());
     ExitCode::SUCCESS

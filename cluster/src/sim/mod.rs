@@ -147,6 +147,15 @@ struct WriteTrack {
     reached_all_ms: Option<u64>,
 }
 
+/// Where a long run stands, once a simulated minute.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    pub simulated_ms: u64,
+    pub end_ms: u64,
+    pub messages: u64,
+    pub live_nodes: usize,
+}
+
 /// What a run measured.
 #[derive(Clone, Debug, Default)]
 pub struct Report {
@@ -583,9 +592,25 @@ impl Sim {
     }
 
     /// Runs the whole configured scenario and reports.
-    pub fn run(mut self) -> Report {
+    pub fn run(self) -> Report {
+        self.run_with_progress(|_| {})
+    }
+
+    /// Runs the whole scenario, calling `progress` after each simulated minute (for long runs:
+    /// the caller may print it; the run itself does not depend on it).
+    pub fn run_with_progress(mut self, mut progress: impl FnMut(&Progress)) -> Report {
         let end = self.config.join_window_ms + self.config.write_window_ms + self.config.settle_ms;
-        self.run_until(end);
+        let mut at = 0;
+        while at < end {
+            at = (at + 60_000).min(end);
+            self.run_until(at);
+            progress(&Progress {
+                simulated_ms: at,
+                end_ms: end,
+                messages: self.messages,
+                live_nodes: self.live as usize,
+            });
+        }
         self.report()
     }
 
