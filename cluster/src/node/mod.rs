@@ -846,6 +846,12 @@ impl<S: EntryStore> Node<S> {
         );
     }
 
+    /// Whether taking `from` (which sent `path`) as our parent would close a cycle: it is one
+    /// of our children, or we are among its ancestors.
+    fn would_cycle(&self, from: SocketAddr, path: &[u64]) -> bool {
+        path.contains(&self.config.id) || self.children.contains_key(&from)
+    }
+
     /// The path a child inherits: our ancestors, then us.
     fn path_for_children(&self) -> Vec<u64> {
         let mut path = self.path.clone();
@@ -872,7 +878,7 @@ impl<S: EntryStore> Node<S> {
         }
         let role = info.role.and_then(Role::child);
         // Below one of our own descendants would be a cycle.
-        let cycle = path.contains(&self.config.id) || self.children.contains_key(&from);
+        let cycle = self.would_cycle(from, &path);
         match (accepted, role) {
             (true, Some(role)) if !cycle => {
                 self.role = Some(role);

@@ -160,7 +160,7 @@ impl<S: EntryStore> Node<S> {
         }
         self.rebalance = None;
         let keeps_role = info.role.and_then(Role::child) == self.role;
-        let cycle = path.contains(&self.config.id) || self.children.contains_key(&from);
+        let cycle = self.would_cycle(from, &path);
         if !accepted {
             return;
         }

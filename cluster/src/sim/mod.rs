@@ -804,15 +804,7 @@ impl Sim {
         let one_way = self.latency_ms(from, to);
         if self.cut.contains(&(from, to)) || self.nodes[to as usize].node.is_none() {
             // Like a TCP connection refused or reset: the sender learns after a round trip.
-            let at = self.now_ms + 2 * one_way;
-            self.schedule(
-                at,
-                EventKind::Unreachable {
-                    node: from,
-                    peer: to,
-                },
-            );
-            return;
+            return self.bounce(from, to, 2 * one_way);
         }
         let mut at = self.now_ms + one_way;
         if unit(&mut self.rng) < self.config.loss {
@@ -842,17 +834,21 @@ impl Sim {
         );
     }
 
+    /// Tells `from`, after `delay_ms`, that `to` could not be reached.
+    fn bounce(&mut self, from: u32, to: u32, delay_ms: u64) {
+        let at = self.now_ms + delay_ms;
+        self.schedule(
+            at,
+            EventKind::Unreachable {
+                node: from,
+                peer: to,
+            },
+        );
+    }
+
     fn deliver(&mut self, from: u32, to: u32, msg: Message) {
         if self.nodes[to as usize].node.is_none() || self.cut.contains(&(from, to)) {
-            let at = self.now_ms + self.latency_ms(from, to);
-            self.schedule(
-                at,
-                EventKind::Unreachable {
-                    node: from,
-                    peer: to,
-                },
-            );
-            return;
+            return self.bounce(from, to, self.latency_ms(from, to));
         }
         self.now_ms.hash(&mut self.hash);
         from.hash(&mut self.hash);
