@@ -260,11 +260,12 @@ fn simulate(args: &SimArgs) -> ExitCode {
     let started = std::time::Instant::now();
     let report = Sim::new(config).run_with_progress(|p| {
         eprintln!(
-            "sim: {:.0} of {:.0} simulated s, {} messages, {} live nodes, {:.0?} wall",
+            "sim: {:.0} of {:.0} simulated s, {} messages, {} live nodes, {} events pending, {:.0?} wall",
             p.simulated_ms as f64 / 1000.0,
             p.end_ms as f64 / 1000.0,
             p.messages,
             p.live_nodes,
+            p.pending_events,
             started.elapsed()
         );
     });

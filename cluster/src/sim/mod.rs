@@ -6,8 +6,7 @@
 //! only delivers inputs and carries out outputs, exactly as the real coordinator will. Same
 //! seed, same run: [`Report::run_hash`] covers every delivered message and the final stores.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::cell::RefCell;
 use std::hash::{Hash, Hasher};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::rc::Rc;
@@ -17,9 +16,11 @@ use rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use xxhash_rust::xxh3::Xxh3;
 
+mod queue;
 mod store;
 
-pub use self::store::SimStore;
+use self::queue::EventQueue;
+pub use self::store::{EntryTable, SimStore};
 use crate::entry::{Applied, Entry, EntryStore};
 
 use crate::message::{Message, Role};
@@ -154,6 +155,8 @@ pub struct Progress {
     pub end_ms: u64,
     pub messages: u64,
     pub live_nodes: usize,
+    /// Events scheduled and not yet run (messages in flight, timers, future writes).
+    pub pending_events: usize,
 }
 
 /// What a run measured.
@@ -200,12 +203,13 @@ pub struct Report {
 pub struct Sim {
     config: SimConfig,
     nodes: Vec<SimNode>,
+    /// The entries every node's store refers to (see [`store`]).
+    table: Rc<RefCell<EntryTable>>,
     roots: Vec<SocketAddr>,
-    queue: BinaryHeap<Reverse<(u64, u64, EventKind)>>,
+    queue: EventQueue<EventKind>,
     /// Messages in flight, by slot (events refer to them by index).
     in_flight: Vec<Option<Message>>,
     free_slots: Vec<usize>,
-    seq: u64,
     now_ms: u64,
     rng: Xoshiro256PlusPlus,
     /// Latest delivery time per directed link, so a link delivers in order like TCP.
@@ -281,11 +285,11 @@ impl Sim {
         let roots = (0..config.roots as u32).map(addr_of).collect();
         let mut sim = Sim {
             nodes,
+            table: EntryTable::shared(),
             roots,
-            queue: BinaryHeap::new(),
+            queue: EventQueue::default(),
             in_flight: Vec::new(),
             free_slots: Vec::new(),
-            seq: 0,
             now_ms: 0,
             rng,
             link_clock: HashMap::new(),
@@ -313,8 +317,7 @@ impl Sim {
     }
 
     fn schedule(&mut self, at_ms: u64, kind: EventKind) {
-        self.seq += 1;
-        self.queue.push(Reverse((at_ms, self.seq, kind)));
+        self.queue.push(at_ms, kind);
     }
 
     /// Joins, writes and churn, all drawn from the seed up front.
@@ -578,13 +581,7 @@ impl Sim {
 
     /// Runs events until simulated time `until_ms`.
     pub fn run_until(&mut self, until_ms: u64) {
-        while let Some(Reverse((at, _, _))) = self.queue.peek() {
-            if *at > until_ms {
-                break;
-            }
-            let Some(Reverse((at, _, kind))) = self.queue.pop() else {
-                break;
-            };
+        while let Some((at, kind)) = self.queue.pop_until(until_ms) {
             self.now_ms = at;
             self.step(kind);
         }
@@ -609,6 +606,7 @@ impl Sim {
                 end_ms: end,
                 messages: self.messages,
                 live_nodes: self.live as usize,
+                pending_events: self.queue.len(),
             });
         }
         self.report()
@@ -669,7 +667,12 @@ impl Sim {
         if self.nodes[index as usize].node.is_none() {
             self.live += 1;
         }
-        self.nodes[index as usize].node = Some(Node::new(config, SimStore::default(), seed, now));
+        self.nodes[index as usize].node = Some(Node::new(
+            config,
+            SimStore::new(Rc::clone(&self.table)),
+            seed,
+            now,
+        ));
         self.after_input(index);
     }
 

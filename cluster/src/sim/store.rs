@@ -1,12 +1,18 @@
 //! The simulator's store: compact enough for ten thousand nodes each holding tens of thousands
-//! of entries. Keys are write ids (4 bytes, little endian) and every value is the same shared
-//! bytes, so an entry is its id, version and expiry: 20 bytes (its stable hash is recomputed
-//! when needed, a few nanoseconds for a 4-byte key).
+//! of entries.
 //!
+//! An entry never changes once written, and in a converged network every node holds the same
+//! ones. So each distinct entry lives once, in an [`EntryTable`] that every simulated node
+//! shares (interning), and a node holds a bit per table index plus a digest per expiry bucket:
+//! a node holding 50,000 entries costs about 6 KiB instead of megabytes, and looking a key up
+//! touches the shared table (hot in cache) and one bit.
+//!
+//! Keys are write ids (4 bytes, little endian) and every value is the same shared bytes.
 //! Implements the same [`EntryStore`] contract as the real node's store; it never decides
 //! anything about the network.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
 use hashbrown::HashMap;
@@ -15,9 +21,9 @@ use crate::entry::{Applied, Entry, EntryStore};
 use crate::sync::{bucket_of, entry_hash, BucketDigest, SYNC_BUCKET_MS};
 use crate::Version;
 
-/// One entry, compactly: 4-byte fields only, so it packs into 20 bytes. The node id's top bit
-/// marks a tombstone; the clock is split in two halves.
-#[derive(Clone, Copy, Debug)]
+/// One entry, compactly: 4-byte fields only. The node id's top bit marks a tombstone; the
+/// clock is split in two halves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Compact {
     id: u32,
     node: u32,
@@ -27,6 +33,8 @@ struct Compact {
 }
 
 const TOMBSTONE_BIT: u32 = 1 << 31;
+/// End of a chain of versions of one key.
+const NO_INDEX: u32 = u32::MAX;
 
 impl Compact {
     fn version(&self) -> Version {
@@ -36,48 +44,88 @@ impl Compact {
         }
     }
 
-    fn hash(&self) -> u64 {
-        entry_hash(&self.id.to_le_bytes(), self.version())
+    fn bucket(&self) -> u32 {
+        bucket_of(u64::from(self.expires_ms), SYNC_BUCKET_MS) as u32
     }
 }
 
-/// One expiry bucket: its digest and its entries, stored inline so that a sync round reads
-/// a bucket as one contiguous slice.
-#[derive(Default, Debug)]
-struct Bucket {
-    xor: u64,
-    members: Vec<Compact>,
+/// One interned entry: the entry, its stable hash, and the next older version of the same key
+/// in the table (a chain, almost always of one).
+#[derive(Clone, Copy, Debug)]
+struct Interned {
+    entry: Compact,
+    hash: u64,
+    older: u32,
 }
 
-/// A simulated node's store, and which writes arrived since the simulator last looked.
-pub struct SimStore {
-    /// Write id → (bucket, position in its members).
-    index: HashMap<u32, (u32, u32)>,
-    buckets: BTreeMap<u32, Bucket>,
+/// Every distinct entry any simulated node has held, once. Indices never change, so nodes can
+/// name entries by index; the table keeps every entry ever interned (a few dozen bytes per
+/// write, not per node per write).
+pub struct EntryTable {
+    entries: Vec<Interned>,
+    /// Write id → newest interned version.
+    by_key: HashMap<u32, u32>,
+    /// Expiry bucket → indices of the entries that expire in it, in interning order.
+    by_bucket: BTreeMap<u32, Vec<u32>>,
     value: Rc<[u8]>,
-    pub(super) arrivals: Vec<u32>,
 }
 
-impl Default for SimStore {
+impl Default for EntryTable {
     fn default() -> Self {
-        SimStore::new(Rc::from([0x76u8; 16].as_slice()))
+        EntryTable::new(Rc::from([0x76u8; 16].as_slice()))
     }
 }
 
-impl SimStore {
-    /// A store whose values are all `value` (shared, never copied).
+impl EntryTable {
+    /// A table whose values are all `value` (shared, never copied).
     pub fn new(value: Rc<[u8]>) -> Self {
-        SimStore {
-            index: HashMap::new(),
-            buckets: BTreeMap::new(),
+        EntryTable {
+            entries: Vec::new(),
+            by_key: HashMap::new(),
+            by_bucket: BTreeMap::new(),
             value,
-            arrivals: Vec::new(),
         }
     }
 
-    pub fn write_id(key: &[u8]) -> Option<u32> {
-        let bytes: [u8; 4] = key.try_into().ok()?;
-        Some(u32::from_le_bytes(bytes))
+    /// A table to share between the stores of many nodes.
+    pub fn shared() -> Rc<RefCell<EntryTable>> {
+        Rc::new(RefCell::new(EntryTable::default()))
+    }
+
+    /// The index of `c`, interning it if it is new.
+    fn intern(&mut self, c: Compact) -> u32 {
+        let newest = self.by_key.get(&c.id).copied().unwrap_or(NO_INDEX);
+        let mut at = newest;
+        while let Some(known) = self.entries.get(at as usize) {
+            if known.entry == c {
+                return at;
+            }
+            at = known.older;
+        }
+        let index = self.entries.len() as u32;
+        self.entries.push(Interned {
+            entry: c,
+            hash: entry_hash(&c.id.to_le_bytes(), c.version()),
+            older: newest,
+        });
+        self.by_key.insert(c.id, index);
+        self.by_bucket.entry(c.bucket()).or_default().push(index);
+        index
+    }
+
+    /// The versions of write `id` the table knows, newest first.
+    fn versions(&self, id: u32) -> impl Iterator<Item = (u32, &Interned)> {
+        let mut at = self.by_key.get(&id).copied().unwrap_or(NO_INDEX);
+        std::iter::from_fn(move || {
+            let found = self.entries.get(at as usize)?;
+            let this = at;
+            at = found.older;
+            Some((this, found))
+        })
+    }
+
+    fn bucket(&self, bucket: u32) -> &[u32] {
+        self.by_bucket.get(&bucket).map_or(&[], Vec::as_slice)
     }
 
     fn entry_of(&self, c: &Compact) -> Entry {
@@ -88,40 +136,146 @@ impl SimStore {
             version: c.version(),
         }
     }
+}
 
-    fn held(&self, id: u32) -> Option<&Compact> {
-        let &(bucket, at) = self.index.get(&id)?;
-        self.buckets.get(&bucket)?.members.get(at as usize)
+/// A set of table indices as a bitmap that spans only from the oldest index held to the
+/// newest: indices are handed out in time order, so the span is about one TTL's writes.
+#[derive(Default, Debug)]
+struct IndexSet {
+    first_word: u32,
+    words: VecDeque<u64>,
+}
+
+impl IndexSet {
+    fn contains(&self, index: u32) -> bool {
+        let word = index / 64;
+        word.checked_sub(self.first_word)
+            .and_then(|at| self.words.get(at as usize))
+            .is_some_and(|w| w & (1 << (index % 64)) != 0)
     }
 
-    fn bucket_key(expires_ms: u32) -> u32 {
-        bucket_of(u64::from(expires_ms), SYNC_BUCKET_MS) as u32
-    }
-
-    fn file(&mut self, c: Compact) {
-        let key = SimStore::bucket_key(c.expires_ms);
-        let bucket = self.buckets.entry(key).or_default();
-        bucket.xor ^= c.hash();
-        bucket.members.push(c);
-        self.index
-            .insert(c.id, (key, bucket.members.len() as u32 - 1));
-    }
-
-    fn unfile(&mut self, id: u32) {
-        let Some((key, at)) = self.index.remove(&id) else {
-            return;
-        };
-        let Some(bucket) = self.buckets.get_mut(&key) else {
-            return;
-        };
-        let removed = bucket.members.swap_remove(at as usize);
-        bucket.xor ^= removed.hash();
-        if let Some(moved) = bucket.members.get(at as usize) {
-            self.index.insert(moved.id, (key, at));
+    fn insert(&mut self, index: u32) {
+        let word = index / 64;
+        if self.words.is_empty() {
+            self.first_word = word;
         }
-        if bucket.members.is_empty() {
-            self.buckets.remove(&key);
+        while word < self.first_word {
+            self.words.push_front(0);
+            self.first_word -= 1;
         }
+        let at = (word - self.first_word) as usize;
+        if at >= self.words.len() {
+            self.words.resize(at + 1, 0);
+        }
+        self.words[at] |= 1 << (index % 64);
+    }
+
+    fn remove(&mut self, index: u32) {
+        let word = index / 64;
+        if let Some(w) = word
+            .checked_sub(self.first_word)
+            .and_then(|at| self.words.get_mut(at as usize))
+        {
+            *w &= !(1 << (index % 64));
+        }
+    }
+
+    /// Drops empty words at both ends.
+    fn trim(&mut self) {
+        while self.words.front() == Some(&0) {
+            self.words.pop_front();
+            self.first_word += 1;
+        }
+        while self.words.back() == Some(&0) {
+            self.words.pop_back();
+        }
+        if self.words.capacity() > 2 * self.words.len() + 16 {
+            self.words.shrink_to_fit();
+        }
+    }
+}
+
+/// One expiry bucket's digest, as this node holds it.
+#[derive(Clone, Copy, Default, Debug)]
+struct BucketSum {
+    count: u32,
+    xor: u64,
+}
+
+/// A simulated node's store: which interned entries it holds, and which writes arrived since
+/// the simulator last looked.
+pub struct SimStore {
+    table: Rc<RefCell<EntryTable>>,
+    held: IndexSet,
+    buckets: BTreeMap<u32, BucketSum>,
+    pub(super) arrivals: Vec<u32>,
+}
+
+impl Default for SimStore {
+    /// A store with a table of its own.
+    fn default() -> Self {
+        SimStore::new(EntryTable::shared())
+    }
+}
+
+impl SimStore {
+    /// A store over `table`, which other nodes' stores may share.
+    pub fn new(table: Rc<RefCell<EntryTable>>) -> Self {
+        SimStore {
+            table,
+            held: IndexSet::default(),
+            buckets: BTreeMap::new(),
+            arrivals: Vec::new(),
+        }
+    }
+
+    pub fn write_id(key: &[u8]) -> Option<u32> {
+        let bytes: [u8; 4] = key.try_into().ok()?;
+        Some(u32::from_le_bytes(bytes))
+    }
+
+    /// The table index of the version of `id` this node holds (it holds at most one).
+    fn held_index(&self, table: &EntryTable, id: u32) -> Option<u32> {
+        table
+            .versions(id)
+            .map(|(index, _)| index)
+            .find(|&index| self.held.contains(index))
+    }
+
+    fn hold(&mut self, index: u32, interned: &Interned) {
+        self.held.insert(index);
+        let sum = self.buckets.entry(interned.entry.bucket()).or_default();
+        sum.count += 1;
+        sum.xor ^= interned.hash;
+    }
+
+    fn release(&mut self, index: u32, interned: &Interned) {
+        self.held.remove(index);
+        let bucket = interned.entry.bucket();
+        if let Some(sum) = self.buckets.get_mut(&bucket) {
+            sum.count -= 1;
+            sum.xor ^= interned.hash;
+            if sum.count == 0 {
+                self.buckets.remove(&bucket);
+            }
+        }
+    }
+
+    /// The held entries of one bucket, from position `from` of the table's list for it, each
+    /// with its position.
+    fn held_in<'t>(
+        &'t self,
+        table: &'t EntryTable,
+        bucket: u32,
+        from: usize,
+    ) -> impl Iterator<Item = (usize, &'t Interned)> + 't {
+        table
+            .bucket(bucket)
+            .iter()
+            .enumerate()
+            .skip(from)
+            .filter(|(_, &index)| self.held.contains(index))
+            .filter_map(|(at, &index)| Some((at, table.entries.get(index as usize)?)))
     }
 }
 
@@ -141,61 +295,74 @@ impl EntryStore for SimStore {
         if node & TOMBSTONE_BIT != 0 {
             return Applied::Stale;
         }
-        if let Some(held) = self.held(id) {
-            if held.version() >= entry.version && u64::from(held.expires_ms) > now_ms {
+        let table = Rc::clone(&self.table);
+        let held = {
+            let table = table.borrow();
+            self.held_index(&table, id)
+                .and_then(|index| Some((index, *table.entries.get(index as usize)?)))
+        };
+        if let Some((index, old)) = held {
+            if old.entry.version() >= entry.version && u64::from(old.entry.expires_ms) > now_ms {
                 return Applied::Stale;
             }
-            self.unfile(id);
+            self.release(index, &old);
         }
         let tombstone = if entry.value.is_none() {
             TOMBSTONE_BIT
         } else {
             0
         };
-        self.file(Compact {
+        let compact = Compact {
             id,
             node: node | tombstone,
             clock_high: (entry.version.clock >> 32) as u32,
             clock_low: entry.version.clock as u32,
             expires_ms,
-        });
+        };
+        let (index, interned) = {
+            let mut table = table.borrow_mut();
+            let index = table.intern(compact);
+            (index, table.entries[index as usize])
+        };
+        self.hold(index, &interned);
         self.arrivals.push(id);
         Applied::Stored
     }
 
     fn get(&self, key: &[u8], now_ms: u64) -> Option<Entry> {
-        let c = self.held(SimStore::write_id(key)?)?;
-        (u64::from(c.expires_ms) > now_ms).then(|| self.entry_of(c))
+        let id = SimStore::write_id(key)?;
+        let table = self.table.borrow();
+        let index = self.held_index(&table, id)?;
+        let c = table.entries.get(index as usize)?.entry;
+        (u64::from(c.expires_ms) > now_ms).then(|| table.entry_of(&c))
     }
 
-    /// The cursor is (bucket << 32 | position): best effort while entries move, which the
-    /// sync after a dump repairs.
+    /// The cursor is (bucket << 32 | position in the table's list for that bucket): lists only
+    /// grow at the end, so a cursor stays valid while the dump goes on.
     fn dump_chunk(&self, cursor: u64, max: usize, now_ms: u64) -> (Vec<Entry>, Option<u64>) {
-        let (first, mut at) = ((cursor >> 32) as u32, (cursor & 0xffff_ffff) as usize);
+        let (first, from) = ((cursor >> 32) as u32, (cursor & 0xffff_ffff) as usize);
+        let table = self.table.borrow();
         let mut out = Vec::new();
-        for (&key, bucket) in self.buckets.range(first..) {
-            if key != first {
-                at = 0;
-            }
-            while at < bucket.members.len() {
+        for &bucket in self.buckets.range(first..).map(|(b, _)| b) {
+            let start = if bucket == first { from } else { 0 };
+            for (at, interned) in self.held_in(&table, bucket, start) {
                 if out.len() >= max {
-                    return (out, Some((u64::from(key) << 32) | at as u64));
+                    return (out, Some((u64::from(bucket) << 32) | at as u64));
                 }
-                let c = &bucket.members[at];
-                if u64::from(c.expires_ms) > now_ms {
-                    out.push(self.entry_of(c));
+                if u64::from(interned.entry.expires_ms) > now_ms {
+                    out.push(table.entry_of(&interned.entry));
                 }
-                at += 1;
             }
         }
         (out, None)
     }
 
     fn live_len(&self, now_ms: u64) -> usize {
+        let table = self.table.borrow();
         self.buckets
-            .values()
-            .flat_map(|b| b.members.iter())
-            .filter(|c| u64::from(c.expires_ms) > now_ms)
+            .keys()
+            .flat_map(|&bucket| self.held_in(&table, bucket, 0))
+            .filter(|(_, i)| u64::from(i.entry.expires_ms) > now_ms)
             .count()
     }
 
@@ -203,46 +370,49 @@ impl EntryStore for SimStore {
         let from = u32::try_from(from_bucket).unwrap_or(u32::MAX);
         self.buckets
             .range(from..)
-            .map(|(&bucket, b)| BucketDigest {
+            .map(|(&bucket, sum)| BucketDigest {
                 bucket: u64::from(bucket),
-                count: b.members.len() as u32,
-                xor: b.xor,
+                count: sum.count,
+                xor: sum.xor,
             })
             .collect()
     }
 
     fn bucket_hashes(&self, bucket: u64) -> Vec<u64> {
-        let Ok(key) = u32::try_from(bucket) else {
+        let Ok(bucket) = u32::try_from(bucket) else {
             return Vec::new();
         };
-        self.buckets
-            .get(&key)
-            .map_or_else(Vec::new, |b| b.members.iter().map(Compact::hash).collect())
+        let table = self.table.borrow();
+        self.held_in(&table, bucket, 0)
+            .map(|(_, i)| i.hash)
+            .collect()
     }
 
     fn bucket_entries(&self, bucket: u64, now_ms: u64) -> Vec<(u64, Entry)> {
-        let Ok(key) = u32::try_from(bucket) else {
+        let Ok(bucket) = u32::try_from(bucket) else {
             return Vec::new();
         };
-        self.buckets.get(&key).map_or_else(Vec::new, |b| {
-            b.members
-                .iter()
-                .filter(|c| u64::from(c.expires_ms) > now_ms)
-                .map(|c| (c.hash(), self.entry_of(c)))
-                .collect()
-        })
+        let table = self.table.borrow();
+        self.held_in(&table, bucket, 0)
+            .filter(|(_, i)| u64::from(i.entry.expires_ms) > now_ms)
+            .map(|(_, i)| (i.hash, table.entry_of(&i.entry)))
+            .collect()
     }
 
     fn expire(&mut self, now_ms: u64) {
         let live_from = bucket_of(now_ms, SYNC_BUCKET_MS) as u32;
         let passed: Vec<u32> = self.buckets.range(..live_from).map(|(&b, _)| b).collect();
-        for key in passed {
-            if let Some(bucket) = self.buckets.remove(&key) {
-                for c in bucket.members {
-                    self.index.remove(&c.id);
-                }
+        if passed.is_empty() {
+            return;
+        }
+        let table = self.table.borrow();
+        for bucket in passed {
+            self.buckets.remove(&bucket);
+            for &index in table.bucket(bucket) {
+                self.held.remove(index);
             }
         }
+        self.held.trim();
     }
 }
 
