@@ -204,30 +204,60 @@ impl Message {
             }
     }
 
+    /// Short names of the kinds, for per-kind accounting, indexed by [`Message::kind_index`].
+    pub const KINDS: [&'static str; 21] = [
+        "join",
+        "topology_map",
+        "join_refused",
+        "ping",
+        "pong",
+        "attach",
+        "attach_reply",
+        "heartbeat",
+        "heartbeat_reply",
+        "leave",
+        "push",
+        "dump_request",
+        "dump_chunk",
+        "sync_summary",
+        "sync_in_sync",
+        "sync_digests",
+        "sync_filters",
+        "sync_entries",
+        "pull",
+        "pull_reply",
+        "full",
+    ];
+
+    /// This message's kind as an index into [`Message::KINDS`].
+    pub fn kind_index(&self) -> usize {
+        match self {
+            Message::Join { .. } => 0,
+            Message::TopologyMap { .. } => 1,
+            Message::JoinRefused { .. } => 2,
+            Message::Ping { .. } => 3,
+            Message::Pong { .. } => 4,
+            Message::Attach { .. } => 5,
+            Message::AttachReply { .. } => 6,
+            Message::Heartbeat { .. } => 7,
+            Message::HeartbeatReply { .. } => 8,
+            Message::Leave { .. } => 9,
+            Message::Push { .. } => 10,
+            Message::DumpRequest { .. } => 11,
+            Message::DumpChunk { .. } => 12,
+            Message::SyncSummary { .. } => 13,
+            Message::SyncInSync { .. } => 14,
+            Message::SyncDigests { .. } => 15,
+            Message::SyncFilters { .. } => 16,
+            Message::SyncEntries { .. } => 17,
+            Message::Pull { .. } => 18,
+            Message::PullReply { .. } => 19,
+            Message::Full { .. } => 20,
+        }
+    }
+
     /// A short name for per-kind accounting.
     pub fn kind(&self) -> &'static str {
-        match self {
-            Message::Join { .. } => "join",
-            Message::TopologyMap { .. } => "topology_map",
-            Message::JoinRefused { .. } => "join_refused",
-            Message::Ping { .. } => "ping",
-            Message::Pong { .. } => "pong",
-            Message::Attach { .. } => "attach",
-            Message::AttachReply { .. } => "attach_reply",
-            Message::Heartbeat { .. } => "heartbeat",
-            Message::HeartbeatReply { .. } => "heartbeat_reply",
-            Message::Leave { .. } => "leave",
-            Message::Push { .. } => "push",
-            Message::DumpRequest { .. } => "dump_request",
-            Message::DumpChunk { .. } => "dump_chunk",
-            Message::SyncSummary { .. } => "sync_summary",
-            Message::SyncInSync { .. } => "sync_in_sync",
-            Message::SyncDigests { .. } => "sync_digests",
-            Message::SyncFilters { .. } => "sync_filters",
-            Message::SyncEntries { .. } => "sync_entries",
-            Message::Pull { .. } => "pull",
-            Message::PullReply { .. } => "pull_reply",
-            Message::Full { .. } => "full",
-        }
+        Message::KINDS[self.kind_index()]
     }
 }

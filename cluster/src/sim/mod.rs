@@ -213,14 +213,17 @@ pub struct Sim {
     now_ms: u64,
     rng: Xoshiro256PlusPlus,
     /// Latest delivery time per directed link, so a link delivers in order like TCP.
-    link_clock: HashMap<(u32, u32), u64>,
+    /// Links whose latest message was delayed by a retransmit, and until when: a later message
+    /// on that link waits for it (a link delivers in order, like TCP). Without a loss a link's
+    /// messages arrive in order anyway (its latency is fixed), so only these few are kept.
+    link_blocked: HashMap<(u32, u32), u64>,
     /// Pairs that cannot reach each other.
     cut: HashSet<(u32, u32)>,
     writes: Vec<WriteTrack>,
     write_nodes: Vec<u32>,
     hash: Xxh3,
     messages: u64,
-    bytes_by_kind: HashMap<&'static str, u64>,
+    bytes_by_kind: [u64; Message::KINDS.len()],
     crashes: u64,
     partitioned_at_ms: Option<u64>,
     healed_at_ms: Option<u64>,
@@ -292,13 +295,13 @@ impl Sim {
             free_slots: Vec::new(),
             now_ms: 0,
             rng,
-            link_clock: HashMap::new(),
+            link_blocked: HashMap::new(),
             cut: HashSet::new(),
             writes: Vec::new(),
             write_nodes: Vec::new(),
             hash: Xxh3::new(),
             messages: 0,
-            bytes_by_kind: HashMap::new(),
+            bytes_by_kind: [0; Message::KINDS.len()],
             crashes: 0,
             partitioned_at_ms: None,
             healed_at_ms: None,
@@ -516,7 +519,7 @@ impl Sim {
             slot.x = unit(&mut self.rng);
             slot.y = unit(&mut self.rng);
         }
-        self.link_clock.clear();
+        self.link_blocked.clear();
     }
 
     /// Moves made to closer parents, over live nodes.
@@ -585,6 +588,8 @@ impl Sim {
             self.now_ms = at;
             self.step(kind);
         }
+        let now = self.now_ms.max(until_ms);
+        self.link_blocked.retain(|_, blocked| *blocked > now);
         self.now_ms = self.now_ms.max(until_ms);
     }
 
@@ -798,7 +803,7 @@ impl Sim {
 
     fn send(&mut self, from: u32, to: SocketAddr, msg: Message) {
         let bytes = msg.wire_bytes() as u64;
-        *self.bytes_by_kind.entry(msg.kind()).or_default() += bytes;
+        self.bytes_by_kind[msg.kind_index()] += bytes;
         self.messages += 1;
         self.nodes[from as usize].bytes_sent += bytes;
         let Some(to) = index_of(to).filter(|&t| (t as usize) < self.nodes.len()) else {
@@ -809,14 +814,19 @@ impl Sim {
             // Like a TCP connection refused or reset: the sender learns after a round trip.
             return self.bounce(from, to, 2 * one_way);
         }
-        let mut at = self.now_ms + one_way;
-        if unit(&mut self.rng) < self.config.loss {
-            at += self.config.retransmit_ms;
+        let lost = unit(&mut self.rng) < self.config.loss;
+        let mut at = self.now_ms + one_way + if lost { self.config.retransmit_ms } else { 0 };
+        // A link delivers in order: never before a message sent on it before.
+        match self.link_blocked.get(&(from, to)) {
+            Some(&blocked) if blocked >= at => at = blocked,
+            Some(_) => {
+                self.link_blocked.remove(&(from, to));
+            }
+            None => {}
         }
-        // A link delivers in order: never before the message sent on it before.
-        let link = self.link_clock.entry((from, to)).or_insert(0);
-        at = at.max(*link);
-        *link = at;
+        if lost {
+            self.link_blocked.insert((from, to), at);
+        }
         let slot = match self.free_slots.pop() {
             Some(slot) => {
                 self.in_flight[slot] = Some(msg);
@@ -987,8 +997,12 @@ impl Sim {
                 fanout_max = fanout_max.max(node.children().count());
             }
         }
-        let mut bytes_by_kind: Vec<(&'static str, u64)> =
-            self.bytes_by_kind.iter().map(|(k, v)| (*k, *v)).collect();
+        let mut bytes_by_kind: Vec<(&'static str, u64)> = Message::KINDS
+            .iter()
+            .zip(self.bytes_by_kind)
+            .filter(|&(_, bytes)| bytes > 0)
+            .map(|(&kind, bytes)| (kind, bytes))
+            .collect();
         bytes_by_kind.sort();
         let total_bytes: u64 = bytes_by_kind.iter().map(|(_, b)| b).sum();
         let rounds = now as f64 / self.config.cluster.sync_interval_ms.max(1) as f64;

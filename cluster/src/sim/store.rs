@@ -202,12 +202,79 @@ struct BucketSum {
     xor: u64,
 }
 
+/// A node's bucket digests, one slot per bucket from the first it holds to the last: a live
+/// node holds a TTL's worth of consecutive buckets, so this is a short contiguous run that a
+/// lookup indexes instead of searching.
+#[derive(Default, Debug)]
+struct BucketSums {
+    first: u32,
+    sums: VecDeque<BucketSum>,
+}
+
+impl BucketSums {
+    fn slot(&mut self, bucket: u32) -> &mut BucketSum {
+        if self.sums.is_empty() {
+            self.first = bucket;
+        }
+        while bucket < self.first {
+            self.sums.push_front(BucketSum::default());
+            self.first -= 1;
+        }
+        let at = (bucket - self.first) as usize;
+        if at >= self.sums.len() {
+            self.sums.resize(at + 1, BucketSum::default());
+        }
+        &mut self.sums[at]
+    }
+
+    fn get_mut(&mut self, bucket: u32) -> Option<&mut BucketSum> {
+        let at = bucket.checked_sub(self.first)?;
+        self.sums.get_mut(at as usize)
+    }
+
+    /// Non-empty buckets from `from` on, in order.
+    fn from(&self, from: u32) -> impl Iterator<Item = (u32, &BucketSum)> {
+        let skip = from.saturating_sub(self.first) as usize;
+        (self.first..)
+            .zip(self.sums.iter())
+            .skip(skip)
+            .filter(|(_, sum)| sum.count > 0)
+    }
+
+    /// Drops the buckets before `bucket`, returning the non-empty ones.
+    fn drain_before(&mut self, bucket: u32) -> Vec<u32> {
+        let mut passed = Vec::new();
+        while self.first < bucket {
+            let Some(sum) = self.sums.pop_front() else {
+                break;
+            };
+            if sum.count > 0 {
+                passed.push(self.first);
+            }
+            self.first += 1;
+        }
+        self.trim();
+        passed
+    }
+
+    /// Drops empty buckets at both ends.
+    fn trim(&mut self) {
+        while self.sums.front().is_some_and(|s| s.count == 0) {
+            self.sums.pop_front();
+            self.first += 1;
+        }
+        while self.sums.back().is_some_and(|s| s.count == 0) {
+            self.sums.pop_back();
+        }
+    }
+}
+
 /// A simulated node's store: which interned entries it holds, and which writes arrived since
 /// the simulator last looked.
 pub struct SimStore {
     table: Rc<RefCell<EntryTable>>,
     held: IndexSet,
-    buckets: BTreeMap<u32, BucketSum>,
+    buckets: BucketSums,
     pub(super) arrivals: Vec<u32>,
 }
 
@@ -224,7 +291,7 @@ impl SimStore {
         SimStore {
             table,
             held: IndexSet::default(),
-            buckets: BTreeMap::new(),
+            buckets: BucketSums::default(),
             arrivals: Vec::new(),
         }
     }
@@ -244,7 +311,7 @@ impl SimStore {
 
     fn hold(&mut self, index: u32, interned: &Interned) {
         self.held.insert(index);
-        let sum = self.buckets.entry(interned.entry.bucket()).or_default();
+        let sum = self.buckets.slot(interned.entry.bucket());
         sum.count += 1;
         sum.xor ^= interned.hash;
     }
@@ -252,11 +319,11 @@ impl SimStore {
     fn release(&mut self, index: u32, interned: &Interned) {
         self.held.remove(index);
         let bucket = interned.entry.bucket();
-        if let Some(sum) = self.buckets.get_mut(&bucket) {
+        if let Some(sum) = self.buckets.get_mut(bucket) {
             sum.count -= 1;
             sum.xor ^= interned.hash;
             if sum.count == 0 {
-                self.buckets.remove(&bucket);
+                self.buckets.trim();
             }
         }
     }
@@ -343,7 +410,7 @@ impl EntryStore for SimStore {
         let (first, from) = ((cursor >> 32) as u32, (cursor & 0xffff_ffff) as usize);
         let table = self.table.borrow();
         let mut out = Vec::new();
-        for &bucket in self.buckets.range(first..).map(|(b, _)| b) {
+        for bucket in self.buckets.from(first).map(|(b, _)| b) {
             let start = if bucket == first { from } else { 0 };
             for (at, interned) in self.held_in(&table, bucket, start) {
                 if out.len() >= max {
@@ -360,8 +427,8 @@ impl EntryStore for SimStore {
     fn live_len(&self, now_ms: u64) -> usize {
         let table = self.table.borrow();
         self.buckets
-            .keys()
-            .flat_map(|&bucket| self.held_in(&table, bucket, 0))
+            .from(0)
+            .flat_map(|(bucket, _)| self.held_in(&table, bucket, 0))
             .filter(|(_, i)| u64::from(i.entry.expires_ms) > now_ms)
             .count()
     }
@@ -369,8 +436,8 @@ impl EntryStore for SimStore {
     fn digests(&self, from_bucket: u64) -> Vec<BucketDigest> {
         let from = u32::try_from(from_bucket).unwrap_or(u32::MAX);
         self.buckets
-            .range(from..)
-            .map(|(&bucket, sum)| BucketDigest {
+            .from(from)
+            .map(|(bucket, sum)| BucketDigest {
                 bucket: u64::from(bucket),
                 count: sum.count,
                 xor: sum.xor,
@@ -401,13 +468,12 @@ impl EntryStore for SimStore {
 
     fn expire(&mut self, now_ms: u64) {
         let live_from = bucket_of(now_ms, SYNC_BUCKET_MS) as u32;
-        let passed: Vec<u32> = self.buckets.range(..live_from).map(|(&b, _)| b).collect();
+        let passed = self.buckets.drain_before(live_from);
         if passed.is_empty() {
             return;
         }
         let table = self.table.borrow();
         for bucket in passed {
-            self.buckets.remove(&bucket);
             for &index in table.bucket(bucket) {
                 self.held.remove(index);
             }
