@@ -122,13 +122,14 @@ fn message() -> impl Strategy<Value = Message> {
         any::<u64>().prop_map(|cursor| Message::DumpRequest { cursor }),
         (entries(), prop::option::of(any::<u64>()))
             .prop_map(|(entries, next)| Message::DumpChunk { entries, next }),
-        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(round, from_bucket, summary)| {
-            Message::SyncSummary {
+        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+            |(round, from_bucket, summary, settled_before_ms)| Message::SyncSummary {
                 round,
                 from_bucket,
                 summary,
+                settled_before_ms,
             }
-        }),
+        ),
         any::<u64>().prop_map(|round| Message::SyncInSync { round }),
         (
             any::<u64>(),
@@ -146,13 +147,17 @@ fn message() -> impl Strategy<Value = Message> {
         (
             any::<u64>(),
             prop::collection::vec((any::<u64>(), filter()), 0..4),
-            any::<bool>()
+            any::<bool>(),
+            any::<u64>()
         )
-            .prop_map(|(round, filters, answer)| Message::SyncFilters {
-                round,
-                filters,
-                answer
-            }),
+            .prop_map(
+                |(round, filters, answer, settled_before_ms)| Message::SyncFilters {
+                    round,
+                    filters,
+                    answer,
+                    settled_before_ms,
+                }
+            ),
         (any::<u64>(), entries())
             .prop_map(|(round, entries)| Message::SyncEntries { round, entries }),
         (any::<u64>(), prop::collection::vec(any::<u8>(), 1..40)).prop_map(|(nonce, key)| {

@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use hashbrown::HashMap;
 
-use crate::sync::{bucket_of, BucketDigest, SYNC_BUCKET_MS};
+use crate::sync::{bucket_of, is_settled, BucketDigest, RecentEntries, SYNC_BUCKET_MS};
 use crate::Version;
 
 /// One entry on its way between nodes. Key and value are shared, so pushing one entry to many
@@ -57,12 +57,15 @@ pub trait EntryStore {
     /// Live entries held (tombstones included).
     fn live_len(&self, now_ms: u64) -> usize;
     /// Digests of the non-empty expiry buckets from `from_bucket` on, in bucket order
-    /// (buckets of [`SYNC_BUCKET_MS`]; kept up to date as entries come and go, never by a scan).
-    fn digests(&self, from_bucket: u64) -> Vec<BucketDigest>;
-    /// Stable hashes ([`Entry::stable_hash`]) of the entries in one bucket.
-    fn bucket_hashes(&self, bucket: u64) -> Vec<u64>;
-    /// The entries of one bucket, each with its stable hash.
-    fn bucket_entries(&self, bucket: u64, now_ms: u64) -> Vec<(u64, Entry)>;
+    /// (buckets of [`SYNC_BUCKET_MS`]; kept up to date as entries come and go, never by a scan),
+    /// over the entries settled before `settled_before_ms` ([`is_settled`]; `u64::MAX`: all).
+    /// Exact for any cutoff within [`crate::sync::SETTLE_WINDOW_MS`] of now.
+    fn digests(&self, from_bucket: u64, settled_before_ms: u64) -> Vec<BucketDigest>;
+    /// Stable hashes ([`Entry::stable_hash`]) of the settled entries in one bucket.
+    fn bucket_hashes(&self, bucket: u64, settled_before_ms: u64) -> Vec<u64>;
+    /// The live settled entries of one bucket, each with its stable hash.
+    fn bucket_entries(&self, bucket: u64, now_ms: u64, settled_before_ms: u64)
+        -> Vec<(u64, Entry)>;
     /// Forgets what has expired by `now_ms` (whole buckets at a time). The node calls it on
     /// its heartbeat; a store with its own expiry timer may do nothing here.
     fn expire(&mut self, now_ms: u64);
@@ -84,6 +87,8 @@ pub struct MemStore {
     buckets: BTreeMap<u64, Bucket>,
     by_key: HashMap<Rc<[u8]>, usize>,
     free: Vec<usize>,
+    /// Young entries by slot, so digests can leave them out.
+    recent: RecentEntries<usize>,
     /// Entries at most; `apply` answers `Full` past it.
     capacity: Option<usize>,
 }
@@ -115,6 +120,11 @@ impl MemStore {
                 }
             }
         }
+    }
+
+    fn note_recent(&mut self, entry: &Entry, at: usize, hash: u64, now_ms: u64) {
+        let bucket = bucket_of(entry.expires_ms, SYNC_BUCKET_MS);
+        self.recent.note(entry.version, bucket, hash, at, now_ms);
     }
 
     fn file(&mut self, at: usize, expires_ms: u64, hash: u64) {
@@ -159,6 +169,7 @@ impl EntryStore for MemStore {
             self.unfile(at, held.expires_ms, held_hash);
             self.slots[at] = Some((entry.clone(), hash));
             self.file(at, entry.expires_ms, hash);
+            self.note_recent(entry, at, hash, now_ms);
             return Applied::Stored;
         }
         if self.capacity.is_some_and(|max| self.by_key.len() >= max) {
@@ -176,6 +187,7 @@ impl EntryStore for MemStore {
         };
         self.by_key.insert(entry.key.clone(), at);
         self.file(at, entry.expires_ms, hash);
+        self.note_recent(entry, at, hash, now_ms);
         Applied::Stored
     }
 
@@ -211,36 +223,53 @@ impl EntryStore for MemStore {
             .count()
     }
 
-    fn digests(&self, from_bucket: u64) -> Vec<BucketDigest> {
-        self.buckets
+    fn digests(&self, from_bucket: u64, settled_before_ms: u64) -> Vec<BucketDigest> {
+        let mut digests: Vec<BucketDigest> = self
+            .buckets
             .range(from_bucket..)
             .map(|(&bucket, b)| BucketDigest {
                 bucket,
                 count: b.count,
                 xor: b.xor,
             })
-            .collect()
+            .collect();
+        self.recent
+            .settle(&mut digests, settled_before_ms, |at, hash| {
+                self.slots
+                    .get(at)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|(_, h)| *h == hash)
+            });
+        digests
     }
 
-    fn bucket_hashes(&self, bucket: u64) -> Vec<u64> {
+    fn bucket_hashes(&self, bucket: u64, settled_before_ms: u64) -> Vec<u64> {
         self.buckets.get(&bucket).map_or_else(Vec::new, |b| {
             b.members
                 .iter()
-                .filter_map(|&at| self.slots[at as usize].as_ref().map(|(_, h)| *h))
+                .filter_map(|&at| self.slots[at as usize].as_ref())
+                .filter(|(e, _)| is_settled(e.version, settled_before_ms))
+                .map(|(_, h)| *h)
                 .collect()
         })
     }
 
     fn expire(&mut self, now_ms: u64) {
         self.drop_passed_buckets(now_ms);
+        self.recent.forget_old(now_ms);
     }
 
-    fn bucket_entries(&self, bucket: u64, now_ms: u64) -> Vec<(u64, Entry)> {
+    fn bucket_entries(
+        &self,
+        bucket: u64,
+        now_ms: u64,
+        settled_before_ms: u64,
+    ) -> Vec<(u64, Entry)> {
         self.buckets.get(&bucket).map_or_else(Vec::new, |b| {
             b.members
                 .iter()
                 .filter_map(|&at| self.slots[at as usize].as_ref())
-                .filter(|(e, _)| e.expires_ms > now_ms)
+                .filter(|(e, _)| e.expires_ms > now_ms && is_settled(e.version, settled_before_ms))
                 .map(|(e, h)| (*h, e.clone()))
                 .collect()
         })
@@ -305,7 +334,7 @@ mod tests {
         store.apply(&entry("a", 1, 15_000), 0);
         store.apply(&entry("b", 1, 15_500), 0);
         store.apply(&entry("c", 1, 45_000), 0);
-        let digests = store.digests(0);
+        let digests = store.digests(0, u64::MAX);
         assert_eq!(digests.len(), 2);
         assert_eq!(digests[0].bucket, bucket(15_000));
         assert_eq!(digests[0].count, 2);
@@ -315,13 +344,21 @@ mod tests {
         );
         // A newer version moves "a" to another bucket: both digests follow.
         store.apply(&entry("a", 2, 45_500), 0);
-        let digests = store.digests(0);
+        let digests = store.digests(0, u64::MAX);
         assert_eq!(digests[0].count, 1);
         assert_eq!(digests[1].count, 2);
-        assert_eq!(store.bucket_hashes(bucket(45_000)).len(), 2);
-        assert_eq!(store.digests(bucket(45_000)).len(), 1, "from a bucket on");
+        assert_eq!(store.bucket_hashes(bucket(45_000), u64::MAX).len(), 2);
+        assert_eq!(
+            store.digests(bucket(45_000), u64::MAX).len(),
+            1,
+            "from a bucket on"
+        );
         store.expire(30_000);
-        assert_eq!(store.digests(0).len(), 1, "passed buckets dropped whole");
+        assert_eq!(
+            store.digests(0, u64::MAX).len(),
+            1,
+            "passed buckets dropped whole"
+        );
         assert!(store.get(b"b", 0).is_none());
     }
 }

@@ -120,12 +120,15 @@ pub enum Message {
         entries: Vec<Entry>,
         next: Option<u64>,
     },
-    /// A sync round opens: one number standing for every bucket from `from_bucket` on.
-    /// `round` is also the seed that salts this round's fingerprints.
+    /// A sync round opens: one number standing for every bucket from `from_bucket` on, over
+    /// the entries whose versions are older than `settled_before_ms` (younger ones are still
+    /// travelling by push; the whole round leaves them out). `round` is also the seed that
+    /// salts this round's fingerprints.
     SyncSummary {
         round: u64,
         from_bucket: u64,
         summary: u64,
+        settled_before_ms: u64,
     },
     /// The summaries matched: nothing to do.
     SyncInSync {
@@ -142,6 +145,7 @@ pub enum Message {
         round: u64,
         filters: Vec<(u64, FilterData)>,
         answer: bool,
+        settled_before_ms: u64,
     },
     /// Entries the receiver lacks, found through its filters.
     SyncEntries {
@@ -186,11 +190,11 @@ impl Message {
                 Message::DumpChunk { entries, .. } => {
                     9 + entries.iter().map(Entry::wire_bytes).sum::<usize>()
                 }
-                Message::SyncSummary { .. } => 24,
+                Message::SyncSummary { .. } => 32,
                 Message::SyncInSync { .. } => 8,
                 Message::SyncDigests { digests, .. } => 8 + digests.len() * 20,
                 Message::SyncFilters { filters, .. } => {
-                    9 + filters
+                    17 + filters
                         .iter()
                         .map(|(_, f)| 8 + f.wire_bytes())
                         .sum::<usize>()

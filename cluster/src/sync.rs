@@ -4,6 +4,8 @@
 //! Owns the arithmetic of sync. It never decides with whom or when to sync (the `Node` does)
 //! and never reads a store beyond the slices it is handed.
 
+use std::collections::VecDeque;
+
 use xorf::{BinaryFuse8, Filter};
 
 use crate::entry::Entry;
@@ -52,6 +54,89 @@ pub struct BucketDigest {
     pub bucket: u64,
     pub count: u32,
     pub xor: u64,
+}
+
+/// How far back a round's settle cutoff may lie and still be answered exactly: a store keeps
+/// the entries with versions this young aside (see [`RecentEntries`]).
+pub const SETTLE_WINDOW_MS: u64 = 10_000;
+
+/// Whether an entry of `version` counts in a round that only compares entries settled before
+/// `settled_before_ms` (older writes; younger ones are still on their way by push).
+pub fn is_settled(version: Version, settled_before_ms: u64) -> bool {
+    version.physical_ms() < settled_before_ms
+}
+
+/// The entries a store took in whose versions are younger than [`SETTLE_WINDOW_MS`], so that it
+/// can give its digests as of a round's settle cutoff without a scan: the digests of everything
+/// it holds, less these when they are younger than the cutoff.
+///
+/// `H` names an entry in the store (a slot, an index); the store says whether that entry is
+/// still held when asked, so entries replaced or expired since need no bookkeeping here.
+#[derive(Debug)]
+pub struct RecentEntries<H> {
+    /// (version milliseconds, bucket, stable hash, handle), roughly in arrival order.
+    items: VecDeque<(u64, u64, u64, H)>,
+}
+
+impl<H> Default for RecentEntries<H> {
+    fn default() -> Self {
+        RecentEntries {
+            items: VecDeque::new(),
+        }
+    }
+}
+
+impl<H: Copy + Ord> RecentEntries<H> {
+    /// Notes an entry just stored, if its version is young enough to matter.
+    pub fn note(&mut self, version: Version, bucket: u64, hash: u64, handle: H, now_ms: u64) {
+        let ms = version.physical_ms();
+        if ms.saturating_add(SETTLE_WINDOW_MS) > now_ms {
+            self.items.push_back((ms, bucket, hash, handle));
+        }
+    }
+
+    /// Forgets entries noted long enough ago that no cutoff can reach them. Works from the
+    /// front only: an entry that arrived late stays a little longer, which costs nothing.
+    pub fn forget_old(&mut self, now_ms: u64) {
+        while let Some(&(ms, ..)) = self.items.front() {
+            if ms.saturating_add(SETTLE_WINDOW_MS) > now_ms {
+                break;
+            }
+            self.items.pop_front();
+        }
+    }
+
+    /// Takes the entries younger than `settled_before_ms` out of `digests` (sorted by bucket),
+    /// counting only those `held(handle, hash)` says are still held, each once. Buckets left
+    /// empty go.
+    pub fn settle(
+        &self,
+        digests: &mut Vec<BucketDigest>,
+        settled_before_ms: u64,
+        held: impl Fn(H, u64) -> bool,
+    ) {
+        let mut young: Vec<(H, u64, u64)> = self
+            .items
+            .iter()
+            .filter(|&&(ms, ..)| ms >= settled_before_ms)
+            .map(|&(_, bucket, hash, handle)| (handle, bucket, hash))
+            .collect();
+        if young.is_empty() {
+            return;
+        }
+        young.sort_unstable();
+        young.dedup();
+        for (handle, bucket, hash) in young {
+            if !held(handle, hash) {
+                continue;
+            }
+            if let Ok(at) = digests.binary_search_by_key(&bucket, |d| d.bucket) {
+                digests[at].count = digests[at].count.saturating_sub(1);
+                digests[at].xor ^= hash;
+            }
+        }
+        digests.retain(|d| d.count > 0);
+    }
 }
 
 /// One number standing for a list of bucket digests: equal lists give equal summaries.

@@ -450,6 +450,7 @@ fn a_hostile_peer_cannot_plant_entries_or_break_the_tree() {
                     round: 1,
                     filters: vec![(u64::MAX, lie)],
                     answer: true,
+                    settled_before_ms: u64::MAX,
                 },
             );
             sim.inject(

@@ -159,6 +159,7 @@ enum WireMsg<'a> {
         round: u64,
         from_bucket: u64,
         summary: u64,
+        settled_before_ms: u64,
     },
     SyncInSync {
         round: u64,
@@ -171,6 +172,7 @@ enum WireMsg<'a> {
         round: u64,
         filters: Vec<WireFilter<'a>>,
         answer: bool,
+        settled_before_ms: u64,
     },
     SyncEntries {
         round: u64,
@@ -316,10 +318,12 @@ fn wire_msg(msg: &Message) -> WireMsg<'_> {
             round,
             from_bucket,
             summary,
+            settled_before_ms,
         } => WireMsg::SyncSummary {
             round: *round,
             from_bucket: *from_bucket,
             summary: *summary,
+            settled_before_ms: *settled_before_ms,
         },
         Message::SyncInSync { round } => WireMsg::SyncInSync { round: *round },
         Message::SyncDigests { round, digests } => WireMsg::SyncDigests {
@@ -337,10 +341,12 @@ fn wire_msg(msg: &Message) -> WireMsg<'_> {
             round,
             filters,
             answer,
+            settled_before_ms,
         } => WireMsg::SyncFilters {
             round: *round,
             filters: filters.iter().map(|(b, f)| wire_filter(*b, f)).collect(),
             answer: *answer,
+            settled_before_ms: *settled_before_ms,
         },
         Message::SyncEntries { round, entries } => WireMsg::SyncEntries {
             round: *round,
@@ -562,10 +568,12 @@ fn message_of(msg: &ArchivedWireMsg<'_>, limits: &PeerLimits) -> Result<Message,
             round,
             from_bucket,
             summary,
+            settled_before_ms,
         } => Message::SyncSummary {
             round: round.to_native(),
             from_bucket: from_bucket.to_native(),
             summary: summary.to_native(),
+            settled_before_ms: settled_before_ms.to_native(),
         },
         ArchivedWireMsg::SyncInSync { round } => Message::SyncInSync {
             round: round.to_native(),
@@ -590,6 +598,7 @@ fn message_of(msg: &ArchivedWireMsg<'_>, limits: &PeerLimits) -> Result<Message,
             round,
             filters,
             answer,
+            settled_before_ms,
         } => {
             if filters.len() > limits.filters_max {
                 return Err(over("filters"));
@@ -598,6 +607,7 @@ fn message_of(msg: &ArchivedWireMsg<'_>, limits: &PeerLimits) -> Result<Message,
                 round: round.to_native(),
                 filters: filters.iter().map(filter_of).collect::<Result<_, _>>()?,
                 answer: *answer,
+                settled_before_ms: settled_before_ms.to_native(),
             }
         }
         ArchivedWireMsg::SyncEntries { round, entries } => Message::SyncEntries {

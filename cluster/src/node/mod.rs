@@ -48,6 +48,11 @@ pub struct ClusterConfig {
     /// Buckets expiring sooner than this are left out of sync: they would be gone before a
     /// transfer finished.
     pub sync_skip_margin_ms: u64,
+    /// A sync round compares only entries whose versions are at least this old (capped at
+    /// [`crate::sync::SETTLE_WINDOW_MS`]): younger writes are still on their way by push, and
+    /// counting them would make every round under a steady write load look divergent and
+    /// build filters over every bucket.
+    pub sync_settle_ms: u64,
     /// Entries one sync round sends at most (the rest waits for the next round).
     pub sync_entries_per_round_max: usize,
     /// How long a lazy pull waits for its neighbours.
@@ -85,6 +90,7 @@ impl Default for ClusterConfig {
             rejoin_backoff_ms: 1_000,
             sync_interval_ms: 5_000,
             sync_skip_margin_ms: 2_000,
+            sync_settle_ms: 2_000,
             sync_entries_per_round_max: 65_536,
             pull_timeout_ms: 300,
             pulls_in_flight_max: 1_024,
@@ -266,6 +272,7 @@ struct PendingPull {
 struct SyncRound {
     seed: u64,
     from_bucket: u64,
+    settled_before_ms: u64,
 }
 
 pub struct Node<S> {
@@ -611,7 +618,8 @@ impl<S: EntryStore> Node<S> {
                 round,
                 from_bucket,
                 summary,
-            } => self.on_sync_summary(from, round, from_bucket, summary, now_ms),
+                settled_before_ms,
+            } => self.on_sync_summary(from, round, from_bucket, summary, settled_before_ms, now_ms),
             Message::SyncInSync { round } => {
                 if self.rounds.get(&from).is_some_and(|r| r.seed == round) {
                     self.rounds.remove(&from);
@@ -624,7 +632,8 @@ impl<S: EntryStore> Node<S> {
                 round,
                 filters,
                 answer,
-            } => self.on_sync_filters(from, round, filters, answer, now_ms),
+                settled_before_ms,
+            } => self.on_sync_filters(from, round, filters, answer, settled_before_ms, now_ms),
             Message::Pull { nonce, key } => self.on_pull(from, nonce, &key, now_ms),
             Message::PullReply { nonce, entry } => self.on_pull_reply(nonce, entry, now_ms),
             Message::SyncEntries { entries, .. } => {
@@ -897,7 +906,7 @@ impl<S: EntryStore> Node<S> {
                 self.ranked.clear();
                 if self.attached_before {
                     // We hold data already: sync the difference, not a full dump.
-                    self.open_round(from, now_ms);
+                    self.open_round(from, now_ms, true);
                     return;
                 }
                 self.attached_before = true;

@@ -188,6 +188,6 @@ impl<S: EntryStore> Node<S> {
         self.tell_children(now_ms);
         // Writes the old parent stopped sending and the new one had before taking us: one
         // sync round with the new parent closes that gap now, not a sync period later.
-        self.open_round(from, now_ms);
+        self.open_round(from, now_ms, true);
     }
 }

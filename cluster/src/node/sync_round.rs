@@ -9,7 +9,9 @@ use rand_core::RngCore;
 use super::{Node, SyncRound};
 use crate::entry::EntryStore;
 use crate::message::Message;
-use crate::sync::{self, bucket_of, summary_of, BucketDigest, FilterData, SYNC_BUCKET_MS};
+use crate::sync::{
+    self, bucket_of, summary_of, BucketDigest, FilterData, SETTLE_WINDOW_MS, SYNC_BUCKET_MS,
+};
 
 /// Stale peers remembered at most, and synced with in one period at most.
 const STALE_PEERS_MAX: usize = 64;
@@ -52,7 +54,7 @@ impl<S: EntryStore> Node<S> {
             }
         }
         for peer in peers {
-            self.open_round(peer, now_ms);
+            self.open_round(peer, now_ms, false);
         }
     }
 
@@ -63,11 +65,27 @@ impl<S: EntryStore> Node<S> {
         ) + 1
     }
 
-    pub(super) fn open_round(&mut self, peer: SocketAddr, now_ms: u64) {
+    /// Opens a round with `peer`. A periodic round leaves out the writes younger than the
+    /// settle time (the push brings them); a `catch_up` round, right after attaching to a new
+    /// parent, counts everything, as the push did not reach this node while it was elsewhere.
+    pub(super) fn open_round(&mut self, peer: SocketAddr, now_ms: u64, catch_up: bool) {
         let seed = self.rng.next_u64();
         let from_bucket = self.sync_window(now_ms);
-        let summary = summary_of(&self.store.digests(from_bucket));
-        self.rounds.insert(peer, SyncRound { seed, from_bucket });
+        let settle = self.config.cluster.sync_settle_ms.min(SETTLE_WINDOW_MS);
+        let settled_before_ms = if catch_up {
+            u64::MAX
+        } else {
+            now_ms.saturating_sub(settle)
+        };
+        let summary = summary_of(&self.store.digests(from_bucket, settled_before_ms));
+        self.rounds.insert(
+            peer,
+            SyncRound {
+                seed,
+                from_bucket,
+                settled_before_ms,
+            },
+        );
         self.counters.sync_rounds += 1;
         self.send(
             peer,
@@ -75,6 +93,7 @@ impl<S: EntryStore> Node<S> {
                 round: seed,
                 from_bucket,
                 summary,
+                settled_before_ms,
             },
         );
     }
@@ -85,9 +104,10 @@ impl<S: EntryStore> Node<S> {
         round: u64,
         from_bucket: u64,
         summary: u64,
+        settled_before_ms: u64,
         now_ms: u64,
     ) {
-        let mut digests = self.store.digests(from_bucket);
+        let mut digests = self.store.digests(from_bucket, settled_before_ms);
         if summary_of(&digests) == summary {
             self.stale_peers.remove(&from);
             self.send(from, Message::SyncInSync { round });
@@ -107,7 +127,9 @@ impl<S: EntryStore> Node<S> {
         let Some(sync_round) = self.rounds.get(&from).filter(|r| r.seed == round).cloned() else {
             return;
         };
-        let mine = self.store.digests(sync_round.from_bucket);
+        let mine = self
+            .store
+            .digests(sync_round.from_bucket, sync_round.settled_before_ms);
         // Buckets where they hold something we do not hold the same way; buckets only we
         // hold come back through their filters in the answer.
         let mut differing: Vec<u64> = Vec::new();
@@ -130,7 +152,7 @@ impl<S: EntryStore> Node<S> {
         }
         differing.sort_unstable();
         differing.dedup();
-        self.send_filters(from, round, &differing, true);
+        self.send_filters(from, round, &differing, true, sync_round.settled_before_ms);
     }
 
     /// Sends our filters for `buckets`, in messages of bounded size.
@@ -140,11 +162,12 @@ impl<S: EntryStore> Node<S> {
         round: u64,
         buckets: &[u64],
         answer: bool,
+        settled_before_ms: u64,
     ) {
         let mut filters = Vec::new();
         let mut bytes = 0;
         for &bucket in buckets {
-            let hashes = self.store.bucket_hashes(bucket);
+            let hashes = self.store.bucket_hashes(bucket, settled_before_ms);
             let Some(filter) = FilterData::build(&hashes, round) else {
                 continue;
             };
@@ -158,6 +181,7 @@ impl<S: EntryStore> Node<S> {
                         round,
                         filters: batch,
                         answer,
+                        settled_before_ms,
                     },
                 );
                 bytes = 0;
@@ -170,6 +194,7 @@ impl<S: EntryStore> Node<S> {
                     round,
                     filters,
                     answer,
+                    settled_before_ms,
                 },
             );
         }
@@ -181,12 +206,19 @@ impl<S: EntryStore> Node<S> {
         round: u64,
         filters: Vec<(u64, FilterData)>,
         answer: bool,
+        settled_before_ms: u64,
         now_ms: u64,
     ) {
-        // Filters that answer ours only count inside a round we opened with that peer.
-        if !answer && self.rounds.get(&from).is_none_or(|r| r.seed != round) {
-            return;
-        }
+        // Filters that answer ours only count inside a round we opened with that peer, and
+        // under the cutoff we chose for it.
+        let settled_before_ms = if answer {
+            settled_before_ms
+        } else {
+            match self.rounds.get(&from).filter(|r| r.seed == round) {
+                Some(r) => r.settled_before_ms,
+                None => return,
+            }
+        };
         let skip_before = self.sync_window(now_ms);
         let mut buckets = Vec::new();
         let mut lacking = Vec::new();
@@ -200,7 +232,7 @@ impl<S: EntryStore> Node<S> {
                 continue;
             };
             buckets.push(bucket);
-            for (hash, entry) in self.store.bucket_entries(bucket, now_ms) {
+            for (hash, entry) in self.store.bucket_entries(bucket, now_ms, settled_before_ms) {
                 if lacking.len() < cap && !filter.contains(sync::salted(hash, round)) {
                     lacking.push(entry);
                 }
@@ -223,7 +255,7 @@ impl<S: EntryStore> Node<S> {
             );
         }
         if answer {
-            self.send_filters(from, round, &buckets, false);
+            self.send_filters(from, round, &buckets, false, settled_before_ms);
         } else {
             self.rounds.remove(&from);
         }

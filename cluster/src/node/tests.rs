@@ -321,24 +321,49 @@ fn one_sync_round_repairs_both_sides() {
     // Give "shared" the same version on both sides.
     let shared = a.store().get(b"shared", 0).unwrap();
     b.store_mut().apply(&shared, 0);
-    a.open_round(b.info().addr, 1_000);
-    exchange(&mut a, &mut b, 1_000);
+    // The entries were written at 0; past the settle time they count.
+    a.open_round(b.info().addr, 3_000, false);
+    exchange(&mut a, &mut b, 3_000);
     for key in ["x", "y", "shared", "z"] {
         assert!(
-            a.store().get(key.as_bytes(), 1_000).is_some(),
+            a.store().get(key.as_bytes(), 3_000).is_some(),
             "a lacks {key}"
         );
         assert!(
-            b.store().get(key.as_bytes(), 1_000).is_some(),
+            b.store().get(key.as_bytes(), 3_000).is_some(),
             "b lacks {key}"
         );
     }
     assert!(a.counters().sync_entries_applied >= 1 && b.counters().sync_entries_applied >= 2);
     // A second round finds nothing to do: summaries match.
-    a.open_round(b.info().addr, 2_000);
-    let messages = exchange(&mut a, &mut b, 2_000);
+    a.open_round(b.info().addr, 4_000, false);
+    let messages = exchange(&mut a, &mut b, 4_000);
     assert_eq!(messages, 2, "summary and in-sync only");
     assert_eq!(a.counters().sync_rounds_in_sync, 1);
+}
+
+#[test]
+fn writes_younger_than_the_settle_time_are_left_to_the_push() {
+    let mut a = with_entries(1, &["x", "y"]);
+    let mut b = with_entries(2, &["z"]);
+    let settle = ClusterConfig::default().sync_settle_ms;
+    // Written at 0: within the settle time the round sees two empty, equal views.
+    a.open_round(b.info().addr, settle, false);
+    assert_eq!(exchange(&mut a, &mut b, settle), 2, "summary and in-sync");
+    assert!(b.store().get(b"x", settle).is_none());
+    // One millisecond later every entry counts, and the round repairs both sides.
+    a.open_round(b.info().addr, settle + 1, false);
+    exchange(&mut a, &mut b, settle + 1);
+    for key in ["x", "y", "z"] {
+        assert!(
+            a.store().get(key.as_bytes(), settle + 1).is_some(),
+            "a lacks {key}"
+        );
+        assert!(
+            b.store().get(key.as_bytes(), settle + 1).is_some(),
+            "b lacks {key}"
+        );
+    }
 }
 
 #[test]
@@ -348,7 +373,7 @@ fn buckets_about_to_expire_are_left_out_of_sync() {
     let mut soon = entry("soon", 1);
     soon.expires_ms = 3_000; // expires within the skip margin of now
     b.store_mut().apply(&soon, 0);
-    a.open_round(b.info().addr, 1_500);
+    a.open_round(b.info().addr, 1_500, false);
     exchange(&mut a, &mut b, 1_500);
     assert!(a.store().get(b"soon", 1_500).is_none());
     assert_eq!(
@@ -373,6 +398,7 @@ fn a_malformed_filter_from_a_peer_is_refused_without_harm() {
         round: 5,
         filters: vec![(bucket, lie)],
         answer: true,
+        settled_before_ms: u64::MAX,
     };
     node.handle(Input::Message { from: addr(9), msg }, 1_000);
     assert_eq!(node.counters().filters_refused, 1);
@@ -593,6 +619,7 @@ fn a_peer_found_stale_is_synced_with_first_until_it_catches_up() {
         round: 9,
         from_bucket: 0,
         summary: 12345,
+        settled_before_ms: u64::MAX,
     };
     a.handle(
         Input::Message {

@@ -18,7 +18,7 @@ use std::rc::Rc;
 use hashbrown::HashMap;
 
 use crate::entry::{Applied, Entry, EntryStore};
-use crate::sync::{bucket_of, entry_hash, BucketDigest, SYNC_BUCKET_MS};
+use crate::sync::{bucket_of, entry_hash, is_settled, BucketDigest, RecentEntries, SYNC_BUCKET_MS};
 use crate::Version;
 
 /// One entry, compactly: 4-byte fields only. The node id's top bit marks a tombstone; the
@@ -275,6 +275,8 @@ pub struct SimStore {
     table: Rc<RefCell<EntryTable>>,
     held: IndexSet,
     buckets: BucketSums,
+    /// Young entries by table index, so digests can leave them out.
+    recent: RecentEntries<u32>,
     pub(super) arrivals: Vec<u32>,
 }
 
@@ -292,6 +294,7 @@ impl SimStore {
             table,
             held: IndexSet::default(),
             buckets: BucketSums::default(),
+            recent: RecentEntries::default(),
             arrivals: Vec::new(),
         }
     }
@@ -309,8 +312,12 @@ impl SimStore {
             .find(|&index| self.held.contains(index))
     }
 
-    fn hold(&mut self, index: u32, interned: &Interned) {
+    fn hold(&mut self, index: u32, interned: &Interned, now_ms: u64) {
         self.held.insert(index);
+        let bucket = u64::from(interned.entry.bucket());
+        let version = interned.entry.version();
+        self.recent
+            .note(version, bucket, interned.hash, index, now_ms);
         let sum = self.buckets.slot(interned.entry.bucket());
         sum.count += 1;
         sum.xor ^= interned.hash;
@@ -391,7 +398,7 @@ impl EntryStore for SimStore {
             let index = table.intern(compact);
             (index, table.entries[index as usize])
         };
-        self.hold(index, &interned);
+        self.hold(index, &interned, now_ms);
         self.arrivals.push(id);
         Applied::Stored
     }
@@ -433,41 +440,57 @@ impl EntryStore for SimStore {
             .count()
     }
 
-    fn digests(&self, from_bucket: u64) -> Vec<BucketDigest> {
+    fn digests(&self, from_bucket: u64, settled_before_ms: u64) -> Vec<BucketDigest> {
         let from = u32::try_from(from_bucket).unwrap_or(u32::MAX);
-        self.buckets
+        let mut digests: Vec<BucketDigest> = self
+            .buckets
             .from(from)
             .map(|(bucket, sum)| BucketDigest {
                 bucket: u64::from(bucket),
                 count: sum.count,
                 xor: sum.xor,
             })
-            .collect()
+            .collect();
+        self.recent
+            .settle(&mut digests, settled_before_ms, |index, _| {
+                self.held.contains(index)
+            });
+        digests
     }
 
-    fn bucket_hashes(&self, bucket: u64) -> Vec<u64> {
+    fn bucket_hashes(&self, bucket: u64, settled_before_ms: u64) -> Vec<u64> {
         let Ok(bucket) = u32::try_from(bucket) else {
             return Vec::new();
         };
         let table = self.table.borrow();
         self.held_in(&table, bucket, 0)
+            .filter(|(_, i)| is_settled(i.entry.version(), settled_before_ms))
             .map(|(_, i)| i.hash)
             .collect()
     }
 
-    fn bucket_entries(&self, bucket: u64, now_ms: u64) -> Vec<(u64, Entry)> {
+    fn bucket_entries(
+        &self,
+        bucket: u64,
+        now_ms: u64,
+        settled_before_ms: u64,
+    ) -> Vec<(u64, Entry)> {
         let Ok(bucket) = u32::try_from(bucket) else {
             return Vec::new();
         };
         let table = self.table.borrow();
         self.held_in(&table, bucket, 0)
-            .filter(|(_, i)| u64::from(i.entry.expires_ms) > now_ms)
+            .filter(|(_, i)| {
+                u64::from(i.entry.expires_ms) > now_ms
+                    && is_settled(i.entry.version(), settled_before_ms)
+            })
             .map(|(_, i)| (i.hash, table.entry_of(&i.entry)))
             .collect()
     }
 
     fn expire(&mut self, now_ms: u64) {
         let live_from = bucket_of(now_ms, SYNC_BUCKET_MS) as u32;
+        self.recent.forget_old(now_ms);
         let passed = self.buckets.drain_before(live_from);
         if passed.is_empty() {
             return;
@@ -521,10 +544,10 @@ mod tests {
                 plain.get(&id.to_le_bytes(), 20_000)
             );
         }
-        assert_eq!(compact.digests(0), plain.digests(0));
+        assert_eq!(compact.digests(0, u64::MAX), plain.digests(0, u64::MAX));
         compact.expire(30_000);
         plain.expire(30_000);
-        assert_eq!(compact.digests(0), plain.digests(0));
+        assert_eq!(compact.digests(0, u64::MAX), plain.digests(0, u64::MAX));
         assert_eq!(compact.live_len(30_000), plain.live_len(30_000));
         let (chunk, next) = compact.dump_chunk(0, 1, 30_000);
         assert_eq!(chunk.len(), 1);
