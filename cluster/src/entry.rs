@@ -44,8 +44,9 @@ pub enum Applied {
     Full,
 }
 
-/// The entries of one node, as the protocol sees them. The real node implements it over its
-/// shards; the simulator over a compact map.
+/// The entries of one node, as the protocol sees them. The node reaches its store only
+/// through [`crate::StoreRequest`]s; this is the synchronous store that answers them at once
+/// (the simulator's compact store, [`MemStore`] in tests).
 pub trait EntryStore {
     /// Stores `entry` if it is newer than what is held and not expired at `now_ms`.
     fn apply(&mut self, entry: &Entry, now_ms: u64) -> Applied;
@@ -66,8 +67,9 @@ pub trait EntryStore {
     /// The live settled entries of one bucket, each with its stable hash.
     fn bucket_entries(&self, bucket: u64, now_ms: u64, settled_before_ms: u64)
         -> Vec<(u64, Entry)>;
-    /// Forgets what has expired by `now_ms` (whole buckets at a time). The node calls it on
-    /// its heartbeat; a store with its own expiry timer may do nothing here.
+    /// Forgets what has expired by `now_ms` (whole buckets at a time). Whoever owns the store
+    /// calls it (a [`crate::LocalNode`] on every tick); a store with its own expiry timer may
+    /// do nothing here.
     fn expire(&mut self, now_ms: u64);
 }
 

@@ -9,10 +9,12 @@ pub mod entry;
 pub mod message;
 pub mod node;
 pub mod sim;
+pub mod store_request;
 pub mod sync;
 pub mod version;
 
 pub use entry::{Applied, Entry, EntryStore, MemStore};
 pub use message::{Message, NodeInfo, Role};
-pub use node::{ClusterConfig, Input, Node, NodeConfig, NodeCounters, Output};
+pub use node::{ClusterConfig, Input, LocalNode, Node, NodeConfig, NodeCounters, Output};
+pub use store_request::{StoreReply, StoreRequest};
 pub use version::{HybridClock, Version};

@@ -13,12 +13,17 @@ use std::rc::Rc;
 use rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
-use crate::entry::{Applied, Entry, EntryStore};
+use crate::entry::Entry;
 use crate::message::{Message, NodeInfo, Role, PEER_PROTOCOL_MAJOR};
+use crate::store_request::{StoreReply, StoreRequest};
+use crate::sync::BucketDigest;
 
+mod local;
 mod pull;
 mod rebalance;
 mod sync_round;
+
+pub use local::LocalNode;
 #[cfg(test)]
 mod tests;
 
@@ -148,11 +153,16 @@ pub enum Input {
         request: u64,
         key: Rc<[u8]>,
     },
+    /// The store's answer to the [`Output::Store`] request with the same ticket.
+    Store {
+        ticket: u64,
+        reply: StoreReply,
+    },
     Tick,
 }
 
 /// What the node asks the driver to do.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Output {
     Send {
         to: SocketAddr,
@@ -163,6 +173,12 @@ pub enum Output {
     PullDone {
         request: u64,
         entry: Option<Entry>,
+    },
+    /// Run `request` on this node's store and hand the reply back as [`Input::Store`] with the
+    /// same ticket (at once or later; requests may be answered in any order).
+    Store {
+        ticket: u64,
+        request: StoreRequest,
     },
 }
 
@@ -250,6 +266,10 @@ pub struct NodeCounters {
     /// refused as malformed (a path deeper than the tree, too many entries).
     pub entries_refused: u64,
     pub messages_refused: u64,
+    /// Store requests dropped because too many were waiting, and replies that did not match
+    /// their request (a driver bug).
+    pub store_requests_dropped: u64,
+    pub store_replies_mismatched: u64,
 }
 
 /// The tree's depth: a path of ancestors is never longer (root, trunk, branch).
@@ -268,16 +288,15 @@ struct PendingPull {
 }
 
 /// A sync round this node opened with a peer.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 struct SyncRound {
     seed: u64,
     from_bucket: u64,
     settled_before_ms: u64,
 }
 
-pub struct Node<S> {
+pub struct Node {
     config: NodeConfig,
-    store: S,
     rng: Xoshiro256PlusPlus,
     phase: Phase,
     role: Option<Role>,
@@ -320,12 +339,73 @@ pub struct Node<S> {
     /// synced with first. Value: when we found out.
     stale_peers: BTreeMap<SocketAddr, u64>,
     next_heartbeat_ms: u64,
+    /// What to do with each store reply, by ticket.
+    awaiting: BTreeMap<u64, Awaiting>,
+    next_ticket: u64,
     outbox: VecDeque<Output>,
     counters: NodeCounters,
 }
 
-impl<S: EntryStore> Node<S> {
-    pub fn new(config: NodeConfig, store: S, seed: u64, now_ms: u64) -> Self {
+/// Store requests waiting for their replies at most; past it a request is dropped and
+/// counted (a driver should stop reading from peers well before, see
+/// [`Node::store_requests_pending`]).
+const AWAITING_MAX: usize = 65_536;
+
+/// What a store reply continues.
+enum Awaiting {
+    /// Entries from `from` being applied: the fresh ones travel on along the tree.
+    Applied { from: SocketAddr, source: Source },
+    /// A pulled entry being stored: nothing follows.
+    Nothing,
+    /// A peer's pull: answer it with what the store holds.
+    PullAnswer { to: SocketAddr, nonce: u64 },
+    /// A peer's dump request: send it the chunk.
+    DumpAnswer { to: SocketAddr },
+    /// A round being opened: send the summary of these digests.
+    OpenRound { peer: SocketAddr, round: SyncRound },
+    /// A peer's summary: compare ours with it.
+    SummaryAnswer {
+        from: SocketAddr,
+        round: u64,
+        summary: u64,
+    },
+    /// A peer's digests: find the buckets that differ from ours.
+    CompareDigests {
+        from: SocketAddr,
+        round: SyncRound,
+        theirs: Vec<BucketDigest>,
+    },
+    /// Our hashes of these buckets: build the filters and send them.
+    SendFilters {
+        to: SocketAddr,
+        round: u64,
+        buckets: Vec<u64>,
+        answer: bool,
+        settled_before_ms: u64,
+    },
+    /// What `to`'s filters lack: send it, then our own filters of `buckets` if it asked.
+    SendLacking {
+        to: SocketAddr,
+        round: u64,
+        answer: bool,
+        buckets: Vec<u64>,
+        settled_before_ms: u64,
+    },
+}
+
+/// Where entries being applied came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    Push,
+    Sync,
+    /// A dump chunk; `next` is the cursor of the chunk after it.
+    Dump {
+        next: Option<u64>,
+    },
+}
+
+impl Node {
+    pub fn new(config: NodeConfig, seed: u64, now_ms: u64) -> Self {
         let roots: Vec<SocketAddr> = config
             .roots
             .iter()
@@ -358,9 +438,10 @@ impl<S: EntryStore> Node<S> {
             full_peers: BTreeMap::new(),
             stale_peers: BTreeMap::new(),
             next_heartbeat_ms: now_ms,
+            awaiting: BTreeMap::new(),
+            next_ticket: 0,
             outbox: VecDeque::new(),
             counters: NodeCounters::default(),
-            store,
             config,
         };
         if node.config.is_root {
@@ -398,12 +479,10 @@ impl<S: EntryStore> Node<S> {
         }
     }
 
-    pub fn store(&self) -> &S {
-        &self.store
-    }
-
-    pub fn store_mut(&mut self) -> &mut S {
-        &mut self.store
+    /// Store requests sent and not yet answered: a driver whose store answers slowly stops
+    /// reading from peers while this is high.
+    pub fn store_requests_pending(&self) -> usize {
+        self.awaiting.len()
     }
 
     pub fn role(&self) -> Option<Role> {
@@ -480,6 +559,7 @@ impl<S: EntryStore> Node<S> {
             Input::Unreachable { addr } => self.on_unreachable(addr, now_ms),
             Input::Leave => self.leave(),
             Input::LocalMiss { request, key } => self.pull(request, key, now_ms),
+            Input::Store { ticket, reply } => self.on_store_reply(ticket, reply, now_ms),
             Input::Tick => self.on_tick(now_ms),
         }
     }
@@ -525,36 +605,133 @@ impl<S: EntryStore> Node<S> {
             .is_some_and(|&until| until > now_ms)
     }
 
-    /// Applies entries from `from`; returns those that were new here. Entries past the
-    /// longest TTL are refused; a full store tells the sender so it stops resending.
-    fn apply_all(&mut self, from: SocketAddr, mut entries: Vec<Entry>, now_ms: u64) -> Vec<Entry> {
+    /// Asks the store for `request`; `then` says what the reply continues.
+    fn ask(&mut self, request: StoreRequest, then: Awaiting) {
+        if self.awaiting.len() >= AWAITING_MAX {
+            self.counters.store_requests_dropped += 1;
+            return;
+        }
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.awaiting.insert(ticket, then);
+        self.outbox.push_back(Output::Store { ticket, request });
+    }
+
+    /// Applies entries from `from` (the store answers which were new here). Entries past the
+    /// longest TTL are refused.
+    fn apply_all(
+        &mut self,
+        from: SocketAddr,
+        mut entries: Vec<Entry>,
+        source: Source,
+        now_ms: u64,
+    ) {
         let per_message = self.config.cluster.entries_per_message_max.max(1);
         if entries.len() > per_message {
             self.counters.messages_refused += 1;
             entries.truncate(per_message);
         }
         let latest_ms = now_ms.saturating_add(self.config.cluster.ttl_ms_max);
-        let mut fresh = Vec::new();
-        let mut full = false;
-        for entry in entries {
-            if entry.expires_ms > latest_ms {
-                self.counters.entries_refused += 1;
-                continue;
-            }
-            match self.store.apply(&entry, now_ms) {
-                Applied::Stored => {
-                    self.counters.entries_applied += 1;
-                    fresh.push(entry);
-                }
-                Applied::Full => full = true,
-                Applied::Stale | Applied::Expired => self.counters.entries_stale += 1,
-            }
+        let before = entries.len();
+        entries.retain(|e| e.expires_ms <= latest_ms);
+        self.counters.entries_refused += (before - entries.len()) as u64;
+        self.ask(
+            StoreRequest::Apply { entries },
+            Awaiting::Applied { from, source },
+        );
+    }
+
+    /// Entries from `from` were applied: count them, tell a sender our store is full, and push
+    /// what was new along the tree (a repair or a dump spreads in the same pass as a write).
+    fn on_applied(
+        &mut self,
+        from: SocketAddr,
+        source: Source,
+        fresh: Vec<Entry>,
+        stale: u64,
+        full: bool,
+        now_ms: u64,
+    ) {
+        self.counters.entries_applied += fresh.len() as u64;
+        self.counters.entries_stale += stale;
+        if source == Source::Sync {
+            self.counters.sync_entries_applied += fresh.len() as u64;
         }
         if full {
             let retry_after_ms = self.config.cluster.full_backoff_ms;
             self.send(from, Message::Full { retry_after_ms });
         }
-        fresh
+        self.push(fresh, Some(from), now_ms);
+        if let Source::Dump { next } = source {
+            self.dump_chunk_applied(from, next, now_ms);
+        }
+    }
+
+    fn on_store_reply(&mut self, ticket: u64, reply: StoreReply, now_ms: u64) {
+        let Some(then) = self.awaiting.remove(&ticket) else {
+            return;
+        };
+        match (then, reply) {
+            (Awaiting::Applied { from, source }, StoreReply::Applied { fresh, stale, full }) => {
+                self.on_applied(from, source, fresh, stale, full, now_ms)
+            }
+            (Awaiting::Nothing, _) => {}
+            (Awaiting::PullAnswer { to, nonce }, StoreReply::Entry(entry)) => {
+                self.send(to, Message::PullReply { nonce, entry });
+            }
+            (Awaiting::DumpAnswer { to }, StoreReply::DumpChunk { entries, next }) => {
+                self.send(to, Message::DumpChunk { entries, next });
+            }
+            (Awaiting::OpenRound { peer, round }, StoreReply::Digests(digests)) => {
+                self.send_summary(peer, round, &digests)
+            }
+            (
+                Awaiting::SummaryAnswer {
+                    from,
+                    round,
+                    summary,
+                },
+                StoreReply::Digests(digests),
+            ) => self.answer_summary(from, round, summary, digests, now_ms),
+            (
+                Awaiting::CompareDigests {
+                    from,
+                    round,
+                    theirs,
+                },
+                StoreReply::Digests(mine),
+            ) => self.compare_digests(from, round, &theirs, &mine),
+            (
+                Awaiting::SendFilters {
+                    to,
+                    round,
+                    buckets,
+                    answer,
+                    settled_before_ms,
+                },
+                StoreReply::BucketHashes(hashes),
+            ) => self.send_built_filters(to, round, &buckets, &hashes, answer, settled_before_ms),
+            (
+                Awaiting::SendLacking {
+                    to,
+                    round,
+                    answer,
+                    buckets,
+                    settled_before_ms,
+                },
+                StoreReply::Lacking(lacking),
+            ) => self.send_lacking(
+                to,
+                round,
+                answer,
+                buckets,
+                lacking,
+                settled_before_ms,
+                now_ms,
+            ),
+            // A reply of the wrong kind is the driver's bug; nothing sensible follows from it.
+            _ => self.counters.store_replies_mismatched += 1,
+        }
     }
 
     fn on_message(&mut self, from: SocketAddr, msg: Message, now_ms: u64) {
@@ -604,14 +781,13 @@ impl<S: EntryStore> Node<S> {
                 path,
             } => self.on_heartbeat_reply(from, info, is_child, path, now_ms),
             Message::Leave { .. } => self.on_leave(from, now_ms),
-            Message::Push { entries } => {
-                let fresh = self.apply_all(from, entries, now_ms);
-                self.push(fresh, Some(from), now_ms);
-            }
+            Message::Push { entries } => self.apply_all(from, entries, Source::Push, now_ms),
             Message::DumpRequest { cursor } => {
                 let max = self.config.cluster.entries_per_message_max;
-                let (entries, next) = self.store.dump_chunk(cursor, max, now_ms);
-                self.send(from, Message::DumpChunk { entries, next });
+                self.ask(
+                    StoreRequest::DumpChunk { cursor, max },
+                    Awaiting::DumpAnswer { to: from },
+                );
             }
             Message::DumpChunk { entries, next } => self.on_dump_chunk(from, entries, next, now_ms),
             Message::SyncSummary {
@@ -619,7 +795,7 @@ impl<S: EntryStore> Node<S> {
                 from_bucket,
                 summary,
                 settled_before_ms,
-            } => self.on_sync_summary(from, round, from_bucket, summary, settled_before_ms, now_ms),
+            } => self.on_sync_summary(from, round, from_bucket, summary, settled_before_ms),
             Message::SyncInSync { round } => {
                 if self.rounds.get(&from).is_some_and(|r| r.seed == round) {
                     self.rounds.remove(&from);
@@ -634,13 +810,10 @@ impl<S: EntryStore> Node<S> {
                 answer,
                 settled_before_ms,
             } => self.on_sync_filters(from, round, filters, answer, settled_before_ms, now_ms),
-            Message::Pull { nonce, key } => self.on_pull(from, nonce, &key, now_ms),
+            Message::Pull { nonce, key } => self.on_pull(from, nonce, key, now_ms),
             Message::PullReply { nonce, entry } => self.on_pull_reply(nonce, entry, now_ms),
             Message::SyncEntries { entries, .. } => {
-                let fresh = self.apply_all(from, entries, now_ms);
-                self.counters.sync_entries_applied += fresh.len() as u64;
-                // A repair spreads along the tree in one pass, like a new write.
-                self.push(fresh, Some(from), now_ms);
+                self.apply_all(from, entries, Source::Sync, now_ms)
             }
         }
     }
@@ -938,13 +1111,21 @@ impl<S: EntryStore> Node<S> {
         next: Option<u64>,
         now_ms: u64,
     ) {
-        let Some(dump) = &self.dump else { return };
+        let Some(dump) = &mut self.dump else { return };
         if dump.from != from {
             return;
         }
-        let fresh = self.apply_all(from, entries, now_ms);
-        // What a dump teaches is pushed on, so children learn it in the same pass.
-        self.push(fresh, Some(from), now_ms);
+        // The next chunk is asked for once this one is applied: a slow store slows the dump,
+        // never the other way round.
+        dump.deadline_ms = now_ms + self.config.cluster.reply_timeout_ms;
+        self.apply_all(from, entries, Source::Dump { next }, now_ms);
+    }
+
+    /// A dump chunk from `from` is in the store: ask for the next, or finish.
+    fn dump_chunk_applied(&mut self, from: SocketAddr, next: Option<u64>, now_ms: u64) {
+        if self.dump.as_ref().is_none_or(|d| d.from != from) {
+            return;
+        }
         match next {
             Some(cursor) => {
                 self.dump = Some(DumpProgress {
@@ -1173,7 +1354,6 @@ impl<S: EntryStore> Node<S> {
     }
 
     fn heartbeat(&mut self, now_ms: u64) {
-        self.store.expire(now_ms);
         let cluster = &self.config.cluster;
         self.next_heartbeat_ms = now_ms + cluster.heartbeat_interval_ms;
         let silence_max_ms = cluster.heartbeat_interval_ms * cluster.heartbeat_misses_max;

@@ -7,11 +7,12 @@ use std::rc::Rc;
 
 use rand_core::RngCore;
 
-use super::{Node, Output, PendingPull};
-use crate::entry::{Entry, EntryStore};
+use super::{Awaiting, Node, Output, PendingPull};
+use crate::entry::Entry;
 use crate::message::Message;
+use crate::store_request::StoreRequest;
 
-impl<S: EntryStore> Node<S> {
+impl Node {
     pub(super) fn pull(&mut self, request: u64, key: Rc<[u8]>, now_ms: u64) {
         let neighbours = self.neighbours();
         let cached_miss = self
@@ -51,7 +52,7 @@ impl<S: EntryStore> Node<S> {
     }
 
     /// Answers from local data only (never asks further: no chains), within a rate cap.
-    pub(super) fn on_pull(&mut self, from: SocketAddr, nonce: u64, key: &[u8], now_ms: u64) {
+    pub(super) fn on_pull(&mut self, from: SocketAddr, nonce: u64, key: Rc<[u8]>, now_ms: u64) {
         let second = now_ms / 1_000;
         if self.pull_answers.0 != second {
             self.pull_answers = (second, 0);
@@ -61,8 +62,10 @@ impl<S: EntryStore> Node<S> {
             return;
         }
         self.pull_answers.1 += 1;
-        let entry = self.store.get(key, now_ms);
-        self.send(from, Message::PullReply { nonce, entry });
+        self.ask(
+            StoreRequest::Get { key },
+            Awaiting::PullAnswer { to: from, nonce },
+        );
     }
 
     pub(super) fn on_pull_reply(&mut self, nonce: u64, entry: Option<Entry>, now_ms: u64) {
@@ -80,7 +83,12 @@ impl<S: EntryStore> Node<S> {
                 };
                 self.counters.pulls_hit += 1;
                 // The first hit wins: stored here, so the next read is local.
-                self.store.apply(&entry, now_ms);
+                self.ask(
+                    StoreRequest::Apply {
+                        entries: vec![entry.clone()],
+                    },
+                    Awaiting::Nothing,
+                );
                 self.outbox.push_back(Output::PullDone {
                     request: pending.request,
                     entry: Some(entry),

@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use rand_core::RngCore;
 
 use super::{Link, Node};
-use crate::entry::EntryStore;
 use crate::message::{Message, NodeInfo, Role, PEER_PROTOCOL_MAJOR};
 
 /// Where a search for a closer parent stands.
@@ -29,7 +28,7 @@ enum Step {
     Attaching { to: SocketAddr },
 }
 
-impl<S: EntryStore> Node<S> {
+impl Node {
     /// Sets when this node next looks for a closer parent (roots never move).
     pub(super) fn schedule_rebalance(&mut self, now_ms: u64) {
         let factor = match self.role {

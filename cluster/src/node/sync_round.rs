@@ -6,9 +6,12 @@ use std::net::SocketAddr;
 
 use rand_core::RngCore;
 
-use super::{Node, SyncRound};
-use crate::entry::EntryStore;
+use std::rc::Rc;
+
+use super::{Awaiting, Node, SyncRound};
+use crate::entry::Entry;
 use crate::message::Message;
+use crate::store_request::StoreRequest;
 use crate::sync::{
     self, bucket_of, summary_of, BucketDigest, FilterData, SETTLE_WINDOW_MS, SYNC_BUCKET_MS,
 };
@@ -17,7 +20,7 @@ use crate::sync::{
 const STALE_PEERS_MAX: usize = 64;
 const STALE_PEERS_PER_ROUND_MAX: usize = 2;
 
-impl<S: EntryStore> Node<S> {
+impl Node {
     /// Opens rounds with the parent (a root: the other roots) and one random known peer.
     pub(super) fn start_sync(&mut self, now_ms: u64) {
         let interval = self.config.cluster.sync_interval_ms;
@@ -77,23 +80,36 @@ impl<S: EntryStore> Node<S> {
         } else {
             now_ms.saturating_sub(settle)
         };
-        let summary = summary_of(&self.store.digests(from_bucket, settled_before_ms));
-        self.rounds.insert(
-            peer,
-            SyncRound {
-                seed,
+        let round = SyncRound {
+            seed,
+            from_bucket,
+            settled_before_ms,
+        };
+        self.counters.sync_rounds += 1;
+        self.ask(
+            StoreRequest::Digests {
                 from_bucket,
                 settled_before_ms,
             },
+            Awaiting::OpenRound { peer, round },
         );
-        self.counters.sync_rounds += 1;
+    }
+
+    /// Our digests for a round we open are in: send their summary.
+    pub(super) fn send_summary(
+        &mut self,
+        peer: SocketAddr,
+        round: SyncRound,
+        digests: &[BucketDigest],
+    ) {
+        self.rounds.insert(peer, round);
         self.send(
             peer,
             Message::SyncSummary {
-                round: seed,
-                from_bucket,
-                summary,
-                settled_before_ms,
+                round: round.seed,
+                from_bucket: round.from_bucket,
+                summary: summary_of(digests),
+                settled_before_ms: round.settled_before_ms,
             },
         );
     }
@@ -105,9 +121,29 @@ impl<S: EntryStore> Node<S> {
         from_bucket: u64,
         summary: u64,
         settled_before_ms: u64,
+    ) {
+        self.ask(
+            StoreRequest::Digests {
+                from_bucket,
+                settled_before_ms,
+            },
+            Awaiting::SummaryAnswer {
+                from,
+                round,
+                summary,
+            },
+        );
+    }
+
+    /// Our digests as of a peer's summary are in: in sync, or send them.
+    pub(super) fn answer_summary(
+        &mut self,
+        from: SocketAddr,
+        round: u64,
+        summary: u64,
+        mut digests: Vec<BucketDigest>,
         now_ms: u64,
     ) {
-        let mut digests = self.store.digests(from_bucket, settled_before_ms);
         if summary_of(&digests) == summary {
             self.stale_peers.remove(&from);
             self.send(from, Message::SyncInSync { round });
@@ -122,18 +158,37 @@ impl<S: EntryStore> Node<S> {
         &mut self,
         from: SocketAddr,
         round: u64,
-        theirs: Vec<BucketDigest>,
+        mut theirs: Vec<BucketDigest>,
     ) {
-        let Some(sync_round) = self.rounds.get(&from).filter(|r| r.seed == round).cloned() else {
+        let Some(sync_round) = self.rounds.get(&from).filter(|r| r.seed == round).copied() else {
             return;
         };
-        let mine = self
-            .store
-            .digests(sync_round.from_bucket, sync_round.settled_before_ms);
+        theirs.truncate(sync::DIGESTS_PER_MESSAGE_MAX);
+        self.ask(
+            StoreRequest::Digests {
+                from_bucket: sync_round.from_bucket,
+                settled_before_ms: sync_round.settled_before_ms,
+            },
+            Awaiting::CompareDigests {
+                from,
+                round: sync_round,
+                theirs,
+            },
+        );
+    }
+
+    /// Our digests for a round's comparison are in: send filters for the buckets that differ.
+    pub(super) fn compare_digests(
+        &mut self,
+        from: SocketAddr,
+        sync_round: SyncRound,
+        theirs: &[BucketDigest],
+        mine: &[BucketDigest],
+    ) {
         // Buckets where they hold something we do not hold the same way; buckets only we
         // hold come back through their filters in the answer.
         let mut differing: Vec<u64> = Vec::new();
-        for digest in theirs.iter().take(sync::DIGESTS_PER_MESSAGE_MAX) {
+        for digest in theirs {
             if digest.bucket < sync_round.from_bucket {
                 continue;
             }
@@ -144,7 +199,7 @@ impl<S: EntryStore> Node<S> {
                 differing.push(digest.bucket);
             }
         }
-        for digest in &mine {
+        for digest in mine {
             let theirs_has = theirs.iter().any(|d| d.bucket == digest.bucket);
             if !theirs_has {
                 differing.push(digest.bucket);
@@ -152,23 +207,49 @@ impl<S: EntryStore> Node<S> {
         }
         differing.sort_unstable();
         differing.dedup();
-        self.send_filters(from, round, &differing, true, sync_round.settled_before_ms);
+        let settled_before_ms = sync_round.settled_before_ms;
+        self.send_filters(from, sync_round.seed, differing, true, settled_before_ms);
     }
 
-    /// Sends our filters for `buckets`, in messages of bounded size.
+    /// Sends our filters for `buckets` (once the store has given their hashes).
     pub(super) fn send_filters(
         &mut self,
         to: SocketAddr,
         round: u64,
+        buckets: Vec<u64>,
+        answer: bool,
+        settled_before_ms: u64,
+    ) {
+        self.ask(
+            StoreRequest::BucketHashes {
+                buckets: buckets.clone(),
+                settled_before_ms,
+            },
+            Awaiting::SendFilters {
+                to,
+                round,
+                buckets,
+                answer,
+                settled_before_ms,
+            },
+        );
+    }
+
+    /// Builds the filters of `buckets` from their `hashes` and sends them in messages of
+    /// bounded size (an empty message when there are none, so the peer still answers).
+    pub(super) fn send_built_filters(
+        &mut self,
+        to: SocketAddr,
+        round: u64,
         buckets: &[u64],
+        hashes: &[Vec<u64>],
         answer: bool,
         settled_before_ms: u64,
     ) {
         let mut filters = Vec::new();
         let mut bytes = 0;
-        for &bucket in buckets {
-            let hashes = self.store.bucket_hashes(bucket, settled_before_ms);
-            let Some(filter) = FilterData::build(&hashes, round) else {
+        for (&bucket, hashes) in buckets.iter().zip(hashes) {
+            let Some(filter) = FilterData::build(hashes, round) else {
                 continue;
             };
             bytes += filter.wire_bytes();
@@ -221,8 +302,7 @@ impl<S: EntryStore> Node<S> {
         };
         let skip_before = self.sync_window(now_ms);
         let mut buckets = Vec::new();
-        let mut lacking = Vec::new();
-        let cap = self.config.cluster.sync_entries_per_round_max;
+        let mut checked = Vec::new();
         for (bucket, data) in filters {
             if bucket < skip_before {
                 continue;
@@ -232,22 +312,48 @@ impl<S: EntryStore> Node<S> {
                 continue;
             };
             buckets.push(bucket);
-            for (hash, entry) in self.store.bucket_entries(bucket, now_ms, settled_before_ms) {
-                if lacking.len() < cap && !filter.contains(sync::salted(hash, round)) {
-                    lacking.push(entry);
-                }
-            }
+            checked.push((bucket, Rc::new(filter)));
         }
-        if self.is_full(from, now_ms) {
+        let max = self.config.cluster.sync_entries_per_round_max;
+        self.ask(
+            StoreRequest::Lacking {
+                filters: checked,
+                round_seed: round,
+                settled_before_ms,
+                max,
+            },
+            Awaiting::SendLacking {
+                to: from,
+                round,
+                answer,
+                buckets,
+                settled_before_ms,
+            },
+        );
+    }
+
+    /// The store found what `to`'s filters lack: send it, then (if it asked) our filters.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn send_lacking(
+        &mut self,
+        to: SocketAddr,
+        round: u64,
+        answer: bool,
+        buckets: Vec<u64>,
+        mut lacking: Vec<Entry>,
+        settled_before_ms: u64,
+        now_ms: u64,
+    ) {
+        if self.is_full(to, now_ms) {
             lacking.clear();
         }
         if !lacking.is_empty() {
-            self.mark_stale(from, now_ms);
+            self.mark_stale(to, now_ms);
         }
         let chunk = self.config.cluster.entries_per_message_max.max(1);
         for part in lacking.chunks(chunk) {
             self.send(
-                from,
+                to,
                 Message::SyncEntries {
                     round,
                     entries: part.to_vec(),
@@ -255,9 +361,9 @@ impl<S: EntryStore> Node<S> {
             );
         }
         if answer {
-            self.send_filters(from, round, &buckets, false, settled_before_ms);
+            self.send_filters(to, round, buckets, false, settled_before_ms);
         } else {
-            self.rounds.remove(&from);
+            self.rounds.remove(&to);
         }
     }
 

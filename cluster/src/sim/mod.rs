@@ -24,7 +24,7 @@ pub use self::store::{EntryTable, SimStore};
 use crate::entry::{Applied, Entry, EntryStore};
 
 use crate::message::{Message, Role};
-use crate::node::{ClusterConfig, Input, Node, NodeConfig, Output};
+use crate::node::{ClusterConfig, Input, LocalNode, NodeConfig, Output};
 use crate::Version;
 
 /// Port every simulated node listens on; addresses differ by IP.
@@ -126,7 +126,7 @@ enum EventKind {
 }
 
 struct SimNode {
-    node: Option<Node<SimStore>>,
+    node: Option<LocalNode<SimStore>>,
     /// Position on the unit square (latency is distance).
     x: f64,
     y: f64,
@@ -456,7 +456,7 @@ impl Sim {
         self.now_ms
     }
 
-    pub fn node(&self, index: u32) -> Option<&Node<SimStore>> {
+    pub fn node(&self, index: u32) -> Option<&LocalNode<SimStore>> {
         self.nodes.get(index as usize)?.node.as_ref()
     }
 
@@ -672,7 +672,7 @@ impl Sim {
         if self.nodes[index as usize].node.is_none() {
             self.live += 1;
         }
-        self.nodes[index as usize].node = Some(Node::new(
+        self.nodes[index as usize].node = Some(LocalNode::new(
             config,
             SimStore::new(Rc::clone(&self.table)),
             seed,
@@ -748,6 +748,8 @@ impl Sim {
                 match output {
                     Output::Send { to, msg } => sends.push((to, msg)),
                     Output::PullDone { request, entry } => pulls.push((request, entry.is_some())),
+                    // A local node answers its store requests itself.
+                    Output::Store { .. } => {}
                 }
             }
             (
