@@ -13,12 +13,14 @@
 
 mod keyring;
 mod record;
+mod sync;
 mod wheel;
 
 use hashbrown::HashTable;
 use zeroize::Zeroize;
 
 pub use keyring::KeySeed;
+pub use sync::OwnedEntry;
 
 use crate::limits::{InvalidLimits, StoreLimits, TICK_WORK_MAX_DEFAULT};
 use crate::version::{HybridClock, Version};
@@ -421,6 +423,10 @@ impl Store {
         // Wall-clock milliseconds fit in 48 bits until the year 10889; versions rely on it.
         let now_ms = now_ms.min(NOW_MS_MAX);
         self.now_ms = self.now_ms.max(now_ms);
+        if self.entries.now_ms < self.now_ms {
+            self.entries.now_ms = self.now_ms;
+            self.entries.sync.forget_old(self.now_ms);
+        }
         let epoch = self.now_ms / self.limits.epoch_ms;
         if epoch > self.keyring.oldest_epoch() {
             self.keyring.shred_before(epoch);
@@ -590,6 +596,10 @@ fn size_class_bytes(len: usize) -> usize {
 /// The records of a store: a slab of records and a hash table of slab indices keyed by the
 /// records' keys. Indices are stable while an entry lives, which the expiry wheel relies on.
 struct Entries {
+    /// Digests for sync, kept as entries come and go.
+    sync: sync::SyncIndex,
+    /// The store's now, for noting which entries are young.
+    now_ms: u64,
     table: HashTable<u32>,
     hasher: ahash::RandomState,
     slab: Vec<Option<SealedRecord>>,
@@ -602,6 +612,8 @@ struct Entries {
 impl Entries {
     fn new() -> Self {
         Self {
+            sync: sync::SyncIndex::default(),
+            now_ms: 0,
             table: HashTable::new(),
             hasher: ahash::RandomState::new(),
             slab: Vec::new(),
@@ -660,7 +672,7 @@ impl Entries {
                 index
             }
         };
-        self.account_in(&record);
+        self.account_in(index, &record);
         self.slab[index as usize] = Some(record);
         let (slab, hasher) = (&self.slab, &self.hasher);
         self.table
@@ -672,7 +684,7 @@ impl Entries {
     }
 
     fn replace(&mut self, index: u32, record: SealedRecord) {
-        self.account_in(&record);
+        self.account_in(index, &record);
         if let Some(old) = self.slab[index as usize].replace(record) {
             self.account_out(&old);
         }
@@ -694,13 +706,15 @@ impl Entries {
         record
     }
 
-    fn account_in(&mut self, record: &SealedRecord) {
+    fn account_in(&mut self, index: u32, record: &SealedRecord) {
+        self.sync.added(index, record, self.now_ms);
         self.len += 1;
         self.tombstones += usize::from(record.is_tombstone());
         self.used_bytes += record_cost(record.len());
     }
 
     fn account_out(&mut self, record: &SealedRecord) {
+        self.sync.removed(record);
         self.len -= 1;
         self.tombstones -= usize::from(record.is_tombstone());
         self.used_bytes -= record_cost(record.len());

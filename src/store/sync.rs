@@ -1,0 +1,409 @@
+//! What the peer protocol asks of one shard's store: per-bucket digests kept up to date on
+//! every change, the stable hashes of a bucket's entries, the entries a peer's filters lack, a
+//! replicated entry, one entry for a pull, and dump chunks in slab order.
+//!
+//! Owns the store's side of sync. It never decides whom to sync with (the cluster core does)
+//! and never keeps plaintext: a value leaves here only opened into an entry being sent, in a
+//! buffer that is wiped when dropped.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use repram_cluster::sync::{
+    bucket_of, entry_hash, is_settled, salted, BucketDigest, CheckedFilter, RecentEntries,
+    SYNC_BUCKET_MS,
+};
+use repram_cluster::{Entry, Version};
+use zeroize::Zeroizing;
+
+use super::record::SealedRecord;
+use super::{Applied, ReplicaEntry, Store, StoreError};
+
+/// An entry as it travels between a shard and the coordinator (another thread): owned bytes,
+/// the value in a buffer wiped on drop. `value: None` is a tombstone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedEntry {
+    pub key: Vec<u8>,
+    pub value: Option<Zeroizing<Vec<u8>>>,
+    pub expires_ms: u64,
+    pub version: Version,
+}
+
+impl OwnedEntry {
+    pub fn of(entry: &Entry) -> Self {
+        OwnedEntry {
+            key: entry.key.to_vec(),
+            value: entry.value.as_deref().map(|v| Zeroizing::new(v.to_vec())),
+            expires_ms: entry.expires_ms,
+            version: entry.version,
+        }
+    }
+
+    /// The entry as the cluster core holds it (shared, on the coordinator's thread).
+    pub fn to_entry(&self) -> Entry {
+        Entry {
+            key: Rc::from(self.key.as_slice()),
+            value: self.value.as_deref().map(|v| Rc::from(v.as_slice())),
+            expires_ms: self.expires_ms,
+            version: self.version,
+        }
+    }
+}
+
+/// One expiry bucket's count and xor of stable hashes.
+#[derive(Clone, Copy, Debug, Default)]
+struct BucketSum {
+    count: u32,
+    xor: u64,
+}
+
+/// The digests of one shard's entries, updated as entries come and go (never by a scan), and
+/// the young entries aside so digests can be given as of a settle cutoff.
+#[derive(Debug, Default)]
+pub(super) struct SyncIndex {
+    buckets: BTreeMap<u64, BucketSum>,
+    recent: RecentEntries<u32>,
+}
+
+impl SyncIndex {
+    /// An entry at slab `index` came in.
+    pub(super) fn added(&mut self, index: u32, record: &SealedRecord, now_ms: u64) {
+        let (bucket, hash) = bucket_and_hash(record);
+        let sum = self.buckets.entry(bucket).or_default();
+        sum.count += 1;
+        sum.xor ^= hash;
+        self.recent
+            .note(record.version(), bucket, hash, index, now_ms);
+    }
+
+    /// The entry at a slab index went (replaced, deleted or reclaimed).
+    pub(super) fn removed(&mut self, record: &SealedRecord) {
+        let (bucket, hash) = bucket_and_hash(record);
+        if let Some(sum) = self.buckets.get_mut(&bucket) {
+            sum.count = sum.count.saturating_sub(1);
+            sum.xor ^= hash;
+            if sum.count == 0 {
+                self.buckets.remove(&bucket);
+            }
+        }
+    }
+
+    pub(super) fn forget_old(&mut self, now_ms: u64) {
+        self.recent.forget_old(now_ms);
+    }
+}
+
+fn bucket_and_hash(record: &SealedRecord) -> (u64, u64) {
+    (
+        bucket_of(record.expires_ms(), SYNC_BUCKET_MS),
+        entry_hash(record.key(), record.version()),
+    )
+}
+
+impl Store {
+    /// Digests of the non-empty buckets from `from_bucket` on, over the entries settled before
+    /// `settled_before_ms` (`u64::MAX`: all).
+    pub fn sync_digests(&self, from_bucket: u64, settled_before_ms: u64) -> Vec<BucketDigest> {
+        let index = &self.entries.sync;
+        let mut digests: Vec<BucketDigest> = index
+            .buckets
+            .range(from_bucket..)
+            .map(|(&bucket, sum)| BucketDigest {
+                bucket,
+                count: sum.count,
+                xor: sum.xor,
+            })
+            .collect();
+        index
+            .recent
+            .settle(&mut digests, settled_before_ms, |at, hash| {
+                self.entries
+                    .slab
+                    .get(at as usize)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|r| entry_hash(r.key(), r.version()) == hash)
+            });
+        digests
+    }
+
+    /// The stable hashes of the settled entries of each of `buckets` (sorted), in one pass
+    /// over the shard's entries.
+    pub fn sync_bucket_hashes(&self, buckets: &[u64], settled_before_ms: u64) -> Vec<Vec<u64>> {
+        let mut out = vec![Vec::new(); buckets.len()];
+        for record in self.entries.slab.iter().flatten() {
+            if !is_settled(record.version(), settled_before_ms) {
+                continue;
+            }
+            let bucket = bucket_of(record.expires_ms(), SYNC_BUCKET_MS);
+            if let Ok(at) = buckets.binary_search(&bucket) {
+                out[at].push(entry_hash(record.key(), record.version()));
+            }
+        }
+        out
+    }
+
+    /// The live settled entries of the filtered buckets that the filters (salted with
+    /// `round_seed`) definitely lack, `max` at most, values opened, in one pass.
+    pub fn sync_lacking(
+        &self,
+        filters: &[(u64, Rc<CheckedFilter>)],
+        round_seed: u64,
+        settled_before_ms: u64,
+        max: usize,
+        now_ms: u64,
+    ) -> Vec<OwnedEntry> {
+        let mut lacking = Vec::new();
+        let now = self.now_ms.max(now_ms);
+        for record in self.entries.slab.iter().flatten() {
+            if lacking.len() >= max {
+                break;
+            }
+            if record.expires_ms() <= now || !is_settled(record.version(), settled_before_ms) {
+                continue;
+            }
+            let bucket = bucket_of(record.expires_ms(), SYNC_BUCKET_MS);
+            let Ok(at) = filters.binary_search_by_key(&bucket, |(b, _)| *b) else {
+                continue;
+            };
+            let hash = entry_hash(record.key(), record.version());
+            if !filters[at].1.contains(salted(hash, round_seed)) {
+                if let Some(entry) = self.entry_of(record) {
+                    lacking.push(entry);
+                }
+            }
+        }
+        lacking
+    }
+
+    /// The live entry under `key` (a tombstone too), value opened, for a peer's pull.
+    pub fn sync_entry(&self, key: &[u8], now_ms: u64) -> Option<OwnedEntry> {
+        let now = self.now_ms.max(now_ms);
+        let index = self.entries.find(key)?;
+        let record = self.entries.record(index);
+        (record.expires_ms() > now)
+            .then(|| self.entry_of(record))
+            .flatten()
+    }
+
+    /// Up to `max` live entries from slab position `cursor` on, and the cursor to continue
+    /// from (`None`: done). Slab positions are stable while entries live, so a dump taken
+    /// while writes go on misses at most what changed meanwhile, which sync repairs.
+    pub fn sync_dump_chunk(
+        &self,
+        cursor: u64,
+        max: usize,
+        now_ms: u64,
+    ) -> (Vec<OwnedEntry>, Option<u64>) {
+        let now = self.now_ms.max(now_ms);
+        let slab = &self.entries.slab;
+        let mut at = usize::try_from(cursor).unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        while at < slab.len() && out.len() < max {
+            if let Some(record) = &slab[at] {
+                if record.expires_ms() > now {
+                    out.extend(self.entry_of(record));
+                }
+            }
+            at += 1;
+        }
+        (out, (at < slab.len()).then_some(at as u64))
+    }
+
+    /// Applies an entry from a peer; its value is sealed and wiped in place.
+    pub fn apply_replica(
+        &mut self,
+        entry: &mut OwnedEntry,
+        now_ms: u64,
+    ) -> Result<Applied, StoreError> {
+        let value = entry.value.as_mut().map(|v| v.as_mut_slice());
+        self.apply(
+            ReplicaEntry {
+                key: &entry.key,
+                value,
+                expires_ms: entry.expires_ms,
+                version: entry.version,
+            },
+            now_ms,
+        )
+    }
+
+    /// The record as an entry to send, its value opened; `None` if it cannot be opened (its
+    /// epoch key is gone, so it has expired for every purpose).
+    fn entry_of(&self, record: &SealedRecord) -> Option<OwnedEntry> {
+        let value = if record.is_tombstone() {
+            None
+        } else {
+            let epoch = record.expires_ms() / self.limits.epoch_ms;
+            let key = self.keyring.opening_key(epoch)?;
+            let mut out = Zeroizing::new(Vec::with_capacity(record.value_len()));
+            record.open_into(key, self.shard_id, &mut out).ok()?;
+            Some(out)
+        };
+        Some(OwnedEntry {
+            key: record.key().to_vec(),
+            value,
+            expires_ms: record.expires_ms(),
+            version: record.version(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use repram_cluster::sync::FilterData;
+    use repram_cluster::{EntryStore, MemStore};
+
+    use super::*;
+    use crate::limits::StoreLimits;
+    use crate::store::{KeySeed, StoreConfig};
+
+    const T0: u64 = 1_700_000_000_000;
+
+    fn store() -> Store {
+        let config = StoreConfig {
+            shard_id: 1,
+            node_id: 10,
+            limits: StoreLimits {
+                memory_budget_bytes: 64 * 1024 * 1024,
+                ..StoreLimits::default()
+            },
+        };
+        Store::with_seed(config, KeySeed::from_bytes([7; 32]), T0).expect("store")
+    }
+
+    fn put(store: &mut Store, key: &str, value: &str, ttl_ms: u64, now: u64) {
+        let mut buf = value.as_bytes().to_vec();
+        store
+            .put(key.as_bytes(), &mut buf, ttl_ms, now)
+            .expect("put");
+    }
+
+    fn everything(store: &Store, now: u64) -> Vec<OwnedEntry> {
+        let (mut out, mut cursor) = (Vec::new(), Some(0));
+        while let Some(at) = cursor {
+            let (chunk, next) = store.sync_dump_chunk(at, 7, now);
+            out.extend(chunk);
+            cursor = next;
+        }
+        out
+    }
+
+    /// The digests a plain store holding the same entries gives.
+    fn reference_digests(store: &Store, now: u64) -> Vec<BucketDigest> {
+        let mut plain = MemStore::new();
+        for entry in everything(store, now) {
+            plain.apply(&entry.to_entry(), now);
+        }
+        plain.digests(0, u64::MAX)
+    }
+
+    #[test]
+    fn digests_follow_puts_overwrites_deletes_and_expiry() {
+        let mut s = store();
+        put(&mut s, "a", "va", 60_000, T0);
+        put(&mut s, "b", "vb", 60_000, T0);
+        put(&mut s, "c", "vc", 15_000, T0);
+        let now = T0 + 1;
+        assert_eq!(s.sync_digests(0, u64::MAX), reference_digests(&s, now));
+        assert_eq!(
+            s.sync_digests(0, u64::MAX)
+                .iter()
+                .map(|d| d.count)
+                .sum::<u32>(),
+            3
+        );
+        // An overwrite moves "a" to another bucket; a delete leaves a tombstone.
+        put(&mut s, "a", "va2", 120_000, now);
+        s.delete(b"b", now).expect("delete");
+        assert_eq!(s.sync_digests(0, u64::MAX), reference_digests(&s, now));
+        // "c" expires and is reclaimed: its bucket goes.
+        let later = T0 + 20_000;
+        while s.tick_default(later).pending {}
+        assert_eq!(s.sync_digests(0, u64::MAX), reference_digests(&s, later));
+        assert_eq!(
+            s.sync_digests(0, u64::MAX)
+                .iter()
+                .map(|d| d.count)
+                .sum::<u32>(),
+            2
+        );
+    }
+
+    #[test]
+    fn writes_younger_than_the_cutoff_are_left_out_of_digests() {
+        let mut s = store();
+        put(&mut s, "old", "v", 60_000, T0);
+        put(&mut s, "new", "v", 60_000, T0 + 5_000);
+        let count = |d: Vec<BucketDigest>| d.iter().map(|d| d.count).sum::<u32>();
+        assert_eq!(count(s.sync_digests(0, T0)), 0);
+        assert_eq!(count(s.sync_digests(0, T0 + 1)), 1);
+        assert_eq!(count(s.sync_digests(0, T0 + 5_001)), 2);
+        let bucket = s.sync_digests(0, u64::MAX)[0].bucket;
+        assert_eq!(s.sync_bucket_hashes(&[bucket], T0 + 1)[0].len(), 1);
+    }
+
+    #[test]
+    fn only_what_a_peers_filter_lacks_is_sent_with_its_value_opened() {
+        let mut s = store();
+        for key in ["a", "b", "c"] {
+            put(&mut s, key, &format!("v{key}"), 60_000, T0);
+        }
+        let now = T0 + 10;
+        let held = everything(&s, now);
+        let bucket = s.sync_digests(0, u64::MAX)[0].bucket;
+        let seed = 99;
+        // The peer holds a and b.
+        let peer_hashes: Vec<u64> = held
+            .iter()
+            .filter(|e| e.key != b"c")
+            .map(|e| entry_hash(&e.key, e.version))
+            .collect();
+        let filter = FilterData::build(&peer_hashes, seed)
+            .and_then(FilterData::check)
+            .expect("filter");
+        let lacking = s.sync_lacking(&[(bucket, Rc::new(filter))], seed, u64::MAX, 100, now);
+        assert_eq!(lacking.len(), 1);
+        assert_eq!(lacking[0].key, b"c");
+        assert_eq!(
+            lacking[0].value.as_deref().map(Vec::as_slice),
+            Some(&b"vc"[..])
+        );
+        // A bucket not asked about sends nothing.
+        let other = s.sync_lacking(&[], seed, u64::MAX, 100, now);
+        assert!(other.is_empty());
+    }
+
+    #[test]
+    fn a_dump_applied_elsewhere_reproduces_the_store() {
+        let mut a = store();
+        for i in 0..25 {
+            put(&mut a, &format!("k{i}"), &format!("v{i}"), 60_000, T0);
+        }
+        a.delete(b"k3", T0).expect("delete");
+        let now = T0 + 10;
+        let mut b = store();
+        for mut entry in everything(&a, now) {
+            assert_eq!(b.apply_replica(&mut entry, now), Ok(Applied::Stored));
+            assert!(
+                entry
+                    .value
+                    .as_ref()
+                    .is_none_or(|v| v.iter().all(|&x| x == 0)),
+                "the replica's plaintext is wiped once sealed"
+            );
+        }
+        assert_eq!(b.sync_digests(0, u64::MAX), a.sync_digests(0, u64::MAX));
+        let mut out = Vec::new();
+        b.get(b"k7", now, &mut out).expect("k7");
+        assert_eq!(out, b"v7");
+        assert!(
+            b.get(b"k3", now, &mut out).is_err(),
+            "the delete came along"
+        );
+        assert_eq!(
+            b.sync_entry(b"k3", now).map(|e| e.value.is_none()),
+            Some(true),
+            "as a tombstone"
+        );
+    }
+}
