@@ -14,6 +14,7 @@ use crate::limits::{self, StoreLimits};
 use crate::wire::FRAME_OVERHEAD_BYTES;
 
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7700";
+pub const PEER_LISTEN_DEFAULT: &str = "127.0.0.1:7800";
 pub const CONNECTIONS_MAX_DEFAULT: usize = 10_000;
 pub const IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT: usize = 1_024;
 pub const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(300);
@@ -73,6 +74,18 @@ pub struct ServeArgs {
     /// This node's id, the tie-breaker of its write versions [default: random].
     #[arg(long, value_name = "ID")]
     pub node_id: Option<u64>,
+    /// Address for other nodes of the network [default: 127.0.0.1:7800, or a free port when
+    /// the client port is 0].
+    #[arg(long, value_name = "ADDR")]
+    pub peer_listen: Option<String>,
+    /// The address other nodes should use to reach this one [default: the peer address bound].
+    #[arg(long, value_name = "ADDR")]
+    pub peer_advertise: Option<String>,
+    /// A root of the network to join; repeat for several (a name with several addresses counts
+    /// as several roots). A node whose advertised address is among them is a root itself, as
+    /// is a node with no root at all.
+    #[arg(long = "root", value_name = "ADDR")]
+    pub roots: Vec<String>,
 }
 
 /// The TOML file: the same options as the flags.
@@ -93,6 +106,9 @@ struct FileConfig {
     idle_timeout: Option<String>,
     shard_queue_depth: Option<usize>,
     node_id: Option<u64>,
+    peer_listen: Option<String>,
+    peer_advertise: Option<String>,
+    roots: Option<Vec<String>>,
 }
 
 /// Everything a node needs to start, resolved and checked.
@@ -111,6 +127,17 @@ pub struct NodeConfig {
     pub node_id: u64,
     /// Seed of the key → shard hash; random per process.
     pub hash_seed: u64,
+    pub peer: PeerConfig,
+}
+
+/// Where the node meets the rest of the network.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    pub listen: SocketAddr,
+    /// `None`: the address the peer listener bound.
+    pub advertise: Option<SocketAddr>,
+    /// Every root address, resolved; empty: this node is the network's only root.
+    pub roots: Vec<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +191,18 @@ pub fn resolve(option: &'static str, text: &str) -> Result<SocketAddr, ConfigErr
     addrs
         .next()
         .ok_or_else(|| invalid(option, format!("{text:?} resolves to no address")))
+}
+
+/// Resolves `host:port` to every address it names (a root given by name may stand for several).
+pub fn resolve_all(option: &'static str, text: &str) -> Result<Vec<SocketAddr>, ConfigError> {
+    let addrs: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|e| invalid(option, format!("cannot resolve {text:?}: {e}")))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(invalid(option, format!("{text:?} resolves to no address")));
+    }
+    Ok(addrs)
 }
 
 /// The CPUs this process may run on.
@@ -253,6 +292,37 @@ impl ServeArgs {
         if !(1..=65_536).contains(&shard_queue_depth) {
             return Err(invalid("shard-queue-depth", "must be within 1..=65536"));
         }
+        let peer_listen = match pick!(peer_listen) {
+            Some(text) => resolve("peer-listen", &text)?,
+            None if listen.port() == 0 => SocketAddr::new(listen.ip(), 0),
+            None => resolve("peer-listen", PEER_LISTEN_DEFAULT)?,
+        };
+        let advertise = match pick!(peer_advertise) {
+            Some(text) => {
+                let addr = resolve("peer-advertise", &text)?;
+                if addr.port() == 0 || addr.ip().is_unspecified() {
+                    return Err(invalid(
+                        "peer-advertise",
+                        format!("{addr} cannot be reached: give a host and a port"),
+                    ));
+                }
+                Some(addr)
+            }
+            None => None,
+        };
+        let root_texts = if self.roots.is_empty() {
+            file.roots.clone().unwrap_or_default()
+        } else {
+            self.roots.clone()
+        };
+        let mut roots = Vec::new();
+        for text in &root_texts {
+            for addr in resolve_all("root", text)? {
+                if !roots.contains(&addr) {
+                    roots.push(addr);
+                }
+            }
+        }
         let node_id = match pick!(node_id) {
             Some(id) => id,
             None => random_u64().map_err(|e| invalid("node-id", e))?,
@@ -268,6 +338,11 @@ impl ServeArgs {
             shard_queue_depth,
             node_id,
             hash_seed: random_u64().map_err(|e| invalid("listen", e))?,
+            peer: PeerConfig {
+                listen: peer_listen,
+                advertise,
+                roots,
+            },
         })
     }
 }

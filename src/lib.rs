@@ -24,6 +24,7 @@
 mod buffers;
 pub mod client;
 pub mod config;
+mod coordinator;
 pub mod doctor;
 pub mod limits;
 pub mod node;

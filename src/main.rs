@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a node: one shard per core, clients on --listen and on each shard's own port.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Store VALUE under KEY for --ttl.
     Put {
         key: String,
@@ -304,10 +304,11 @@ fn serve(args: &ServeArgs) -> ExitCode {
     let shard_list: Vec<String> = node.shard_addrs.iter().map(|a| a.to_string()).collect();
     // One line on stdout, stable for scripts and tests: what the node bound.
     println!(
-        "repram listening client={} shards={} node_id={:016x}",
+        "repram listening client={} shards={} node_id={:016x} peer={}",
         node.client_addr,
         shard_list.join(","),
-        node.node_id
+        node.node_id,
+        node.peer_addr
     );
     tracing::info!(
         client = %node.client_addr,

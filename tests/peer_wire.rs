@@ -269,3 +269,23 @@ fn a_client_frame_is_not_a_peer_frame() {
     );
     assert!(decode_peer(&client[FRAME_HEADER_BYTES..], &PeerLimits::default()).is_err());
 }
+
+#[test]
+fn a_hello_names_its_sender_and_is_never_taken_for_a_message() {
+    use repram::wire::peer::{decode_peer_hello, encode_peer_hello, PeerHello};
+    for addr in ["127.0.0.1:7800", "[::1]:9"] {
+        let hello = PeerHello {
+            major: 1,
+            node_id: 0xfeed,
+            addr: addr.parse().unwrap(),
+        };
+        let mut out = Vec::new();
+        encode_peer_hello(&mut out, &hello);
+        let payload = &out[FRAME_HEADER_BYTES..];
+        assert_eq!(decode_peer_hello(payload), Ok(hello));
+        assert!(decode_peer(payload, &PeerLimits::default()).is_err());
+    }
+    let mut msg = Vec::new();
+    encode_peer(&mut msg, &Message::DumpRequest { cursor: 3 });
+    assert!(decode_peer_hello(&msg[FRAME_HEADER_BYTES..]).is_err());
+}

@@ -9,6 +9,7 @@
 //! nothing about the network.
 
 use std::rc::Rc;
+use std::sync::Arc;
 
 use crate::entry::{Applied, Entry, EntryStore};
 use crate::sync::{salted, BucketDigest, CheckedFilter};
@@ -32,9 +33,10 @@ pub enum StoreRequest {
     },
     /// The live settled entries of each bucket that its filter (salted with `round_seed`)
     /// definitely lacks, `max` at most; answered by [`StoreReply::Lacking`]. The store runs the
-    /// filters itself, so entries the peer has never leave it.
+    /// filters itself, so entries the peer has never leave it (shared, as a real node's shards
+    /// on several threads each run them).
     Lacking {
-        filters: Vec<(u64, Rc<CheckedFilter>)>,
+        filters: Vec<(u64, Arc<CheckedFilter>)>,
         round_seed: u64,
         settled_before_ms: u64,
         max: usize,

@@ -8,6 +8,7 @@
 
 mod connection;
 pub mod listeners;
+mod replica;
 mod shard;
 
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use zeroize::Zeroizing;
 
 use crate::config::NodeConfig;
+use crate::coordinator::{Coordinator, CoordinatorPlan, FromShard, ToShard};
 use crate::store::{Store, StoreConfig};
 use crate::wire::ErrorCode;
 
@@ -52,6 +54,8 @@ pub enum NodeError {
 /// A started node: where it listens, and how to stop it.
 pub struct RunningNode {
     pub client_addr: SocketAddr,
+    /// Where other nodes reach this one (the advertised peer address).
+    pub peer_addr: SocketAddr,
     pub shard_addrs: Vec<SocketAddr>,
     pub node_id: u64,
     stopper: Stopper,
@@ -132,6 +136,41 @@ pub fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     let client_addr = local(&shared[0])?;
     let shard_addrs = own.iter().map(local).collect::<Result<Vec<_>, _>>()?;
     let shard_ports: Vec<u16> = shard_addrs.iter().map(SocketAddr::port).collect();
+    let mut peer_listener = listeners::bind_each(&[config.peer.listen])?;
+    let peer_listener = peer_listener.pop().ok_or_else(|| NodeError::Start {
+        shard: 0,
+        message: "no peer listener".into(),
+    })?;
+    let peer_bound = local(&peer_listener)?;
+    let peer_addr = match config.peer.advertise {
+        Some(addr) => addr,
+        None if peer_bound.ip().is_unspecified() => {
+            return Err(NodeError::Start {
+                shard: 0,
+                message: format!(
+                    "the peer listener is on {peer_bound}: give --peer-advertise, the address \
+                     other nodes should use"
+                ),
+            })
+        }
+        None => peer_bound,
+    };
+    // Shards and the coordinator talk over channels: requests to each shard, and one channel
+    // from all shards back (bounded, so a coordinator behind slows the hand-over, not clients).
+    let (to_shards, shard_inboxes): (Vec<_>, Vec<_>) =
+        (0..shards).map(|_| flume::unbounded::<ToShard>()).unzip();
+    let (to_coordinator, from_shards) = flume::bounded::<FromShard>(1_024);
+    let mut coordinator = Some(CoordinatorPlan {
+        node_id: config.node_id,
+        hash_seed: config.hash_seed,
+        listener: peer_listener,
+        advertise: peer_addr,
+        roots: config.peer.roots.clone(),
+        seed: config.hash_seed.rotate_left(17) ^ config.node_id,
+        to_shards,
+        from_shards,
+    });
+    let mut shard_inboxes = shard_inboxes.into_iter();
 
     let requests = MeshBuilder::<ShardRequest, _>::full(shards, config.shard_queue_depth);
     let replies = MeshBuilder::<ShardReply, _>::full(shards, config.shard_queue_depth);
@@ -156,6 +195,12 @@ pub fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
             replies: replies.clone(),
             stopped,
             ready: ready.clone(),
+            to_coordinator: to_coordinator.clone(),
+            from_coordinator: shard_inboxes.next().ok_or_else(|| NodeError::Start {
+                shard: id as u32,
+                message: "no coordinator channel".into(),
+            })?,
+            coordinator: if id == 0 { coordinator.take() } else { None },
         };
         // Executors are created in shard order, so glommio's executor ids (which order the
         // mesh) follow shard ids; `run_shard` checks it.
@@ -174,6 +219,7 @@ pub fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     drop(ready);
     let node = RunningNode {
         client_addr,
+        peer_addr,
         shard_addrs,
         node_id: config.node_id,
         stopper: Stopper { stops },
@@ -210,6 +256,10 @@ struct ShardPlan {
     replies: MeshBuilder<ShardReply, glommio::channels::channel_mesh::Full>,
     stopped: flume::Receiver<()>,
     ready: flume::Sender<Result<(), (u32, String)>>,
+    to_coordinator: flume::Sender<FromShard>,
+    from_coordinator: flume::Receiver<ToShard>,
+    /// Shard 0 runs the coordinator.
+    coordinator: Option<CoordinatorPlan>,
 }
 
 /// Runs one shard until it is told to stop (even while it is still starting).
@@ -270,7 +320,25 @@ async fn start_shard(plan: ShardPlan) -> Result<Rc<Shard>, String> {
     } else {
         (None, None)
     };
-    let shard = Rc::new(Shard::new(id, &plan.config, plan.shard_ports, store, mesh));
+    let (replication, woken) = replica::Replication::new(plan.to_coordinator);
+    let shard = Rc::new(Shard::new(
+        id,
+        &plan.config,
+        plan.shard_ports,
+        store,
+        mesh,
+        Some(replication),
+    ));
+    glommio::spawn_local(replica::hand_over_writes(shard.clone(), woken)).detach();
+    glommio::spawn_local(replica::serve_coordinator(
+        shard.clone(),
+        plan.from_coordinator,
+    ))
+    .detach();
+    if let Some(coordinator) = plan.coordinator {
+        // Its tasks keep it alive.
+        Coordinator::start(coordinator)?;
+    }
 
     if let Some((request_rx, reply_rx)) = receivers {
         spawn_mesh_tasks(&shard, request_rx, reply_rx);

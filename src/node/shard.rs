@@ -15,7 +15,9 @@ use glommio::channels::local_channel::LocalSender;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::config::NodeConfig;
-use crate::store::{Store, StoreError};
+use crate::store::{OwnedEntry, Store, StoreError};
+
+use super::replica::Replication;
 use crate::wire::{
     self, ErrorCode, HelloInfo, OpKind, Reply, RequestView, Response, ShardStats, PROTOCOL_VERSION,
 };
@@ -120,6 +122,8 @@ pub(crate) struct Shard {
     pub next_conn: Cell<u64>,
     /// `None` on a node of one shard.
     pub mesh: Option<MeshLinks>,
+    /// The channels to the coordinator; `None` in a node without a network (tests).
+    pub replication: Option<Replication>,
     /// Opened values on their way into a response; wiped after each use.
     read_scratch: RefCell<Vec<u8>>,
     /// Latest wall-clock millisecond seen; the store's clock never goes back.
@@ -133,6 +137,7 @@ impl Shard {
         shard_ports: Vec<u16>,
         store: Store,
         mesh: Option<MeshLinks>,
+        replication: Option<Replication>,
     ) -> Shard {
         let count = config.shard_listen.len() as u32;
         Shard {
@@ -151,6 +156,7 @@ impl Shard {
             conns: RefCell::new(AHashMap::new()),
             next_conn: Cell::new(u64::from(id) << 48),
             mesh,
+            replication,
             read_scratch: RefCell::new(Vec::new()),
             last_now_ms: Cell::new(0),
         }
@@ -224,8 +230,21 @@ impl Shard {
                     return respond_store_error(out, id, &StoreError::EmptyKey);
                 }
                 let now = self.now_ms();
-                match self.store.borrow_mut().delete(key, now) {
-                    Ok(_) => respond(out, id, Reply::Deleted),
+                let mut store = self.store.borrow_mut();
+                let expires_ms = store.meta(key, now).map(|m| m.expires_ms);
+                match store.delete(key, now) {
+                    Ok(version) => {
+                        if let (Some(replication), Ok(expires_ms)) = (&self.replication, expires_ms)
+                        {
+                            replication.written(OwnedEntry {
+                                key: key.to_vec(),
+                                value: None,
+                                expires_ms,
+                                version,
+                            });
+                        }
+                        respond(out, id, Reply::Deleted)
+                    }
                     Err(StoreError::NotFound) => respond(out, id, Reply::NotFound),
                     Err(e) => respond_store_error(out, id, &e),
                 }
@@ -265,10 +284,24 @@ impl Shard {
             return Err(StoreError::EmptyKey);
         }
         let now = self.now_ms();
+        // The network needs the value too: a copy, wiped once pushed.
+        let copy = self
+            .replication
+            .as_ref()
+            .map(|_| Zeroizing::new(value.to_vec()));
         let mut store = self.store.borrow_mut();
         let version = store.put(key, value, view.ttl_ms, now)?;
         // The store set the expiry from this same `now` (the shard's clock is its only clock).
-        Ok((version, now.saturating_add(view.ttl_ms)))
+        let expires_ms = now.saturating_add(view.ttl_ms);
+        if let Some(replication) = &self.replication {
+            replication.written(OwnedEntry {
+                key: key.to_vec(),
+                value: copy,
+                expires_ms,
+                version,
+            });
+        }
+        Ok((version, expires_ms))
     }
 
     fn get(&self, key: &[u8], id: u64, out: &mut Vec<u8>) {

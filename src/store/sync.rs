@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use repram_cluster::sync::{
     bucket_of, entry_hash, is_settled, salted, BucketDigest, CheckedFilter, RecentEntries,
@@ -126,27 +127,30 @@ impl Store {
         digests
     }
 
-    /// The stable hashes of the settled entries of each of `buckets` (sorted), in one pass
-    /// over the shard's entries.
+    /// The stable hashes of the settled entries of each of `buckets`, in one pass over the
+    /// shard's entries.
     pub fn sync_bucket_hashes(&self, buckets: &[u64], settled_before_ms: u64) -> Vec<Vec<u64>> {
         let mut out = vec![Vec::new(); buckets.len()];
+        let mut order: Vec<(u64, usize)> = buckets.iter().copied().zip(0..).collect();
+        order.sort_unstable();
         for record in self.entries.slab.iter().flatten() {
             if !is_settled(record.version(), settled_before_ms) {
                 continue;
             }
             let bucket = bucket_of(record.expires_ms(), SYNC_BUCKET_MS);
-            if let Ok(at) = buckets.binary_search(&bucket) {
-                out[at].push(entry_hash(record.key(), record.version()));
+            if let Ok(at) = order.binary_search_by_key(&bucket, |&(b, _)| b) {
+                out[order[at].1].push(entry_hash(record.key(), record.version()));
             }
         }
         out
     }
 
     /// The live settled entries of the filtered buckets that the filters (salted with
-    /// `round_seed`) definitely lack, `max` at most, values opened, in one pass.
+    /// `round_seed`) definitely lack, `max` at most, values opened, in one pass. `filters` is
+    /// sorted by bucket.
     pub fn sync_lacking(
         &self,
-        filters: &[(u64, Rc<CheckedFilter>)],
+        filters: &[(u64, Arc<CheckedFilter>)],
         round_seed: u64,
         settled_before_ms: u64,
         max: usize,
@@ -361,7 +365,7 @@ mod tests {
         let filter = FilterData::build(&peer_hashes, seed)
             .and_then(FilterData::check)
             .expect("filter");
-        let lacking = s.sync_lacking(&[(bucket, Rc::new(filter))], seed, u64::MAX, 100, now);
+        let lacking = s.sync_lacking(&[(bucket, Arc::new(filter))], seed, u64::MAX, 100, now);
         assert_eq!(lacking.len(), 1);
         assert_eq!(lacking[0].key, b"c");
         assert_eq!(

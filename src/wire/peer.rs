@@ -20,6 +20,57 @@ use super::{FrameError, FRAME_HEADER_BYTES};
 
 /// Marks every peer frame ("RPP1").
 pub const PEER_MAGIC: u32 = u32::from_le_bytes(*b"RPP1");
+/// Marks the first frame on a peer connection ("RPH1"): who is calling.
+pub const PEER_HELLO_MAGIC: u32 = u32::from_le_bytes(*b"RPH1");
+
+/// The first frame a node sends on a connection it opens: the address its messages come from
+/// (peers answer there, on a connection of their own), its id and its protocol major.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerHello {
+    pub major: u16,
+    pub node_id: u64,
+    pub addr: SocketAddr,
+}
+
+#[derive(Archive, Serialize)]
+struct HelloFrame {
+    magic: u32,
+    major: u16,
+    node_id: u64,
+    addr: WireAddr,
+}
+
+/// Appends the framed hello to `out`.
+pub fn encode_peer_hello(out: &mut Vec<u8>, hello: &PeerHello) {
+    let frame = HelloFrame {
+        magic: PEER_HELLO_MAGIC,
+        major: hello.major,
+        node_id: hello.node_id,
+        addr: wire_addr(hello.addr),
+    };
+    let start = out.len();
+    out.extend_from_slice(&[0; FRAME_HEADER_BYTES]);
+    let out = match rkyv::api::high::to_bytes_in::<_, rancor::Failure>(&frame, out) {
+        Ok(out) => out,
+        Err(_) => unreachable!("serialising a hello into a Vec failed"),
+    };
+    let len = (out.len() - start - FRAME_HEADER_BYTES) as u32;
+    out[start..start + FRAME_HEADER_BYTES].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Validates a hello frame payload (without its length prefix).
+pub fn decode_peer_hello(payload: &[u8]) -> Result<PeerHello, PeerFrameError> {
+    let frame = rkyv::access::<ArchivedHelloFrame, rancor::Failure>(payload)
+        .map_err(|_| FrameError::Malformed)?;
+    if frame.magic.to_native() != PEER_HELLO_MAGIC {
+        return Err(FrameError::Malformed.into());
+    }
+    Ok(PeerHello {
+        major: frame.major.to_native(),
+        node_id: frame.node_id.to_native(),
+        addr: addr_of(&frame.addr),
+    })
+}
 
 /// What a peer's message may hold at most. Every list a peer sends is checked against these
 /// before anything is built from it.

@@ -16,6 +16,8 @@ pub struct NodeProcess {
     pub child: Child,
     pub client: SocketAddr,
     pub shards: Vec<SocketAddr>,
+    /// Where other nodes reach it.
+    pub peer: SocketAddr,
 }
 
 impl NodeProcess {
@@ -56,10 +58,12 @@ impl NodeProcess {
             .split(',')
             .map(|a| a.parse().expect("shard address"))
             .collect();
+        let peer = field("peer=").parse().expect("peer address");
         Ok(NodeProcess {
             child,
             client,
             shards,
+            peer,
         })
     }
 

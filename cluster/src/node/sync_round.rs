@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use rand_core::RngCore;
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use super::{Awaiting, Node, SyncRound};
 use crate::entry::Entry;
@@ -312,7 +312,7 @@ impl Node {
                 continue;
             };
             buckets.push(bucket);
-            checked.push((bucket, Rc::new(filter)));
+            checked.push((bucket, Arc::new(filter)));
         }
         let max = self.config.cluster.sync_entries_per_round_max;
         self.ask(

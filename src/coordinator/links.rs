@@ -1,0 +1,317 @@
+//! Peer links: the TCP connections between this node and the others.
+//!
+//! A node sends on the connections it opens (one per peer, opened on first use, reused, closed
+//! when idle) and reads the ones peers open to it; every connection starts with a hello naming
+//! the caller's advertised address, so a message is known to come from a node, not from an
+//! ephemeral port. Owns sockets, framing, timeouts and the bounds on connections and buffered
+//! bytes; it never decides what to send (the coordinator's cluster node does).
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use ahash::AHashMap;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::net::{TcpListener, TcpStream};
+use repram_cluster::message::{Message, PEER_PROTOCOL_MAJOR};
+
+use crate::wire::peer::{decode_peer, decode_peer_hello, encode_peer, encode_peer_hello};
+use crate::wire::peer::{PeerHello, PeerLimits};
+use crate::wire::FRAME_HEADER_BYTES;
+
+/// How long opening a connection to a peer may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one write to a peer may block before the peer counts as gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection we opened and have not used for this long is closed (reopened on next use).
+const OUTBOUND_IDLE: Duration = Duration::from_secs(60);
+/// A connection a peer opened that sends nothing for this long is closed (children heartbeat
+/// every second; a parent answers them).
+const INBOUND_IDLE: Duration = Duration::from_secs(120);
+/// A caller must say hello within this.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes queued for one peer at most: a peer that cannot keep up is cut off (and counted
+/// unreachable) rather than allowed to grow our memory.
+const OUTBOUND_BYTES_MAX: usize = 32 * 1024 * 1024;
+/// Connections peers may hold open to us at once.
+const INBOUND_MAX: usize = 1_024;
+/// A frame is read into memory in steps of this, so a peer that claims a large frame and
+/// sends little costs little.
+const READ_STEP_BYTES: usize = 64 * 1024;
+
+/// What the links tell the coordinator.
+pub(crate) enum LinkEvent {
+    /// A message from the node that says hello as `from`.
+    Message { from: SocketAddr, msg: Message },
+    /// `addr` could not be reached, or its connection broke.
+    Unreachable { addr: SocketAddr },
+}
+
+/// One connection we opened: frames waiting to be written, and a nudge for its writer.
+struct Outbound {
+    id: u64,
+    pending: Rc<RefCell<Vec<u8>>>,
+    wake: LocalSender<()>,
+}
+
+/// Counters of the peer links.
+#[derive(Default)]
+pub(crate) struct LinkCounters {
+    pub bytes_sent: Cell<u64>,
+    pub bytes_received: Cell<u64>,
+    pub frames_refused: Cell<u64>,
+    pub connections_refused: Cell<u64>,
+    pub peers_cut_off: Cell<u64>,
+}
+
+pub(crate) struct PeerLinks {
+    hello: PeerHello,
+    limits: PeerLimits,
+    outbound: RefCell<AHashMap<SocketAddr, Outbound>>,
+    next_id: Cell<u64>,
+    inbound: Cell<usize>,
+    events: LocalSender<LinkEvent>,
+    pub(crate) counters: LinkCounters,
+}
+
+impl PeerLinks {
+    /// Links that introduce themselves with `hello` and report to `events`.
+    pub(crate) fn new(
+        hello: PeerHello,
+        limits: PeerLimits,
+    ) -> (Rc<PeerLinks>, LocalReceiver<LinkEvent>) {
+        let (events, receiver) = local_channel::new_bounded(1_024);
+        let links = PeerLinks {
+            hello,
+            limits,
+            outbound: RefCell::new(AHashMap::new()),
+            next_id: Cell::new(0),
+            inbound: Cell::new(0),
+            events,
+            counters: LinkCounters::default(),
+        };
+        (Rc::new(links), receiver)
+    }
+
+    /// Queues `msg` for `to`, opening a connection if there is none.
+    pub(crate) fn send(self: &Rc<Self>, to: SocketAddr, msg: &Message) {
+        let mut outbound = self.outbound.borrow_mut();
+        let link = outbound.entry(to).or_insert_with(|| self.open(to));
+        let mut pending = link.pending.borrow_mut();
+        let before = pending.len();
+        encode_peer(&mut pending, msg);
+        let added = pending.len() - before;
+        if pending.len() > OUTBOUND_BYTES_MAX {
+            drop(pending);
+            // The writer ends when its nudges stop (the sender is dropped with the link).
+            outbound.remove(&to);
+            drop(outbound);
+            bump(&self.counters.peers_cut_off);
+            tracing::warn!(peer = %to, "peer cannot keep up: connection dropped");
+            self.report(LinkEvent::Unreachable { addr: to });
+            return;
+        }
+        drop(pending);
+        self.counters
+            .bytes_sent
+            .set(self.counters.bytes_sent.get() + added as u64);
+        let _ = link.wake.try_send(());
+    }
+
+    fn open(self: &Rc<Self>, to: SocketAddr) -> Outbound {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let pending = Rc::new(RefCell::new(Vec::new()));
+        let (wake, woken) = local_channel::new_bounded(1);
+        let _ = wake.try_send(());
+        glommio::spawn_local(write_link(self.clone(), to, id, pending.clone(), woken)).detach();
+        Outbound { id, pending, wake }
+    }
+
+    /// The connection `id` to `addr` failed: forget it and tell the coordinator.
+    fn lost(&self, addr: SocketAddr, id: u64) {
+        let mut outbound = self.outbound.borrow_mut();
+        if outbound.get(&addr).is_some_and(|l| l.id == id) {
+            outbound.remove(&addr);
+        }
+        drop(outbound);
+        self.report(LinkEvent::Unreachable { addr });
+    }
+
+    /// Closes the idle connection `id` to `addr` if nothing was queued meanwhile.
+    fn idle(&self, addr: SocketAddr, id: u64) -> bool {
+        let mut outbound = self.outbound.borrow_mut();
+        let idle = outbound
+            .get(&addr)
+            .is_some_and(|l| l.id == id && l.pending.borrow().is_empty());
+        if idle {
+            outbound.remove(&addr);
+        }
+        idle
+    }
+
+    fn report(&self, event: LinkEvent) {
+        if self.events.try_send(event).is_err() {
+            // The coordinator is far behind; a lost "unreachable" is noticed again by
+            // heartbeats, so dropping it is safe.
+            tracing::debug!("link event dropped");
+        }
+    }
+
+    /// Accepts connections from peers for as long as the listener lives.
+    pub(crate) async fn accept(self: Rc<Self>, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok(stream) => {
+                    if self.inbound.get() >= INBOUND_MAX {
+                        bump(&self.counters.connections_refused);
+                        continue;
+                    }
+                    self.inbound.set(self.inbound.get() + 1);
+                    let links = self.clone();
+                    glommio::spawn_local(async move {
+                        if let Err(error) = links.read_link(stream).await {
+                            tracing::debug!(%error, "peer connection ended");
+                        }
+                        links.inbound.set(links.inbound.get().saturating_sub(1));
+                    })
+                    .detach();
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "peer accept failed");
+                    glommio::timer::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    /// Reads one peer's connection: its hello, then its messages, until it ends or errs.
+    async fn read_link(&self, mut stream: TcpStream) -> Result<(), String> {
+        stream
+            .set_read_timeout(Some(HELLO_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        let payload = read_frame(&mut stream, 256).await?;
+        let hello = decode_peer_hello(&payload).map_err(|e| format!("bad hello: {e}"))?;
+        if hello.major != PEER_PROTOCOL_MAJOR {
+            tracing::warn!(
+                peer = %hello.addr,
+                major = hello.major,
+                ours = PEER_PROTOCOL_MAJOR,
+                "peer speaks another protocol major: refused"
+            );
+            return Err("protocol major".into());
+        }
+        stream
+            .set_read_timeout(Some(INBOUND_IDLE))
+            .map_err(|e| e.to_string())?;
+        loop {
+            let payload = read_frame(&mut stream, self.limits.frame_bytes_max).await?;
+            self.counters.bytes_received.set(
+                self.counters.bytes_received.get() + (payload.len() + FRAME_HEADER_BYTES) as u64,
+            );
+            match decode_peer(&payload, &self.limits) {
+                Ok(msg) => {
+                    // Waiting here when the coordinator is behind stops reading this peer:
+                    // TCP pushes back on it.
+                    let event = LinkEvent::Message {
+                        from: hello.addr,
+                        msg,
+                    };
+                    if self.events.send(event).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Err(error) => {
+                    bump(&self.counters.frames_refused);
+                    tracing::warn!(peer = %hello.addr, %error, "peer frame refused: connection closed");
+                    return Err(error.to_string());
+                }
+            }
+        }
+    }
+}
+
+/// Writes what is queued for `addr` on connection `id`, opening it first.
+async fn write_link(
+    links: Rc<PeerLinks>,
+    addr: SocketAddr,
+    id: u64,
+    pending: Rc<RefCell<Vec<u8>>>,
+    woken: LocalReceiver<()>,
+) {
+    let mut stream = match TcpStream::connect_timeout(addr, CONNECT_TIMEOUT).await {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::debug!(peer = %addr, %error, "cannot reach peer");
+            return links.lost(addr, id);
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let mut hello = Vec::new();
+    encode_peer_hello(&mut hello, &links.hello);
+    if stream.write_all(&hello).await.is_err() {
+        return links.lost(addr, id);
+    }
+    let mut batch = Vec::new();
+    loop {
+        let nudged = futures_lite::future::or(async { woken.recv().await.map(|()| true) }, async {
+            glommio::timer::sleep(OUTBOUND_IDLE).await;
+            Some(false)
+        })
+        .await;
+        match nudged {
+            // The link was dropped (cut off): stop.
+            None => return,
+            Some(false) => {
+                if links.idle(addr, id) {
+                    return;
+                }
+                continue;
+            }
+            Some(true) => {}
+        }
+        std::mem::swap(&mut batch, &mut *pending.borrow_mut());
+        if batch.is_empty() {
+            continue;
+        }
+        if stream.write_all(&batch).await.is_err() {
+            return links.lost(addr, id);
+        }
+        batch.clear();
+        if batch.capacity() > 1024 * 1024 {
+            batch = Vec::new();
+        }
+    }
+}
+
+/// Reads one length-prefixed frame of at most `max` bytes, growing the buffer only as bytes
+/// arrive.
+async fn read_frame(stream: &mut TcpStream, max: usize) -> Result<Vec<u8>, String> {
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    stream
+        .read_exact(&mut header)
+        .await
+        .map_err(|e| e.to_string())?;
+    let len = u32::from_le_bytes(header) as usize;
+    if len > max {
+        return Err(format!("frame of {len} bytes over the limit of {max}"));
+    }
+    let mut payload = Vec::new();
+    while payload.len() < len {
+        let from = payload.len();
+        let step = (len - from).min(READ_STEP_BYTES);
+        payload.resize(from + step, 0);
+        stream
+            .read_exact(&mut payload[from..])
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(payload)
+}
+
+fn bump(counter: &Cell<u64>) {
+    counter.set(counter.get() + 1);
+}

@@ -1,0 +1,533 @@
+//! The coordinator: runs this node's side of the peer protocol (a `repram_cluster::Node`) with
+//! the real clock, over real TCP, and in front of the shards.
+//!
+//! It lives on shard 0's executor in a task queue of its own with a small share, so client
+//! traffic on that core always comes first. It owns the peer listener and links, the cluster
+//! node, and the fan-out of the node's store requests to the shards (each entry to the shard
+//! that owns its key; digests, hashes and filters to every shard, merged). It never touches a
+//! store: shards answer it over channels ([`ToShard`], [`FromShard`]).
+
+mod links;
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ahash::AHashMap;
+use glommio::net::TcpListener;
+use glommio::{Latency, Shares};
+use repram_cluster::message::PEER_PROTOCOL_MAJOR;
+use repram_cluster::sync::{BucketDigest, CheckedFilter};
+use repram_cluster::{
+    ClusterConfig, Entry, Input, Node, NodeConfig, Output, StoreReply, StoreRequest,
+};
+
+use crate::store::OwnedEntry;
+use crate::wire::peer::{PeerHello, PeerLimits};
+use crate::wire::shard_of;
+
+use self::links::{LinkEvent, PeerLinks};
+
+/// The coordinator stops reading peers while this many store requests wait on shards.
+const STORE_REQUESTS_PENDING_MAX: usize = 4_096;
+/// The longest the coordinator sleeps between looks at the node's timers.
+const TICK_MAX: Duration = Duration::from_millis(20);
+/// The share of shard 0's core the coordinator's task queue gets against client traffic's
+/// default 1000.
+const COORDINATOR_SHARES: usize = 100;
+/// Bits of a dump cursor that hold the position within one shard; the shard is above them.
+const DUMP_CURSOR_SHARD_SHIFT: u32 = 48;
+
+/// What the coordinator asks a shard.
+pub(crate) enum ToShard {
+    Store {
+        ticket: u64,
+        request: ShardStoreRequest,
+    },
+}
+
+/// A store request for one shard (owned and `Send`: it crosses threads).
+pub(crate) enum ShardStoreRequest {
+    /// Entries this shard owns, with their positions in the node's request.
+    Apply {
+        entries: Vec<OwnedEntry>,
+        positions: Vec<u32>,
+    },
+    Digests {
+        from_bucket: u64,
+        settled_before_ms: u64,
+    },
+    BucketHashes {
+        buckets: Vec<u64>,
+        settled_before_ms: u64,
+    },
+    Lacking {
+        filters: Vec<(u64, Arc<CheckedFilter>)>,
+        round_seed: u64,
+        settled_before_ms: u64,
+        max: usize,
+    },
+    Get {
+        key: Vec<u8>,
+    },
+    DumpChunk {
+        cursor: u64,
+        max: usize,
+    },
+}
+
+/// What a shard tells the coordinator.
+pub(crate) enum FromShard {
+    /// Writes made by clients on this shard, to push to the network.
+    LocalWrites(Vec<OwnedEntry>),
+    Store {
+        ticket: u64,
+        reply: ShardStoreReply,
+    },
+}
+
+pub(crate) enum ShardStoreReply {
+    /// Positions (in the node's request) of the entries stored.
+    Applied {
+        stored: Vec<u32>,
+        stale: u64,
+        full: bool,
+    },
+    Digests(Vec<BucketDigest>),
+    BucketHashes(Vec<Vec<u64>>),
+    Lacking(Vec<OwnedEntry>),
+    Entry(Option<OwnedEntry>),
+    DumpChunk {
+        entries: Vec<OwnedEntry>,
+        next: Option<u64>,
+    },
+}
+
+/// A node store request waiting on its shards' replies.
+enum Gather {
+    Apply {
+        entries: Vec<Entry>,
+        remaining: usize,
+        stored: Vec<u32>,
+        stale: u64,
+        full: bool,
+    },
+    Digests {
+        remaining: usize,
+        sums: BTreeMap<u64, (u32, u64)>,
+    },
+    BucketHashes {
+        remaining: usize,
+        hashes: Vec<Vec<u64>>,
+    },
+    Lacking {
+        remaining: usize,
+        max: usize,
+        entries: Vec<Entry>,
+    },
+    Get,
+    Dump {
+        shard: u32,
+    },
+}
+
+/// How the coordinator is set up.
+pub(crate) struct CoordinatorPlan {
+    pub node_id: u64,
+    pub hash_seed: u64,
+    pub listener: std::net::TcpListener,
+    pub advertise: SocketAddr,
+    pub roots: Vec<SocketAddr>,
+    pub seed: u64,
+    pub to_shards: Vec<flume::Sender<ToShard>>,
+    pub from_shards: flume::Receiver<FromShard>,
+}
+
+pub(crate) struct Coordinator {
+    node: RefCell<Node>,
+    links: Rc<PeerLinks>,
+    to_shards: Vec<flume::Sender<ToShard>>,
+    hash_seed: u64,
+    gathers: RefCell<AHashMap<u64, Gather>>,
+    last_now_ms: Cell<u64>,
+}
+
+impl Coordinator {
+    /// Starts the coordinator's tasks on the current executor (shard 0's), in a task queue of
+    /// their own.
+    pub(crate) fn start(plan: CoordinatorPlan) -> Result<Rc<Coordinator>, String> {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        let queue = glommio::executor().create_task_queue(
+            Shares::Static(COORDINATOR_SHARES),
+            Latency::NotImportant,
+            "coordinator",
+        );
+        let is_root = plan.roots.is_empty() || plan.roots.contains(&plan.advertise);
+        let config = NodeConfig {
+            id: plan.node_id,
+            addr: plan.advertise,
+            roots: plan.roots,
+            is_root,
+            cluster: ClusterConfig::default(),
+        };
+        let now = wall_ms();
+        let node = Node::new(config, plan.seed, now);
+        let hello = PeerHello {
+            major: PEER_PROTOCOL_MAJOR,
+            node_id: plan.node_id,
+            addr: plan.advertise,
+        };
+        let (links, events) = PeerLinks::new(hello, PeerLimits::default());
+        let coordinator = Rc::new(Coordinator {
+            node: RefCell::new(node),
+            links: links.clone(),
+            to_shards: plan.to_shards,
+            hash_seed: plan.hash_seed,
+            gathers: RefCell::new(AHashMap::new()),
+            last_now_ms: Cell::new(now),
+        });
+        // SAFETY: the descriptor comes from `into_raw_fd` of a socket we bound and put in
+        // listening mode; ownership moves to glommio's listener, which alone closes it.
+        let listener = unsafe { TcpListener::from_raw_fd(plan.listener.into_raw_fd()) };
+        let spawn = |future: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>| {
+            glommio::spawn_local_into(future, queue)
+                .map(|task| task.detach())
+                .map_err(|e| e.to_string())
+        };
+        spawn(Box::pin(links.accept(listener)))?;
+        spawn(Box::pin(coordinator.clone().take_link_events(events)))?;
+        spawn(Box::pin(
+            coordinator.clone().take_shard_messages(plan.from_shards),
+        ))?;
+        spawn(Box::pin(coordinator.clone().tick()))?;
+        tracing::info!(peer = %plan.advertise, root = is_root, "coordinator running");
+        Ok(coordinator)
+    }
+
+    /// Wall-clock milliseconds, never earlier than before.
+    fn now_ms(&self) -> u64 {
+        let now = wall_ms().max(self.last_now_ms.get());
+        self.last_now_ms.set(now);
+        now
+    }
+
+    /// Feeds the node one input and carries out what it asks.
+    fn handle(&self, input: Input) {
+        let now = self.now_ms();
+        self.node.borrow_mut().handle(input, now);
+        self.carry_out();
+    }
+
+    fn carry_out(&self) {
+        loop {
+            let Some(output) = self.node.borrow_mut().poll_output() else {
+                return;
+            };
+            match output {
+                Output::Send { to, msg } => self.links.send(to, &msg),
+                Output::Store { ticket, request } => self.ask_shards(ticket, request),
+                // Reads do not ask peers yet (lazy pull in the read path comes next).
+                Output::PullDone { .. } => {}
+            }
+        }
+    }
+
+    async fn take_link_events(
+        self: Rc<Self>,
+        events: glommio::channels::local_channel::LocalReceiver<LinkEvent>,
+    ) {
+        while let Some(event) = events.recv().await {
+            while self.node.borrow().store_requests_pending() > STORE_REQUESTS_PENDING_MAX {
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+            match event {
+                LinkEvent::Message { from, msg } => self.handle(Input::Message { from, msg }),
+                LinkEvent::Unreachable { addr } => self.handle(Input::Unreachable { addr }),
+            }
+            glommio::yield_if_needed().await;
+        }
+    }
+
+    async fn take_shard_messages(self: Rc<Self>, messages: flume::Receiver<FromShard>) {
+        while let Ok(message) = messages.recv_async().await {
+            match message {
+                FromShard::LocalWrites(entries) => {
+                    for entry in entries {
+                        self.handle(Input::LocalWrite(entry.to_entry()));
+                    }
+                }
+                FromShard::Store { ticket, reply } => self.gathered(ticket, reply),
+            }
+            glommio::yield_if_needed().await;
+        }
+    }
+
+    /// Ticks the node when its next timer is due.
+    async fn tick(self: Rc<Self>) {
+        loop {
+            let now = self.now_ms();
+            let due = self.node.borrow().next_wake_ms();
+            if due <= now {
+                self.handle(Input::Tick);
+                continue;
+            }
+            let wait = Duration::from_millis(due - now).min(TICK_MAX);
+            glommio::timer::sleep(wait).await;
+        }
+    }
+
+    /// Sends a node store request to the shards that hold its answer.
+    fn ask_shards(&self, ticket: u64, request: StoreRequest) {
+        let shards = self.to_shards.len();
+        let everyone = |make: &dyn Fn() -> ShardStoreRequest| {
+            for shard in &self.to_shards {
+                let _ = shard.send(ToShard::Store {
+                    ticket,
+                    request: make(),
+                });
+            }
+        };
+        let gather = match request {
+            StoreRequest::Apply { entries } => {
+                let mut parts: Vec<(Vec<OwnedEntry>, Vec<u32>)> =
+                    (0..shards).map(|_| Default::default()).collect();
+                for (at, entry) in entries.iter().enumerate() {
+                    let owner = shard_of(&entry.key, self.hash_seed, shards as u32) as usize;
+                    parts[owner].0.push(OwnedEntry::of(entry));
+                    parts[owner].1.push(at as u32);
+                }
+                let mut remaining = 0;
+                for (shard, (owned, positions)) in parts.into_iter().enumerate() {
+                    if owned.is_empty() {
+                        continue;
+                    }
+                    remaining += 1;
+                    let _ = self.to_shards[shard].send(ToShard::Store {
+                        ticket,
+                        request: ShardStoreRequest::Apply {
+                            entries: owned,
+                            positions,
+                        },
+                    });
+                }
+                Gather::Apply {
+                    entries,
+                    remaining,
+                    stored: Vec::new(),
+                    stale: 0,
+                    full: false,
+                }
+            }
+            StoreRequest::Digests {
+                from_bucket,
+                settled_before_ms,
+            } => {
+                everyone(&|| ShardStoreRequest::Digests {
+                    from_bucket,
+                    settled_before_ms,
+                });
+                Gather::Digests {
+                    remaining: shards,
+                    sums: BTreeMap::new(),
+                }
+            }
+            StoreRequest::BucketHashes {
+                buckets,
+                settled_before_ms,
+            } => {
+                let count = buckets.len();
+                everyone(&|| ShardStoreRequest::BucketHashes {
+                    buckets: buckets.clone(),
+                    settled_before_ms,
+                });
+                Gather::BucketHashes {
+                    remaining: shards,
+                    hashes: vec![Vec::new(); count],
+                }
+            }
+            StoreRequest::Lacking {
+                mut filters,
+                round_seed,
+                settled_before_ms,
+                max,
+            } => {
+                filters.sort_by_key(|(bucket, _)| *bucket);
+                everyone(&|| ShardStoreRequest::Lacking {
+                    filters: filters.clone(),
+                    round_seed,
+                    settled_before_ms,
+                    max,
+                });
+                Gather::Lacking {
+                    remaining: shards,
+                    max,
+                    entries: Vec::new(),
+                }
+            }
+            StoreRequest::Get { key } => {
+                let owner = shard_of(&key, self.hash_seed, shards as u32) as usize;
+                let _ = self.to_shards[owner].send(ToShard::Store {
+                    ticket,
+                    request: ShardStoreRequest::Get { key: key.to_vec() },
+                });
+                Gather::Get
+            }
+            StoreRequest::DumpChunk { cursor, max } => {
+                let shard = (cursor >> DUMP_CURSOR_SHARD_SHIFT) as u32;
+                let at = cursor & ((1 << DUMP_CURSOR_SHARD_SHIFT) - 1);
+                match self.to_shards.get(shard as usize) {
+                    Some(sender) => {
+                        let _ = sender.send(ToShard::Store {
+                            ticket,
+                            request: ShardStoreRequest::DumpChunk { cursor: at, max },
+                        });
+                        Gather::Dump { shard }
+                    }
+                    None => {
+                        // A cursor past the last shard (from a peer with more shards than
+                        // we have, say): the dump is complete.
+                        return self.reply(
+                            ticket,
+                            StoreReply::DumpChunk {
+                                entries: Vec::new(),
+                                next: None,
+                            },
+                        );
+                    }
+                }
+            }
+        };
+        if matches!(gather, Gather::Apply { remaining: 0, .. }) {
+            return self.reply(
+                ticket,
+                StoreReply::Applied {
+                    fresh: Vec::new(),
+                    stale: 0,
+                    full: false,
+                },
+            );
+        }
+        self.gathers.borrow_mut().insert(ticket, gather);
+    }
+
+    /// One shard's reply: merged into its gather, handed to the node once all are in.
+    fn gathered(&self, ticket: u64, reply: ShardStoreReply) {
+        let Some(mut gather) = self.gathers.borrow_mut().remove(&ticket) else {
+            return;
+        };
+        let shards = self.to_shards.len() as u32;
+        let finished = match (&mut gather, reply) {
+            (
+                Gather::Apply {
+                    entries,
+                    remaining,
+                    stored,
+                    stale,
+                    full,
+                },
+                ShardStoreReply::Applied {
+                    stored: more,
+                    stale: more_stale,
+                    full: more_full,
+                },
+            ) => {
+                stored.extend(more);
+                *stale += more_stale;
+                *full |= more_full;
+                *remaining -= 1;
+                (*remaining == 0).then(|| {
+                    stored.sort_unstable();
+                    let fresh = stored
+                        .iter()
+                        .filter_map(|&at| entries.get(at as usize).cloned())
+                        .collect();
+                    StoreReply::Applied {
+                        fresh,
+                        stale: *stale,
+                        full: *full,
+                    }
+                })
+            }
+            (Gather::Digests { remaining, sums }, ShardStoreReply::Digests(digests)) => {
+                for d in digests {
+                    let sum = sums.entry(d.bucket).or_default();
+                    sum.0 += d.count;
+                    sum.1 ^= d.xor;
+                }
+                *remaining -= 1;
+                (*remaining == 0).then(|| {
+                    StoreReply::Digests(
+                        sums.iter()
+                            .filter(|(_, sum)| sum.0 > 0)
+                            .map(|(&bucket, &(count, xor))| BucketDigest { bucket, count, xor })
+                            .collect(),
+                    )
+                })
+            }
+            (Gather::BucketHashes { remaining, hashes }, ShardStoreReply::BucketHashes(more)) => {
+                for (all, some) in hashes.iter_mut().zip(more) {
+                    all.extend(some);
+                }
+                *remaining -= 1;
+                (*remaining == 0).then(|| StoreReply::BucketHashes(std::mem::take(hashes)))
+            }
+            (
+                Gather::Lacking {
+                    remaining,
+                    max,
+                    entries,
+                },
+                ShardStoreReply::Lacking(more),
+            ) => {
+                let room = max.saturating_sub(entries.len());
+                entries.extend(more.iter().take(room).map(OwnedEntry::to_entry));
+                *remaining -= 1;
+                (*remaining == 0).then(|| StoreReply::Lacking(std::mem::take(entries)))
+            }
+            (Gather::Get, ShardStoreReply::Entry(entry)) => {
+                Some(StoreReply::Entry(entry.as_ref().map(OwnedEntry::to_entry)))
+            }
+            (Gather::Dump { shard }, ShardStoreReply::DumpChunk { entries, next }) => {
+                let next = match next {
+                    Some(at) => Some((u64::from(*shard) << DUMP_CURSOR_SHARD_SHIFT) | at),
+                    None if *shard + 1 < shards => {
+                        Some(u64::from(*shard + 1) << DUMP_CURSOR_SHARD_SHIFT)
+                    }
+                    None => None,
+                };
+                Some(StoreReply::DumpChunk {
+                    entries: entries.iter().map(OwnedEntry::to_entry).collect(),
+                    next,
+                })
+            }
+            (_, _) => {
+                // A shard's bug; the node counts the mismatched reply and moves on.
+                tracing::error!(
+                    ticket,
+                    "a shard answered a store request with the wrong kind"
+                );
+                Some(StoreReply::Entry(None))
+            }
+        };
+        match finished {
+            Some(reply) => self.reply(ticket, reply),
+            None => {
+                self.gathers.borrow_mut().insert(ticket, gather);
+            }
+        }
+    }
+
+    /// Hands a finished reply to the node.
+    fn reply(&self, ticket: u64, reply: StoreReply) {
+        self.handle(Input::Store { ticket, reply });
+    }
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

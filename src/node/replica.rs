@@ -1,0 +1,153 @@
+//! A shard's side of replication: it answers the coordinator's store requests against this
+//! shard's store, and hands the writes its clients make to the coordinator to push.
+//!
+//! Owns the two loops and the bounded queue of writes not yet handed over. It never decides
+//! anything about peers (the coordinator's node does) and never holds another shard's entries.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use glommio::channels::local_channel::{LocalReceiver, LocalSender};
+
+use crate::coordinator::{FromShard, ShardStoreReply, ShardStoreRequest, ToShard};
+use crate::store::{Applied, OwnedEntry, StoreError};
+
+use super::shard::Shard;
+
+/// Client writes waiting to be handed to the coordinator at most; past it new ones are not
+/// pushed (sync brings them to the network a round later) and are counted.
+const PENDING_WRITES_MAX: usize = 65_536;
+
+/// The channels between one shard and the coordinator.
+pub(crate) struct Replication {
+    to_coordinator: flume::Sender<FromShard>,
+    pending: RefCell<Vec<OwnedEntry>>,
+    wake: LocalSender<()>,
+    pub(crate) dropped: Cell<u64>,
+}
+
+impl Replication {
+    pub(crate) fn new(
+        to_coordinator: flume::Sender<FromShard>,
+    ) -> (Replication, LocalReceiver<()>) {
+        let (wake, woken) = glommio::channels::local_channel::new_bounded(1);
+        let replication = Replication {
+            to_coordinator,
+            pending: RefCell::new(Vec::new()),
+            wake,
+            dropped: Cell::new(0),
+        };
+        (replication, woken)
+    }
+
+    /// A client's write (or delete, as a tombstone) is in the store: push it to the network.
+    pub(crate) fn written(&self, entry: OwnedEntry) {
+        let mut pending = self.pending.borrow_mut();
+        if pending.len() >= PENDING_WRITES_MAX {
+            self.dropped.set(self.dropped.get() + 1);
+            return;
+        }
+        pending.push(entry);
+        let _ = self.wake.try_send(());
+    }
+}
+
+/// Hands the writes gathered since the last hand-over to the coordinator, one batch at a time.
+pub(crate) async fn hand_over_writes(shard: Rc<Shard>, woken: LocalReceiver<()>) {
+    let Some(replication) = shard.replication.as_ref() else {
+        return;
+    };
+    while woken.recv().await.is_some() {
+        // Let the rest of the current burst of requests land in the same batch.
+        glommio::yield_if_needed().await;
+        let batch = std::mem::take(&mut *replication.pending.borrow_mut());
+        if batch.is_empty() {
+            continue;
+        }
+        let message = FromShard::LocalWrites(batch);
+        if replication
+            .to_coordinator
+            .send_async(message)
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Answers the coordinator's store requests, one at a time, yielding to clients in between.
+pub(crate) async fn serve_coordinator(shard: Rc<Shard>, requests: flume::Receiver<ToShard>) {
+    let Some(replication) = shard.replication.as_ref() else {
+        return;
+    };
+    while let Ok(ToShard::Store { ticket, request }) = requests.recv_async().await {
+        let reply = answer(&shard, request);
+        let message = FromShard::Store { ticket, reply };
+        if replication
+            .to_coordinator
+            .send_async(message)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        glommio::yield_if_needed().await;
+    }
+}
+
+fn answer(shard: &Shard, request: ShardStoreRequest) -> ShardStoreReply {
+    let now = shard.now_ms();
+    let mut store = shard.store.borrow_mut();
+    match request {
+        ShardStoreRequest::Apply {
+            mut entries,
+            positions,
+        } => {
+            let (mut stored, mut stale, mut full) = (Vec::new(), 0, false);
+            for (entry, at) in entries.iter_mut().zip(positions) {
+                match store.apply_replica(entry, now) {
+                    Ok(Applied::Stored) => stored.push(at),
+                    Ok(Applied::Stale | Applied::Expired) => stale += 1,
+                    Err(StoreError::StoreFull { .. }) => full = true,
+                    Err(error) => {
+                        // Out of this node's limits (a key too long, a version from the
+                        // future): not ours to keep.
+                        tracing::debug!(%error, "replicated entry refused");
+                        stale += 1;
+                    }
+                }
+            }
+            ShardStoreReply::Applied {
+                stored,
+                stale,
+                full,
+            }
+        }
+        ShardStoreRequest::Digests {
+            from_bucket,
+            settled_before_ms,
+        } => ShardStoreReply::Digests(store.sync_digests(from_bucket, settled_before_ms)),
+        ShardStoreRequest::BucketHashes {
+            buckets,
+            settled_before_ms,
+        } => ShardStoreReply::BucketHashes(store.sync_bucket_hashes(&buckets, settled_before_ms)),
+        ShardStoreRequest::Lacking {
+            filters,
+            round_seed,
+            settled_before_ms,
+            max,
+        } => ShardStoreReply::Lacking(store.sync_lacking(
+            &filters,
+            round_seed,
+            settled_before_ms,
+            max,
+            now,
+        )),
+        ShardStoreRequest::Get { key } => ShardStoreReply::Entry(store.sync_entry(&key, now)),
+        ShardStoreRequest::DumpChunk { cursor, max } => {
+            let (entries, next) = store.sync_dump_chunk(cursor, max, now);
+            ShardStoreReply::DumpChunk { entries, next }
+        }
+    }
+}
