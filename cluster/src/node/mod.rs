@@ -293,6 +293,12 @@ struct SyncRound {
     seed: u64,
     from_bucket: u64,
     settled_before_ms: u64,
+    /// Rounds to run right after this one if it found differences, each with a fresh salt:
+    /// a catch-up round's filters miss about 1 entry in 256 (a false positive), which would
+    /// otherwise wait a whole period for the next round.
+    follow_ups: u8,
+    /// When it was opened: a periodic round does not replace one still in flight.
+    opened_ms: u64,
 }
 
 pub struct Node {

@@ -72,18 +72,35 @@ impl Node {
     /// settle time (the push brings them); a `catch_up` round, right after attaching to a new
     /// parent, counts everything, as the push did not reach this node while it was elsewhere.
     pub(super) fn open_round(&mut self, peer: SocketAddr, now_ms: u64, catch_up: bool) {
+        let settle = self.config.cluster.sync_settle_ms.min(SETTLE_WINDOW_MS);
+        if catch_up {
+            return self.open_round_as(peer, now_ms, u64::MAX, 1);
+        }
+        // A round still in flight with this peer (a catch-up after a move, slowed by a lost
+        // packet, say) is left to finish: replacing it would drop what it was repairing.
+        let in_flight = self.rounds.get(&peer).is_some_and(|r| {
+            now_ms.saturating_sub(r.opened_ms) < self.config.cluster.reply_timeout_ms
+        });
+        if !in_flight {
+            self.open_round_as(peer, now_ms, now_ms.saturating_sub(settle), 0);
+        }
+    }
+
+    fn open_round_as(
+        &mut self,
+        peer: SocketAddr,
+        now_ms: u64,
+        settled_before_ms: u64,
+        follow_ups: u8,
+    ) {
         let seed = self.rng.next_u64();
         let from_bucket = self.sync_window(now_ms);
-        let settle = self.config.cluster.sync_settle_ms.min(SETTLE_WINDOW_MS);
-        let settled_before_ms = if catch_up {
-            u64::MAX
-        } else {
-            now_ms.saturating_sub(settle)
-        };
         let round = SyncRound {
             seed,
             from_bucket,
             settled_before_ms,
+            follow_ups,
+            opened_ms: now_ms,
         };
         self.counters.sync_rounds += 1;
         self.ask(
@@ -362,8 +379,10 @@ impl Node {
         }
         if answer {
             self.send_filters(to, round, buckets, false, settled_before_ms);
-        } else {
-            self.rounds.remove(&to);
+        } else if let Some(done) = self.rounds.remove(&to) {
+            if done.follow_ups > 0 {
+                self.open_round_as(to, now_ms, done.settled_before_ms, done.follow_ups - 1);
+            }
         }
     }
 

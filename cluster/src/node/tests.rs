@@ -705,3 +705,41 @@ fn a_node_takes_its_dump_before_it_syncs() {
         .iter()
         .any(|(_, m)| matches!(m, Message::SyncSummary { .. })));
 }
+
+#[test]
+fn a_periodic_round_leaves_a_catch_up_round_in_flight_alone() {
+    let mut a = with_entries(1, &["x"]);
+    let b = addr(2);
+    a.open_round(b, 100, true);
+    let sent = drain(&mut a);
+    let Some((_, Message::SyncSummary { round, .. })) = sent
+        .iter()
+        .find(|(to, m)| *to == b && matches!(m, Message::SyncSummary { .. }))
+        .cloned()
+    else {
+        panic!("no catch-up summary: {sent:?}")
+    };
+    // A periodic round comes due while the catch-up's answer is delayed: it is not opened.
+    a.open_round(b, 600, false);
+    assert!(drain(&mut a).is_empty(), "the catch-up round was replaced");
+    // The catch-up's answer still counts: the round goes on to filters.
+    let digests = Message::SyncDigests {
+        round,
+        digests: Vec::new(),
+    };
+    a.handle(
+        Input::Message {
+            from: b,
+            msg: digests,
+        },
+        700,
+    );
+    assert!(drain(&mut a).iter().any(
+        |(to, m)| *to == b && matches!(m, Message::SyncFilters { round: r, .. } if *r == round)
+    ));
+    // Once the round is old, a periodic one may start again.
+    a.open_round(b, 100 + ClusterConfig::default().reply_timeout_ms, false);
+    assert!(drain(&mut a)
+        .iter()
+        .any(|(_, m)| matches!(m, Message::SyncSummary { .. })));
+}
