@@ -226,6 +226,15 @@ fn print_stats(stats: &repram::wire::NodeStats) {
         }
         println!();
     }
+    println!(
+        "{:<22}{:>14}",
+        "live_set_xor",
+        format!("{:016x}", stats.total.live_set_xor)
+    );
+    println!("network");
+    for (name, value) in stats.network.fields() {
+        println!("  {name:<20}{value:>14}");
+    }
 }
 
 fn limits() -> ExitCode {

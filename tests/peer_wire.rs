@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use proptest::prelude::*;
+use repram::cluster::entry::Plaintext;
 use repram::cluster::message::{Message, NodeInfo, Role};
 use repram::cluster::sync::{BucketDigest, FilterData};
 use repram::cluster::{Entry, Version};
@@ -51,7 +52,7 @@ fn entry() -> impl Strategy<Value = Entry> {
     )
         .prop_map(|(key, value, expires_ms, clock, node)| Entry {
             key: Rc::from(key),
-            value: value.map(Rc::from),
+            value: value.map(|v| Plaintext::shared(&v)),
             expires_ms,
             version: Version { clock, node },
         })
@@ -215,7 +216,7 @@ fn a_peer_message_over_a_limit_is_refused() {
     };
     let e = |key: &[u8], value: &[u8]| Entry {
         key: Rc::from(key),
-        value: Some(Rc::from(value)),
+        value: Some(Plaintext::shared(value)),
         expires_ms: 1,
         version: Version::default(),
     };

@@ -12,13 +12,45 @@ use hashbrown::HashMap;
 use crate::sync::{bucket_of, is_settled, BucketDigest, RecentEntries, SYNC_BUCKET_MS};
 use crate::Version;
 
+/// A value's bytes in the clear, on their way between a store and a peer: overwritten with
+/// zeros when the last reference goes, so no plaintext is left in freed memory.
+#[derive(PartialEq, Eq, Hash)]
+pub struct Plaintext(Box<[u8]>);
+
+impl Plaintext {
+    /// A shared copy of `bytes`.
+    pub fn shared(bytes: &[u8]) -> Rc<Plaintext> {
+        Rc::new(Plaintext(bytes.into()))
+    }
+}
+
+impl std::ops::Deref for Plaintext {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Plaintext {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut *self.0);
+    }
+}
+
+impl std::fmt::Debug for Plaintext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Plaintext({} bytes)", self.0.len())
+    }
+}
+
 /// One entry on its way between nodes. Key and value are shared, so pushing one entry to many
 /// neighbours (or, in the simulator, to thousands of nodes) copies no bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Entry {
     pub key: Rc<[u8]>,
     /// `None` is a tombstone: a delete, kept until the deleted value's expiry.
-    pub value: Option<Rc<[u8]>>,
+    pub value: Option<Rc<Plaintext>>,
     /// Absolute wall-clock milliseconds.
     pub expires_ms: u64,
     pub version: Version,
@@ -285,7 +317,7 @@ mod tests {
     fn entry(key: &str, clock: u64, expires_ms: u64) -> Entry {
         Entry {
             key: key.as_bytes().into(),
-            value: Some(b"v".as_slice().into()),
+            value: Some(Plaintext::shared(b"v")),
             expires_ms,
             version: Version { clock, node: 1 },
         }

@@ -1,6 +1,7 @@
 //! Simulator scenarios on small clusters: what the peer protocol must do, checked by outcome
 //! (never by wall time). Each prints its seed, so a failure can be replayed.
 
+use repram_cluster::entry::Plaintext;
 use repram_cluster::sim::{Sim, SimConfig};
 use repram_cluster::Role;
 
@@ -405,7 +406,7 @@ fn a_hostile_peer_cannot_plant_entries_or_break_the_tree() {
         let liar: std::net::SocketAddr = "192.0.2.66:7800".parse().unwrap();
         let planted = Entry {
             key: Rc::from(777_777u32.to_le_bytes().as_slice()),
-            value: Some(Rc::from(b"evil".as_slice())),
+            value: Some(Plaintext::shared(b"evil")),
             expires_ms: u64::MAX / 2, // far beyond any TTL
             version: Version {
                 clock: u64::MAX,

@@ -16,7 +16,9 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 use repram_cluster::message::{Message, PEER_PROTOCOL_MAJOR};
+use zeroize::Zeroizing;
 
+use crate::buffers::{reserve_wiping, wipe_and_clear};
 use crate::wire::peer::{decode_peer, decode_peer_hello, encode_peer, encode_peer_hello};
 use crate::wire::peer::{PeerHello, PeerLimits};
 use crate::wire::FRAME_HEADER_BYTES;
@@ -52,7 +54,9 @@ pub(crate) enum LinkEvent {
 /// One connection we opened: frames waiting to be written, and a nudge for its writer.
 struct Outbound {
     id: u64,
-    pending: Rc<RefCell<Vec<u8>>>,
+    /// Encoded frames (values in the clear until sealed by issue 8's sessions): wiped after
+    /// they are written and when dropped.
+    pending: Rc<RefCell<Zeroizing<Vec<u8>>>>,
     wake: LocalSender<()>,
 }
 
@@ -101,6 +105,8 @@ impl PeerLinks {
         let link = outbound.entry(to).or_insert_with(|| self.open(to));
         let mut pending = link.pending.borrow_mut();
         let before = pending.len();
+        // Room first, so encoding does not reallocate and leave a copy behind.
+        reserve_wiping(&mut pending, msg.wire_bytes() * 2 + 1_024);
         encode_peer(&mut pending, msg);
         let added = pending.len() - before;
         if pending.len() > OUTBOUND_BYTES_MAX {
@@ -123,7 +129,7 @@ impl PeerLinks {
     fn open(self: &Rc<Self>, to: SocketAddr) -> Outbound {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
-        let pending = Rc::new(RefCell::new(Vec::new()));
+        let pending = Rc::new(RefCell::new(Zeroizing::new(Vec::new())));
         let (wake, woken) = local_channel::new_bounded(1);
         let _ = wake.try_send(());
         glommio::spawn_local(write_link(self.clone(), to, id, pending.clone(), woken)).detach();
@@ -238,7 +244,7 @@ async fn write_link(
     links: Rc<PeerLinks>,
     addr: SocketAddr,
     id: u64,
-    pending: Rc<RefCell<Vec<u8>>>,
+    pending: Rc<RefCell<Zeroizing<Vec<u8>>>>,
     woken: LocalReceiver<()>,
 ) {
     let mut stream = match TcpStream::connect_timeout(addr, CONNECT_TIMEOUT).await {
@@ -255,7 +261,7 @@ async fn write_link(
     if stream.write_all(&hello).await.is_err() {
         return links.lost(addr, id);
     }
-    let mut batch = Vec::new();
+    let mut batch = Zeroizing::new(Vec::new());
     loop {
         let nudged = futures_lite::future::or(async { woken.recv().await.map(|()| true) }, async {
             glommio::timer::sleep(OUTBOUND_IDLE).await;
@@ -280,16 +286,13 @@ async fn write_link(
         if stream.write_all(&batch).await.is_err() {
             return links.lost(addr, id);
         }
-        batch.clear();
-        if batch.capacity() > 1024 * 1024 {
-            batch = Vec::new();
-        }
+        wipe_and_clear(&mut batch, 1024 * 1024);
     }
 }
 
 /// Reads one length-prefixed frame of at most `max` bytes, growing the buffer only as bytes
 /// arrive.
-async fn read_frame(stream: &mut TcpStream, max: usize) -> Result<Vec<u8>, String> {
+async fn read_frame(stream: &mut TcpStream, max: usize) -> Result<Zeroizing<Vec<u8>>, String> {
     let mut header = [0u8; FRAME_HEADER_BYTES];
     stream
         .read_exact(&mut header)
@@ -299,10 +302,11 @@ async fn read_frame(stream: &mut TcpStream, max: usize) -> Result<Vec<u8>, Strin
     if len > max {
         return Err(format!("frame of {len} bytes over the limit of {max}"));
     }
-    let mut payload = Vec::new();
+    let mut payload = Zeroizing::new(Vec::new());
     while payload.len() < len {
         let from = payload.len();
         let step = (len - from).min(READ_STEP_BYTES);
+        reserve_wiping(&mut payload, step);
         payload.resize(from + step, 0);
         stream
             .read_exact(&mut payload[from..])

@@ -13,6 +13,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,6 +29,7 @@ use repram_cluster::{
 use crate::store::OwnedEntry;
 use crate::wire::peer::{PeerHello, PeerLimits};
 use crate::wire::shard_of;
+use crate::wire::NetworkStats;
 
 use self::links::{LinkEvent, PeerLinks};
 
@@ -40,6 +42,64 @@ const TICK_MAX: Duration = Duration::from_millis(20);
 const COORDINATOR_SHARES: usize = 100;
 /// Bits of a dump cursor that hold the position within one shard; the shard is above them.
 const DUMP_CURSOR_SHARD_SHIFT: u32 = 48;
+
+/// The coordinator's counters, published for Stats on any shard (plain atomics written by the
+/// coordinator and by shards' hand-over tasks: no lock is shared).
+#[derive(Default)]
+pub(crate) struct NetworkCounters {
+    role: AtomicU64,
+    children: AtomicU64,
+    joins: AtomicU64,
+    attaches: AtomicU64,
+    parent_losses: AtomicU64,
+    rebalances: AtomicU64,
+    dumps_completed: AtomicU64,
+    dumping: AtomicU64,
+    sync_rounds: AtomicU64,
+    sync_rounds_in_sync: AtomicU64,
+    entries_received: AtomicU64,
+    entries_already_held: AtomicU64,
+    sync_entries_received: AtomicU64,
+    pub(crate) writes_pushed: AtomicU64,
+    pub(crate) writes_not_pushed: AtomicU64,
+    pulls_hit: AtomicU64,
+    pulls_missed: AtomicU64,
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
+    peer_frames_refused: AtomicU64,
+    peers_cut_off: AtomicU64,
+    peer_messages_refused: AtomicU64,
+}
+
+impl NetworkCounters {
+    pub(crate) fn snapshot(&self) -> NetworkStats {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        NetworkStats {
+            role: u8::try_from(get(&self.role)).unwrap_or(u8::MAX),
+            children: get(&self.children),
+            joins: get(&self.joins),
+            attaches: get(&self.attaches),
+            parent_losses: get(&self.parent_losses),
+            rebalances: get(&self.rebalances),
+            dumps_completed: get(&self.dumps_completed),
+            dumping: get(&self.dumping),
+            sync_rounds: get(&self.sync_rounds),
+            sync_rounds_in_sync: get(&self.sync_rounds_in_sync),
+            entries_received: get(&self.entries_received),
+            entries_already_held: get(&self.entries_already_held),
+            sync_entries_received: get(&self.sync_entries_received),
+            writes_pushed: get(&self.writes_pushed),
+            writes_not_pushed: get(&self.writes_not_pushed),
+            pulls_hit: get(&self.pulls_hit),
+            pulls_missed: get(&self.pulls_missed),
+            bytes_sent: get(&self.bytes_sent),
+            bytes_received: get(&self.bytes_received),
+            peer_frames_refused: get(&self.peer_frames_refused),
+            peers_cut_off: get(&self.peers_cut_off),
+            peer_messages_refused: get(&self.peer_messages_refused),
+        }
+    }
+}
 
 /// What the coordinator asks a shard.
 pub(crate) enum ToShard {
@@ -144,6 +204,7 @@ pub(crate) struct CoordinatorPlan {
     pub seed: u64,
     pub to_shards: Vec<flume::Sender<ToShard>>,
     pub from_shards: flume::Receiver<FromShard>,
+    pub counters: Arc<NetworkCounters>,
 }
 
 pub(crate) struct Coordinator {
@@ -153,6 +214,7 @@ pub(crate) struct Coordinator {
     hash_seed: u64,
     gathers: RefCell<AHashMap<u64, Gather>>,
     last_now_ms: Cell<u64>,
+    counters: Arc<NetworkCounters>,
 }
 
 impl Coordinator {
@@ -188,6 +250,7 @@ impl Coordinator {
             hash_seed: plan.hash_seed,
             gathers: RefCell::new(AHashMap::new()),
             last_now_ms: Cell::new(now),
+            counters: plan.counters,
         });
         // SAFETY: the descriptor comes from `into_raw_fd` of a socket we bound and put in
         // listening mode; ownership moves to glommio's listener, which alone closes it.
@@ -219,6 +282,39 @@ impl Coordinator {
         let now = self.now_ms();
         self.node.borrow_mut().handle(input, now);
         self.carry_out();
+        self.publish();
+    }
+
+    /// Copies the node's and the links' counters where Stats on any shard reads them.
+    fn publish(&self) {
+        let node = self.node.borrow();
+        let c = node.counters();
+        let out = &self.counters;
+        let set = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+        set(&out.role, node.role().map_or(255, |r| u64::from(r.depth())));
+        set(&out.children, node.children().count() as u64);
+        set(&out.joins, c.joins);
+        set(&out.attaches, c.attaches);
+        set(&out.parent_losses, c.parent_losses);
+        set(&out.rebalances, c.rebalances);
+        set(&out.dumps_completed, c.dumps_completed);
+        set(&out.dumping, u64::from(node.is_dumping()));
+        set(&out.sync_rounds, c.sync_rounds);
+        set(&out.sync_rounds_in_sync, c.sync_rounds_in_sync);
+        set(&out.entries_received, c.entries_applied);
+        set(&out.entries_already_held, c.entries_stale);
+        set(&out.sync_entries_received, c.sync_entries_applied);
+        set(&out.pulls_hit, c.pulls_hit);
+        set(&out.pulls_missed, c.pulls_missed);
+        set(
+            &out.peer_messages_refused,
+            c.messages_refused + c.entries_refused,
+        );
+        let links = &self.links.counters;
+        set(&out.bytes_sent, links.bytes_sent.get());
+        set(&out.bytes_received, links.bytes_received.get());
+        set(&out.peer_frames_refused, links.frames_refused.get());
+        set(&out.peers_cut_off, links.peers_cut_off.get());
     }
 
     fn carry_out(&self) {

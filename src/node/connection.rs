@@ -268,6 +268,7 @@ impl<'s> Connection<'s> {
         let mut stats = NodeStats {
             total: ShardStats::default(),
             shards: vec![ShardStats::default(); shard.count as usize],
+            network: Box::new(shard.network.snapshot()),
         };
         stats.shards[shard.id as usize] = shard.snapshot();
         let mut remaining = 0;

@@ -23,7 +23,7 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use zeroize::Zeroizing;
 
 use crate::config::NodeConfig;
-use crate::coordinator::{Coordinator, CoordinatorPlan, FromShard, ToShard};
+use crate::coordinator::{Coordinator, CoordinatorPlan, FromShard, NetworkCounters, ToShard};
 use crate::store::{Store, StoreConfig};
 use crate::wire::ErrorCode;
 
@@ -160,7 +160,9 @@ pub fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     let (to_shards, shard_inboxes): (Vec<_>, Vec<_>) =
         (0..shards).map(|_| flume::unbounded::<ToShard>()).unzip();
     let (to_coordinator, from_shards) = flume::bounded::<FromShard>(1_024);
+    let network = std::sync::Arc::new(NetworkCounters::default());
     let mut coordinator = Some(CoordinatorPlan {
+        counters: network.clone(),
         node_id: config.node_id,
         hash_seed: config.hash_seed,
         listener: peer_listener,
@@ -201,6 +203,7 @@ pub fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
                 message: "no coordinator channel".into(),
             })?,
             coordinator: if id == 0 { coordinator.take() } else { None },
+            network: network.clone(),
         };
         // Executors are created in shard order, so glommio's executor ids (which order the
         // mesh) follow shard ids; `run_shard` checks it.
@@ -260,6 +263,7 @@ struct ShardPlan {
     from_coordinator: flume::Receiver<ToShard>,
     /// Shard 0 runs the coordinator.
     coordinator: Option<CoordinatorPlan>,
+    network: std::sync::Arc<NetworkCounters>,
 }
 
 /// Runs one shard until it is told to stop (even while it is still starting).
@@ -320,7 +324,7 @@ async fn start_shard(plan: ShardPlan) -> Result<Rc<Shard>, String> {
     } else {
         (None, None)
     };
-    let (replication, woken) = replica::Replication::new(plan.to_coordinator);
+    let (replication, woken) = replica::Replication::new(plan.to_coordinator, plan.network.clone());
     let shard = Rc::new(Shard::new(
         id,
         &plan.config,
@@ -328,6 +332,7 @@ async fn start_shard(plan: ShardPlan) -> Result<Rc<Shard>, String> {
         store,
         mesh,
         Some(replication),
+        plan.network,
     ));
     glommio::spawn_local(replica::hand_over_writes(shard.clone(), woken)).detach();
     glommio::spawn_local(replica::serve_coordinator(

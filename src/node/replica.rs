@@ -6,10 +6,12 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use glommio::channels::local_channel::{LocalReceiver, LocalSender};
 
-use crate::coordinator::{FromShard, ShardStoreReply, ShardStoreRequest, ToShard};
+use crate::coordinator::{FromShard, NetworkCounters, ShardStoreReply, ShardStoreRequest, ToShard};
 use crate::store::{Applied, OwnedEntry, StoreError};
 
 use super::shard::Shard;
@@ -24,11 +26,13 @@ pub(crate) struct Replication {
     pending: RefCell<Vec<OwnedEntry>>,
     wake: LocalSender<()>,
     pub(crate) dropped: Cell<u64>,
+    network: Arc<NetworkCounters>,
 }
 
 impl Replication {
     pub(crate) fn new(
         to_coordinator: flume::Sender<FromShard>,
+        network: Arc<NetworkCounters>,
     ) -> (Replication, LocalReceiver<()>) {
         let (wake, woken) = glommio::channels::local_channel::new_bounded(1);
         let replication = Replication {
@@ -36,6 +40,7 @@ impl Replication {
             pending: RefCell::new(Vec::new()),
             wake,
             dropped: Cell::new(0),
+            network,
         };
         (replication, woken)
     }
@@ -45,6 +50,9 @@ impl Replication {
         let mut pending = self.pending.borrow_mut();
         if pending.len() >= PENDING_WRITES_MAX {
             self.dropped.set(self.dropped.get() + 1);
+            self.network
+                .writes_not_pushed
+                .fetch_add(1, Ordering::Relaxed);
             return;
         }
         pending.push(entry);
@@ -64,6 +72,10 @@ pub(crate) async fn hand_over_writes(shard: Rc<Shard>, woken: LocalReceiver<()>)
         if batch.is_empty() {
             continue;
         }
+        replication
+            .network
+            .writes_pushed
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         let message = FromShard::LocalWrites(batch);
         if replication
             .to_coordinator

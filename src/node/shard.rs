@@ -7,6 +7,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ahash::AHashMap;
@@ -15,6 +16,7 @@ use glommio::channels::local_channel::LocalSender;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::config::NodeConfig;
+use crate::coordinator::NetworkCounters;
 use crate::store::{OwnedEntry, Store, StoreError};
 
 use super::replica::Replication;
@@ -124,6 +126,8 @@ pub(crate) struct Shard {
     pub mesh: Option<MeshLinks>,
     /// The channels to the coordinator; `None` in a node without a network (tests).
     pub replication: Option<Replication>,
+    /// The coordinator's counters, for Stats on any shard.
+    pub network: Arc<NetworkCounters>,
     /// Opened values on their way into a response; wiped after each use.
     read_scratch: RefCell<Vec<u8>>,
     /// Latest wall-clock millisecond seen; the store's clock never goes back.
@@ -138,6 +142,7 @@ impl Shard {
         store: Store,
         mesh: Option<MeshLinks>,
         replication: Option<Replication>,
+        network: Arc<NetworkCounters>,
     ) -> Shard {
         let count = config.shard_listen.len() as u32;
         Shard {
@@ -157,6 +162,7 @@ impl Shard {
             next_conn: Cell::new(u64::from(id) << 48),
             mesh,
             replication,
+            network,
             read_scratch: RefCell::new(Vec::new()),
             last_now_ms: Cell::new(0),
         }
@@ -365,6 +371,7 @@ impl Shard {
     pub(crate) fn snapshot(&self) -> ShardStats {
         let c = &self.counters;
         let store = self.store.borrow().stats();
+        let (live_set_count, live_set_xor) = self.store.borrow().live_set();
         ShardStats {
             puts: c.puts.get(),
             gets: c.gets.get(),
@@ -386,6 +393,8 @@ impl Shard {
             forwarded: c.forwarded.get(),
             busy: c.busy.get(),
             bad_frames: c.bad_frames.get(),
+            live_set_count,
+            live_set_xor,
         }
     }
 

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use repram_cluster::entry::Plaintext;
 use repram_cluster::sync::{
     bucket_of, entry_hash, is_settled, salted, BucketDigest, CheckedFilter, RecentEntries,
     SYNC_BUCKET_MS,
@@ -44,7 +45,7 @@ impl OwnedEntry {
     pub fn to_entry(&self) -> Entry {
         Entry {
             key: Rc::from(self.key.as_slice()),
-            value: self.value.as_deref().map(|v| Rc::from(v.as_slice())),
+            value: self.value.as_deref().map(|v| Plaintext::shared(v)),
             expires_ms: self.expires_ms,
             version: self.version,
         }
@@ -125,6 +126,18 @@ impl Store {
                     .is_some_and(|r| entry_hash(r.key(), r.version()) == hash)
             });
         digests
+    }
+
+    /// How many entries the store holds for sync and the xor of their stable hashes: equal
+    /// sets give equal pairs, so nodes can be compared without reading every key.
+    pub fn live_set(&self) -> (u64, u64) {
+        self.entries
+            .sync
+            .buckets
+            .values()
+            .fold((0, 0), |(count, xor), sum| {
+                (count + u64::from(sum.count), xor ^ sum.xor)
+            })
     }
 
     /// The stable hashes of the settled entries of each of `buckets`, in one pass over the

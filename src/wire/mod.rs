@@ -21,7 +21,7 @@ pub mod peer;
 mod tests;
 
 /// Protocol version spoken by this build; a Hello with another one is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Bytes of the length prefix.
 pub const FRAME_HEADER_BYTES: usize = 4;
 /// Room a frame needs beyond its key and value (envelope, lengths, ids, ttl).
@@ -161,11 +161,15 @@ pub struct ShardStats {
     pub busy: u64,
     /// Frames refused as malformed, too large or of an unknown op.
     pub bad_frames: u64,
+    /// Entries held for sync (values and tombstones, expired ones not yet reclaimed), and the
+    /// xor of their stable hashes: two nodes holding the same entries show the same pair.
+    pub live_set_count: u64,
+    pub live_set_xor: u64,
 }
 
 impl ShardStats {
     /// Every counter with its name, in a fixed order (for printing and exporting).
-    pub fn fields(&self) -> [(&'static str, u64); 20] {
+    pub fn fields(&self) -> [(&'static str, u64); 21] {
         [
             ("keys", self.keys),
             ("tombstones", self.tombstones),
@@ -187,12 +191,13 @@ impl ShardStats {
             ("forwarded", self.forwarded),
             ("busy", self.busy),
             ("bad_frames", self.bad_frames),
+            ("live_set_count", self.live_set_count),
         ]
     }
 
     /// Adds another shard's counters into these.
     pub fn add(&mut self, other: &ShardStats) {
-        let mine: [&mut u64; 20] = [
+        let mine: [&mut u64; 21] = [
             &mut self.keys,
             &mut self.tombstones,
             &mut self.used_bytes,
@@ -213,10 +218,13 @@ impl ShardStats {
             &mut self.forwarded,
             &mut self.busy,
             &mut self.bad_frames,
+            &mut self.live_set_count,
         ];
         for (mine, (_, theirs)) in mine.into_iter().zip(other.fields()) {
             *mine = mine.saturating_add(theirs);
         }
+        // Sets combine by xor, not by sum.
+        self.live_set_xor ^= other.live_set_xor;
     }
 }
 
@@ -225,6 +233,70 @@ impl ShardStats {
 pub struct NodeStats {
     pub total: ShardStats,
     pub shards: Vec<ShardStats>,
+    /// Boxed: a Stats answer is rare, and every other reply stays small.
+    pub network: Box<NetworkStats>,
+}
+
+/// What the node's side of the network did (its coordinator's counters).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NetworkStats {
+    /// 0 root, 1 trunk, 2 branch, 3 leaf, 255 not attached.
+    pub role: u8,
+    pub children: u64,
+    pub joins: u64,
+    pub attaches: u64,
+    pub parent_losses: u64,
+    pub rebalances: u64,
+    pub dumps_completed: u64,
+    /// 1 while the first dump after joining is being taken.
+    pub dumping: u64,
+    pub sync_rounds: u64,
+    pub sync_rounds_in_sync: u64,
+    /// Entries from peers stored (pushed, synced or dumped), and those already held.
+    pub entries_received: u64,
+    pub entries_already_held: u64,
+    pub sync_entries_received: u64,
+    /// Writes of this node's clients handed to the network, and those not pushed because the
+    /// hand-over queue was full (sync brings them).
+    pub writes_pushed: u64,
+    pub writes_not_pushed: u64,
+    pub pulls_hit: u64,
+    pub pulls_missed: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub peer_frames_refused: u64,
+    pub peers_cut_off: u64,
+    pub peer_messages_refused: u64,
+}
+
+impl NetworkStats {
+    /// Every counter with its name, in a fixed order (for printing).
+    pub fn fields(&self) -> [(&'static str, u64); 22] {
+        [
+            ("role", u64::from(self.role)),
+            ("children", self.children),
+            ("joins", self.joins),
+            ("attaches", self.attaches),
+            ("parent_losses", self.parent_losses),
+            ("rebalances", self.rebalances),
+            ("dumps_completed", self.dumps_completed),
+            ("dumping", self.dumping),
+            ("sync_rounds", self.sync_rounds),
+            ("sync_rounds_in_sync", self.sync_rounds_in_sync),
+            ("entries_received", self.entries_received),
+            ("entries_already_held", self.entries_already_held),
+            ("sync_entries_received", self.sync_entries_received),
+            ("writes_pushed", self.writes_pushed),
+            ("writes_not_pushed", self.writes_not_pushed),
+            ("pulls_hit", self.pulls_hit),
+            ("pulls_missed", self.pulls_missed),
+            ("peer_bytes_sent", self.bytes_sent),
+            ("peer_bytes_received", self.bytes_received),
+            ("peer_frames_refused", self.peer_frames_refused),
+            ("peers_cut_off", self.peers_cut_off),
+            ("peer_messages_refused", self.peer_messages_refused),
+        ]
+    }
 }
 
 /// Why a request failed. Stable numbers: clients match on them.

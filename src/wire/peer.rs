@@ -9,6 +9,7 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
 
+use repram_cluster::entry::Plaintext;
 use repram_cluster::message::{Message, NodeInfo, Role};
 use repram_cluster::sync::{BucketDigest, FilterData, DIGESTS_PER_MESSAGE_MAX, FILTER_BYTES_MAX};
 use repram_cluster::{Entry, Version};
@@ -267,7 +268,7 @@ fn wire_info(info: &NodeInfo) -> WireInfo {
 fn wire_entry(entry: &Entry) -> WireEntry<'_> {
     WireEntry {
         key: &entry.key,
-        value: entry.value.as_deref(),
+        value: entry.value.as_deref().map(|v| &**v),
         expires_ms: entry.expires_ms,
         clock: entry.version.clock,
         node: entry.version.node,
@@ -498,7 +499,7 @@ fn entry_of(entry: &ArchivedWireEntry<'_>, limits: &PeerLimits) -> Result<Entry,
     }
     let value = match entry.value.as_ref() {
         Some(value) if value.get().len() > limits.value_bytes_max => return Err(over("value")),
-        Some(value) => Some(Rc::from(value.get())),
+        Some(value) => Some(Plaintext::shared(value.get())),
         None => None,
     };
     Ok(Entry {

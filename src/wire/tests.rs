@@ -266,6 +266,8 @@ fn adding_stats_sums_every_counter_under_its_own_name() {
         forwarded: 18,
         busy: 19,
         bad_frames: 20,
+        live_set_count: 21,
+        live_set_xor: 0b1010,
     };
     let mut total = ShardStats::default();
     total.add(&one);
@@ -273,10 +275,14 @@ fn adding_stats_sums_every_counter_under_its_own_name() {
     assert_eq!(total.puts, 2);
     assert_eq!(total.bad_frames, 40);
     let names: std::collections::HashSet<_> = one.fields().iter().map(|(n, _)| *n).collect();
-    assert_eq!(names.len(), 20, "every counter listed once");
+    assert_eq!(names.len(), 21, "every counter listed once");
     for ((name, sum), (_, single)) in total.fields().into_iter().zip(one.fields()) {
         assert_eq!(sum, single * 2, "{name}");
     }
     let values: std::collections::HashSet<_> = one.fields().iter().map(|(_, v)| *v).collect();
-    assert_eq!(values.len(), 20, "fields() reads every counter, none twice");
+    assert_eq!(values.len(), 21, "fields() reads every counter, none twice");
+    assert_eq!(
+        total.live_set_xor, 0,
+        "sets combine by xor: the same set twice cancels"
+    );
 }

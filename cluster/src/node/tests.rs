@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use super::*;
-use crate::entry::{EntryStore, MemStore};
+use crate::entry::{EntryStore, MemStore, Plaintext};
 use crate::sync::FilterData;
 use crate::Version;
 
@@ -49,7 +49,7 @@ fn drain(node: &mut LocalNode<MemStore>) -> Vec<(SocketAddr, Message)> {
 fn entry(key: &str, clock: u64) -> Entry {
     Entry {
         key: Rc::from(key.as_bytes()),
-        value: Some(Rc::from(b"v".as_slice())),
+        value: Some(Plaintext::shared(b"v")),
         expires_ms: 60_000,
         version: Version { clock, node: 9 },
     }

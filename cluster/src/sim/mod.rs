@@ -21,7 +21,7 @@ mod store;
 
 use self::queue::EventQueue;
 pub use self::store::{EntryTable, SimStore};
-use crate::entry::{Applied, Entry, EntryStore};
+use crate::entry::{Applied, Entry, EntryStore, Plaintext};
 
 use crate::message::{Message, Role};
 use crate::node::{ClusterConfig, Input, LocalNode, NodeConfig, Output};
@@ -709,7 +709,7 @@ impl Sim {
         let now = self.node_now(index);
         let entry = Entry {
             key: Rc::from(id.to_le_bytes().as_slice()),
-            value: Some(Rc::from([0x76u8; 16].as_slice())),
+            value: Some(Plaintext::shared(&[0x76u8; 16])),
             expires_ms: now + ttl_ms,
             version: Version::new(now, 0, u64::from(index) + 1),
         };

@@ -17,7 +17,7 @@ use std::rc::Rc;
 
 use hashbrown::HashMap;
 
-use crate::entry::{Applied, Entry, EntryStore};
+use crate::entry::{Applied, Entry, EntryStore, Plaintext};
 use crate::sync::{bucket_of, entry_hash, is_settled, BucketDigest, RecentEntries, SYNC_BUCKET_MS};
 use crate::Version;
 
@@ -67,18 +67,18 @@ pub struct EntryTable {
     by_key: HashMap<u32, u32>,
     /// Expiry bucket → indices of the entries that expire in it, in interning order.
     by_bucket: BTreeMap<u32, Vec<u32>>,
-    value: Rc<[u8]>,
+    value: Rc<Plaintext>,
 }
 
 impl Default for EntryTable {
     fn default() -> Self {
-        EntryTable::new(Rc::from([0x76u8; 16].as_slice()))
+        EntryTable::new(Plaintext::shared(&[0x76u8; 16]))
     }
 }
 
 impl EntryTable {
     /// A table whose values are all `value` (shared, never copied).
-    pub fn new(value: Rc<[u8]>) -> Self {
+    pub fn new(value: Rc<Plaintext>) -> Self {
         EntryTable {
             entries: Vec::new(),
             by_key: HashMap::new(),
@@ -513,7 +513,7 @@ mod tests {
     fn entry(id: u32, clock: u64, expires_ms: u64) -> Entry {
         Entry {
             key: Rc::from(id.to_le_bytes().as_slice()),
-            value: Some(Rc::from([0x76u8; 16].as_slice())),
+            value: Some(Plaintext::shared(&[0x76u8; 16])),
             expires_ms,
             version: Version { clock, node: 3 },
         }
