@@ -209,3 +209,40 @@ fn no_plaintext_of_a_replicated_value_stays_in_either_nodes_memory() {
         .expect("held");
     assert_eq!(&got.bytes[..32], marker.as_slice());
 }
+
+#[test]
+fn a_stopping_node_says_goodbye_so_the_tree_mends_at_once() {
+    let root = node(None);
+    let others = [node(Some(&root)), node(Some(&root))];
+    let stats = |n: &NodeProcess| client(n).stats().expect("stats").network;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while stats(&root).children + stats(&others[0]).children + stats(&others[1]).children != 2 {
+        assert!(Instant::now() < deadline, "the tree never formed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The node to stop is a child of the root: the middle of a chain, or either of a star.
+    let [mut leaving, mut staying] = others;
+    if stats(&staying).children == 1 {
+        std::mem::swap(&mut leaving, &mut staying);
+    }
+    let staying_client = client(&staying);
+    let root_client = client(&root);
+    // It leaves on SIGTERM, telling its parent and children first. Gone silently, it would stay
+    // the root's child for three missed heartbeats, and its child would wait as long.
+    let status = leaving.terminate().expect("stopped");
+    assert!(status.success(), "exit status {status}");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let root_children = root_client.stats().expect("stats").network.children;
+        let role = staying_client.stats().expect("stats").network.role;
+        if root_children == 1 && role == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "1 s after a child of the root left: the root has {root_children} children, the \
+             other node's role is {role}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -76,6 +76,8 @@ pub(crate) struct PeerLinks {
     outbound: RefCell<AHashMap<SocketAddr, Outbound>>,
     next_id: Cell<u64>,
     inbound: Cell<usize>,
+    /// Writes under way (for a clean goodbye).
+    writing: Cell<usize>,
     events: LocalSender<LinkEvent>,
     pub(crate) counters: LinkCounters,
 }
@@ -93,6 +95,7 @@ impl PeerLinks {
             outbound: RefCell::new(AHashMap::new()),
             next_id: Cell::new(0),
             inbound: Cell::new(0),
+            writing: Cell::new(0),
             events,
             counters: LinkCounters::default(),
         };
@@ -144,6 +147,22 @@ impl PeerLinks {
         }
         drop(outbound);
         self.report(LinkEvent::Unreachable { addr });
+    }
+
+    /// Waits until everything queued has been written (or cannot be), `within` at most.
+    pub(crate) async fn flushed(&self, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            let queued = self
+                .outbound
+                .borrow()
+                .values()
+                .any(|l| !l.pending.borrow().is_empty());
+            if !queued && self.writing.get() == 0 {
+                return;
+            }
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Closes the idle connection `id` to `addr` if nothing was queued meanwhile.
@@ -283,7 +302,10 @@ async fn write_link(
         if batch.is_empty() {
             continue;
         }
-        if stream.write_all(&batch).await.is_err() {
+        links.writing.set(links.writing.get() + 1);
+        let written = stream.write_all(&batch).await;
+        links.writing.set(links.writing.get() - 1);
+        if written.is_err() {
             return links.lost(addr, id);
         }
         wipe_and_clear(&mut batch, 1024 * 1024);

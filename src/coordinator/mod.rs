@@ -285,6 +285,14 @@ impl Coordinator {
         self.publish();
     }
 
+    /// Leaves the network gracefully: the node tells its parent and children (who re-attach at
+    /// once instead of waiting for missed heartbeats), and the goodbyes are written, waiting
+    /// `within` at most.
+    pub(crate) async fn leave(&self, within: Duration) {
+        self.handle(Input::Leave);
+        self.links.flushed(within).await;
+    }
+
     /// Copies the node's and the links' counters where Stats on any shard reads them.
     fn publish(&self) {
         let node = self.node.borrow();

@@ -38,6 +38,8 @@ pub const EXECUTOR_IO_MEMORY_BYTES: usize = 64 * 1024;
 const EXPIRY_TICK_MAX: Duration = Duration::from_millis(50);
 /// Pause after a failed accept (out of file descriptors, say) so the loop does not spin.
 const ACCEPT_RETRY_PAUSE: Duration = Duration::from_millis(20);
+/// How long a stopping node waits for its goodbyes to peers to be written.
+const GRACEFUL_LEAVE_MAX: Duration = Duration::from_secs(1);
 /// How long a shard may take to start (join the mesh, bind) before the node gives up.
 const SHARD_START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -271,8 +273,11 @@ async fn run_shard(plan: ShardPlan) -> Result<(), String> {
     let id = plan.id;
     let stopped = plan.stopped.clone();
     let ready = plan.ready.clone();
+    // Shard 0's coordinator, once started: told to leave the network before the shard stops.
+    let coordinator: Rc<std::cell::RefCell<Option<Rc<Coordinator>>>> = Rc::default();
+    let coordinator_slot = coordinator.clone();
     let serve = async move {
-        match start_shard(plan).await {
+        match start_shard(plan, &coordinator_slot).await {
             Ok(shard) => {
                 let _ = ready.send(Ok(()));
                 std::future::pending::<()>().await;
@@ -288,12 +293,19 @@ async fn run_shard(plan: ShardPlan) -> Result<(), String> {
     let stop = async move {
         let _ = stopped.recv_async().await;
         tracing::debug!(shard = id, "shard stopping");
+        let leaving = coordinator.borrow().clone();
+        if let Some(coordinator) = leaving {
+            coordinator.leave(GRACEFUL_LEAVE_MAX).await;
+        }
         Ok(())
     };
     futures_lite::future::or(serve, stop).await
 }
 
-async fn start_shard(plan: ShardPlan) -> Result<Rc<Shard>, String> {
+async fn start_shard(
+    plan: ShardPlan,
+    coordinator_slot: &std::cell::RefCell<Option<Rc<Coordinator>>>,
+) -> Result<Rc<Shard>, String> {
     let id = plan.id;
     let count = plan.config.shard_listen.len();
     let store = Store::new(
@@ -341,8 +353,7 @@ async fn start_shard(plan: ShardPlan) -> Result<Rc<Shard>, String> {
     ))
     .detach();
     if let Some(coordinator) = plan.coordinator {
-        // Its tasks keep it alive.
-        Coordinator::start(coordinator)?;
+        *coordinator_slot.borrow_mut() = Some(Coordinator::start(coordinator)?);
     }
 
     if let Some((request_rx, reply_rx)) = receivers {
