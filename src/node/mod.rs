@@ -209,9 +209,14 @@ pub fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         };
         // Executors are created in shard order, so glommio's executor ids (which order the
         // mesh) follow shard ids; `run_shard` checks it.
-        let executor = LocalExecutorBuilder::new(placement)
+        let builder = LocalExecutorBuilder::new(placement)
             .name(&format!("repram-shard-{id}"))
-            .io_memory(EXECUTOR_IO_MEMORY_BYTES)
+            .io_memory(EXECUTOR_IO_MEMORY_BYTES);
+        // Debug builds report any task that holds its core too long (the coordinator shares
+        // shard 0's: it must never starve client traffic there).
+        #[cfg(debug_assertions)]
+        let builder = builder.detect_stalls(Some(Box::new(StallReport)));
+        let executor = builder
             .spawn(move || run_shard(plan))
             .map_err(|e| NodeError::Start {
                 shard: id as u32,
@@ -248,6 +253,28 @@ pub fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         return Err(node.abort(failure));
     }
     Ok(node)
+}
+
+/// Reports a task queue that ran past its budget by more than `STALL_REPORT_AFTER` (debug
+/// builds).
+#[cfg(debug_assertions)]
+#[derive(Debug)]
+struct StallReport;
+
+#[cfg(debug_assertions)]
+const STALL_REPORT_AFTER: Duration = Duration::from_millis(100);
+
+#[cfg(debug_assertions)]
+impl glommio::StallDetectionHandler for StallReport {
+    fn threshold(
+        &self,
+        _queue: glommio::TaskQueueHandle,
+        max_expected_runtime: Duration,
+    ) -> Option<Duration> {
+        Some(max_expected_runtime + STALL_REPORT_AFTER)
+    }
+    // glommio's default `stall` logs a warning with a backtrace through the `log` crate, which
+    // the node's tracing subscriber picks up.
 }
 
 /// Everything one shard's executor starts from.
