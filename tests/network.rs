@@ -246,3 +246,74 @@ fn a_stopping_node_says_goodbye_so_the_tree_mends_at_once() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn when_a_parent_is_killed_its_child_reattaches_and_keeps_its_data_and_the_writes() {
+    let stats = |n: &NodeProcess| client(n).stats().expect("stats").network;
+    let root = node(None);
+    let mut parent = node(Some(&root));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while stats(&root).children != 1 {
+        assert!(Instant::now() < deadline, "the first joiner never attached");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Joining once the first is attached, the second attaches below it: the deepest layer
+    // with room. A chain of three.
+    let child = node(Some(&root));
+    while stats(&parent).children != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the second joiner did not attach below the first (root has {} children)",
+            stats(&root).children
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (root_client, child_client) = (client(&root), client(&child));
+    for i in 0..50 {
+        root_client
+            .put(
+                format!("before-{i}").as_bytes(),
+                b"v",
+                Duration::from_secs(120),
+            )
+            .expect("put");
+    }
+    assert!(held_within(
+        &child_client,
+        b"before-49",
+        Duration::from_secs(2)
+    ));
+
+    // Kill -9: no goodbye. The child notices (its heartbeats fail), goes back to the root and
+    // re-attaches there.
+    parent.child.kill().expect("kill");
+    let _ = parent.child.wait();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stats(&child).role != 1 || stats(&root).children != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "10 s after its parent died the child has role {} and the root {} children",
+            stats(&child).role,
+            stats(&root).children
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // What it held is intact, and new writes reach it again.
+    for i in 0..50 {
+        let key = format!("before-{i}");
+        assert!(
+            child_client
+                .get_local(key.as_bytes())
+                .expect("get")
+                .is_some(),
+            "{key} lost"
+        );
+    }
+    root_client
+        .put(b"after", b"v", Duration::from_secs(120))
+        .expect("put");
+    assert!(
+        held_within(&child_client, b"after", Duration::from_secs(2)),
+        "a write after the heal did not reach the re-attached child"
+    );
+}
