@@ -4,7 +4,7 @@
 //! Owns the two loops and the bounded queue of writes not yet handed over. It never decides
 //! anything about peers (the coordinator's node does) and never holds another shard's entries.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,7 +25,6 @@ pub(crate) struct Replication {
     to_coordinator: flume::Sender<FromShard>,
     pending: RefCell<Vec<OwnedEntry>>,
     wake: LocalSender<()>,
-    pub(crate) dropped: Cell<u64>,
     network: Arc<NetworkCounters>,
 }
 
@@ -39,7 +38,6 @@ impl Replication {
             to_coordinator,
             pending: RefCell::new(Vec::new()),
             wake,
-            dropped: Cell::new(0),
             network,
         };
         (replication, woken)
@@ -49,7 +47,6 @@ impl Replication {
     pub(crate) fn written(&self, entry: OwnedEntry) {
         let mut pending = self.pending.borrow_mut();
         if pending.len() >= PENDING_WRITES_MAX {
-            self.dropped.set(self.dropped.get() + 1);
             self.network
                 .writes_not_pushed
                 .fetch_add(1, Ordering::Relaxed);
