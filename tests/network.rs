@@ -6,8 +6,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::relay::Relay;
 use common::NodeProcess;
 use repram::client::{BlockingClient, ClientOptions};
+use repram::cluster::message::Message;
 
 /// A shard-aware client: each request goes straight to the shard that owns its key.
 fn client(node: &NodeProcess) -> BlockingClient {
@@ -316,4 +318,90 @@ fn when_a_parent_is_killed_its_child_reattaches_and_keeps_its_data_and_the_write
         held_within(&child_client, b"after", Duration::from_secs(2)),
         "a write after the heal did not reach the re-attached child"
     );
+}
+
+/// Starts a node behind a fault relay: it advertises the relay's address, so every peer's
+/// messages to it pass through the relay.
+fn node_behind_relay(root: Option<&NodeProcess>, extra: &[&str]) -> (NodeProcess, Relay) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind relay");
+    let advertise = listener.local_addr().expect("relay address").to_string();
+    let mut args = vec!["--shards", "2", "--peer-advertise", &advertise];
+    let root_addr = root.map(|r| r.peer.to_string());
+    if let Some(root_addr) = &root_addr {
+        args.extend(["--root", root_addr.as_str()]);
+    }
+    args.extend_from_slice(extra);
+    let node = NodeProcess::start(&args);
+    let relay = Relay::on(listener, node.peer_listen);
+    (node, relay)
+}
+
+/// Writes probes on `writer` until `reader` holds one: the two are in one network.
+fn wait_joined(writer: &BlockingClient, reader: &BlockingClient) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for i in 0.. {
+        let key = format!("join-probe-{i}");
+        writer
+            .put(key.as_bytes(), b"x", Duration::from_secs(60))
+            .expect("put");
+        if held_within(reader, key.as_bytes(), Duration::from_millis(200)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the nodes never formed a network"
+        );
+    }
+}
+
+#[test]
+fn a_read_that_misses_locally_pulls_the_value_from_a_neighbour() {
+    let root = node(None);
+    let (lagging, relay) = node_behind_relay(Some(&root), &[]);
+    let (writer, reader) = (client(&root), client(&lagging));
+    wait_joined(&writer, &reader);
+    // Pushes to the lagging node are lost from now on: it has not synced what follows.
+    relay.drop_frames(Box::new(|msg| matches!(msg, Message::Push { .. })));
+    for i in 0..20 {
+        writer
+            .put(
+                format!("pulled-{i}").as_bytes(),
+                format!("value {i}").as_bytes(),
+                Duration::from_secs(60),
+            )
+            .expect("put");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(relay.frames_dropped() >= 1, "the relay saw no push");
+    for i in 0..20 {
+        let key = format!("pulled-{i}");
+        assert!(
+            reader.get_local(key.as_bytes()).expect("get").is_none(),
+            "{key} arrived although pushes were dropped"
+        );
+    }
+    let before = reader.stats().expect("stats").network;
+    // A normal read asks the neighbours and gets the value; the next read is local.
+    for i in 0..20 {
+        let key = format!("pulled-{i}");
+        let got = reader.get(key.as_bytes()).expect("get").expect("pulled");
+        assert_eq!(got.bytes, format!("value {i}").as_bytes());
+        assert!(
+            held_within(&reader, key.as_bytes(), Duration::from_secs(1)),
+            "a pulled value is kept for the next read"
+        );
+    }
+    // A key no node has is not found, promptly (the pull's deadline), never a hang.
+    let started = Instant::now();
+    assert!(reader.get(b"nobody-has-it").expect("get").is_none());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a missing key took {:?}",
+        started.elapsed()
+    );
+    let after = reader.stats().expect("stats").network;
+    assert_eq!(after.pulls_hit - before.pulls_hit, 20, "{after:?}");
+    assert_eq!(after.pulls_missed - before.pulls_missed, 1, "{after:?}");
+    // `local_only` reads never asked.
+    assert_eq!(before.pulls_hit + before.pulls_missed, 0, "{before:?}");
 }

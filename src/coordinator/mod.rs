@@ -26,10 +26,14 @@ use repram_cluster::{
     ClusterConfig, Entry, Input, Node, NodeConfig, Output, StoreReply, StoreRequest,
 };
 
+use zeroize::Zeroizing;
+
+use crate::node::shard::{respond, shard_of_conn, ConnId};
 use crate::store::OwnedEntry;
 use crate::wire::peer::{PeerHello, PeerLimits};
 use crate::wire::shard_of;
 use crate::wire::NetworkStats;
+use crate::wire::Reply;
 
 use self::links::{LinkEvent, PeerLinks};
 
@@ -107,6 +111,12 @@ pub(crate) enum ToShard {
         ticket: u64,
         request: ShardStoreRequest,
     },
+    /// One encoded response for connection `conn` of this shard (the answer to a read the
+    /// network was asked for).
+    Responses {
+        conn: ConnId,
+        responses: Zeroizing<Vec<u8>>,
+    },
 }
 
 /// A store request for one shard (owned and `Send`: it crosses threads).
@@ -143,6 +153,13 @@ pub(crate) enum ShardStoreRequest {
 pub(crate) enum FromShard {
     /// Writes made by clients on this shard, to push to the network.
     LocalWrites(Vec<OwnedEntry>),
+    /// A client's read of `key` missed on its owner shard: pull it from peers and answer
+    /// request `request_id` of connection `conn` (on the shard its id names).
+    Pull {
+        key: Vec<u8>,
+        conn: ConnId,
+        request_id: u64,
+    },
     Store {
         ticket: u64,
         reply: ShardStoreReply,
@@ -215,6 +232,15 @@ pub(crate) struct Coordinator {
     gathers: RefCell<AHashMap<u64, Gather>>,
     last_now_ms: Cell<u64>,
     counters: Arc<NetworkCounters>,
+    /// Clients' reads waiting on a pull, by the node's request number.
+    pulls: RefCell<AHashMap<u64, PullWaiter>>,
+    next_pull: Cell<u64>,
+}
+
+/// The client read a pull answers.
+struct PullWaiter {
+    conn: ConnId,
+    request_id: u64,
 }
 
 impl Coordinator {
@@ -251,6 +277,8 @@ impl Coordinator {
             gathers: RefCell::new(AHashMap::new()),
             last_now_ms: Cell::new(now),
             counters: plan.counters,
+            pulls: RefCell::new(AHashMap::new()),
+            next_pull: Cell::new(0),
         });
         // SAFETY: the descriptor comes from `into_raw_fd` of a socket we bound and put in
         // listening mode; ownership moves to glommio's listener, which alone closes it.
@@ -333,8 +361,7 @@ impl Coordinator {
             match output {
                 Output::Send { to, msg } => self.links.send(to, &msg),
                 Output::Store { ticket, request } => self.ask_shards(ticket, request),
-                // Reads do not ask peers yet (lazy pull in the read path comes next).
-                Output::PullDone { .. } => {}
+                Output::PullDone { request, entry } => self.answer_pull(request, entry),
             }
         }
     }
@@ -364,6 +391,21 @@ impl Coordinator {
                     }
                 }
                 FromShard::Store { ticket, reply } => self.gathered(ticket, reply),
+                FromShard::Pull {
+                    key,
+                    conn,
+                    request_id,
+                } => {
+                    let request = self.next_pull.get();
+                    self.next_pull.set(request + 1);
+                    self.pulls
+                        .borrow_mut()
+                        .insert(request, PullWaiter { conn, request_id });
+                    self.handle(Input::LocalMiss {
+                        request,
+                        key: key.into(),
+                    });
+                }
             }
             glommio::yield_if_needed().await;
         }
@@ -621,6 +663,38 @@ impl Coordinator {
             None => {
                 self.gathers.borrow_mut().insert(ticket, gather);
             }
+        }
+    }
+
+    /// Answers the client whose read started pull `request`: the value a peer held (already
+    /// being stored on its shard), or not-found.
+    fn answer_pull(&self, request: u64, entry: Option<Entry>) {
+        let Some(waiter) = self.pulls.borrow_mut().remove(&request) else {
+            return;
+        };
+        let mut responses = Zeroizing::new(Vec::new());
+        let reply = match &entry {
+            Some(Entry {
+                value: Some(value),
+                expires_ms,
+                version,
+                ..
+            }) => Reply::Value {
+                value: &value[..],
+                expires_ms: *expires_ms,
+                version_clock: version.clock,
+                version_node: version.node,
+            },
+            // No peer had it in time, or the newest version a peer had is a delete.
+            _ => Reply::NotFound,
+        };
+        respond(&mut responses, waiter.request_id, reply);
+        let shard = shard_of_conn(waiter.conn) as usize;
+        if let Some(sender) = self.to_shards.get(shard) {
+            let _ = sender.send(ToShard::Responses {
+                conn: waiter.conn,
+                responses,
+            });
         }
     }
 

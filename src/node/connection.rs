@@ -16,7 +16,7 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::wire::{self, ErrorCode, FrameError, NodeStats, OpKind, Reply, RequestView, ShardStats};
 
 use super::shard::{
-    bump, respond, respond_error, ConnId, Inbound, Shard, ShardRequest, BUSY_RETRY_AFTER_MS,
+    bump, respond, respond_error, Answer, ConnId, Inbound, Shard, ShardRequest, BUSY_RETRY_AFTER_MS,
 };
 use crate::buffers::{reserve_wiping, wipe_and_clear, RecvBuffer};
 
@@ -223,7 +223,11 @@ impl<'s> Connection<'s> {
         if view.kind == OpKind::Stats {
             return self.start_stats(view.id);
         }
-        shard.execute(&mut frame[payload_at..], view, &mut self.out);
+        if shard.execute(&mut frame[payload_at..], view, self.conn, &mut self.out)
+            == Answer::Deferred
+        {
+            self.in_flight += 1;
+        }
     }
 
     /// Sends each other shard the requests this read gathered for it; a shard without room

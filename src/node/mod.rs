@@ -9,7 +9,7 @@
 mod connection;
 pub mod listeners;
 mod replica;
-mod shard;
+pub(crate) mod shard;
 
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
@@ -58,6 +58,8 @@ pub struct RunningNode {
     pub client_addr: SocketAddr,
     /// Where other nodes reach this one (the advertised peer address).
     pub peer_addr: SocketAddr,
+    /// Where the peer listener is bound (differs from `peer_addr` behind a proxy or NAT).
+    pub peer_listen: SocketAddr,
     pub shard_addrs: Vec<SocketAddr>,
     pub node_id: u64,
     stopper: Stopper,
@@ -230,6 +232,7 @@ pub fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     let node = RunningNode {
         client_addr,
         peer_addr,
+        peer_listen: peer_bound,
         shard_addrs,
         node_id: config.node_id,
         stopper: Stopper { stops },
@@ -420,7 +423,7 @@ async fn serve_shard_requests(
         let reply = match request {
             ShardRequest::Frames { conn, mut frames } => {
                 let mut responses = Zeroizing::new(Vec::with_capacity(frames.len() / 2 + 64));
-                let count = shard.execute_forwarded(&mut frames, &mut responses);
+                let count = shard.execute_forwarded(&mut frames, conn, &mut responses);
                 ShardReply::Frames {
                     conn,
                     responses,

@@ -14,7 +14,7 @@ use glommio::channels::local_channel::{LocalReceiver, LocalSender};
 use crate::coordinator::{FromShard, NetworkCounters, ShardStoreReply, ShardStoreRequest, ToShard};
 use crate::store::{Applied, OwnedEntry, StoreError};
 
-use super::shard::Shard;
+use super::shard::{shard_of_conn, ConnId, Inbound, Shard};
 
 /// Client writes waiting to be handed to the coordinator at most; past it new ones are not
 /// pushed (sync brings them to the network a round later) and are counted.
@@ -41,6 +41,18 @@ impl Replication {
             network,
         };
         (replication, woken)
+    }
+
+    /// A read of `key` by connection `conn` (request `request_id`) missed here: asks the
+    /// coordinator to pull it from peers. `false` when the coordinator cannot take it now
+    /// (its queue is full or it is gone): the caller answers not-found at once.
+    pub(crate) fn pull(&self, key: &[u8], conn: ConnId, request_id: u64) -> bool {
+        let message = FromShard::Pull {
+            key: key.to_vec(),
+            conn,
+            request_id,
+        };
+        self.to_coordinator.try_send(message).is_ok()
     }
 
     /// A client's write (or delete, as a tombstone) is in the store: push it to the network.
@@ -90,7 +102,21 @@ pub(crate) async fn serve_coordinator(shard: Rc<Shard>, requests: flume::Receive
     let Some(replication) = shard.replication.as_ref() else {
         return;
     };
-    while let Ok(ToShard::Store { ticket, request }) = requests.recv_async().await {
+    while let Ok(message) = requests.recv_async().await {
+        let (ticket, request) = match message {
+            ToShard::Store { ticket, request } => (ticket, request),
+            ToShard::Responses { conn, responses } => {
+                debug_assert_eq!(shard_of_conn(conn), shard.id);
+                shard.deliver(
+                    conn,
+                    Inbound::Responses {
+                        responses,
+                        count: 1,
+                    },
+                );
+                continue;
+            }
+        };
         let reply = answer(&shard, request);
         let message = FromShard::Store { ticket, reply };
         if replication

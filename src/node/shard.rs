@@ -62,6 +62,24 @@ pub(crate) enum ShardReply {
     },
 }
 
+/// Whether a request was answered at once or handed on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// Its response is in the output buffer.
+    Answered,
+    /// A read that missed here went to the network (lazy pull); the coordinator answers the
+    /// connection directly, by the pull's deadline.
+    Deferred,
+}
+
+/// The shard of the connection `conn` (its ids are numbered from `shard << 48`).
+pub(crate) fn shard_of_conn(conn: ConnId) -> u32 {
+    (conn >> CONN_SHARD_SHIFT) as u32
+}
+
+/// Bits of a connection id below its shard.
+const CONN_SHARD_SHIFT: u32 = 48;
+
 /// What reaches a connection from elsewhere on its shard.
 pub(crate) enum Inbound {
     Responses {
@@ -159,7 +177,7 @@ impl Shard {
             store: RefCell::new(store),
             counters: Counters::default(),
             conns: RefCell::new(AHashMap::new()),
-            next_conn: Cell::new(u64::from(id) << 48),
+            next_conn: Cell::new(u64::from(id) << CONN_SHARD_SHIFT),
             mesh,
             replication,
             network,
@@ -200,9 +218,17 @@ impl Shard {
         }
     }
 
-    /// Executes one validated request on this shard's store and appends its response to `out`.
-    /// A Put's value is wiped from `payload` whatever the outcome.
-    pub(crate) fn execute(&self, payload: &mut [u8], view: &RequestView, out: &mut Vec<u8>) {
+    /// Executes one validated request of connection `conn` on this shard's store and appends
+    /// its response to `out`, or hands a read that missed to the network
+    /// ([`Answer::Deferred`]: the response reaches the connection later, by itself). A Put's
+    /// value is wiped from `payload` whatever the outcome.
+    pub(crate) fn execute(
+        &self,
+        payload: &mut [u8],
+        view: &RequestView,
+        conn: ConnId,
+        out: &mut Vec<u8>,
+    ) -> Answer {
         let id = view.id;
         match view.kind {
             OpKind::Put => {
@@ -227,13 +253,15 @@ impl Shard {
             }
             OpKind::Get => {
                 bump(&self.counters.gets, 1);
-                self.get(&payload[view.key.clone()], id, out);
+                let pull = (!view.local_only).then_some(conn);
+                return self.get(&payload[view.key.clone()], id, pull, out);
             }
             OpKind::Delete => {
                 bump(&self.counters.deletes, 1);
                 let key = &payload[view.key.clone()];
                 if key.is_empty() {
-                    return respond_store_error(out, id, &StoreError::EmptyKey);
+                    respond_store_error(out, id, &StoreError::EmptyKey);
+                    return Answer::Answered;
                 }
                 let now = self.now_ms();
                 let mut store = self.store.borrow_mut();
@@ -266,7 +294,8 @@ impl Shard {
                         "this node speaks protocol {PROTOCOL_VERSION}, not {}",
                         view.protocol_version
                     );
-                    return respond_error(out, id, ErrorCode::VersionMismatch, 0, &message);
+                    respond_error(out, id, ErrorCode::VersionMismatch, 0, &message);
+                    return Answer::Answered;
                 }
                 respond(out, id, Reply::Hello(self.hello_info()));
             }
@@ -275,6 +304,7 @@ impl Shard {
                 respond_error(out, id, ErrorCode::Internal, 0, "stats cannot be forwarded");
             }
         }
+        Answer::Answered
     }
 
     fn put(
@@ -310,9 +340,12 @@ impl Shard {
         Ok((version, expires_ms))
     }
 
-    fn get(&self, key: &[u8], id: u64, out: &mut Vec<u8>) {
+    /// Answers a Get from the store; a miss with `pull` set (the asking connection) goes to
+    /// the network instead, when the coordinator can take it.
+    fn get(&self, key: &[u8], id: u64, pull: Option<ConnId>, out: &mut Vec<u8>) -> Answer {
         if key.is_empty() {
-            return respond_store_error(out, id, &StoreError::EmptyKey);
+            respond_store_error(out, id, &StoreError::EmptyKey);
+            return Answer::Answered;
         }
         let now = self.now_ms();
         let mut scratch = self.read_scratch.borrow_mut();
@@ -334,14 +367,29 @@ impl Shard {
             }
             Err(StoreError::NotFound) => {
                 bump(&self.counters.misses, 1);
+                let asked = match (pull, &self.replication) {
+                    (Some(conn), Some(replication)) => replication.pull(key, conn, id),
+                    _ => false,
+                };
+                if asked {
+                    return Answer::Deferred;
+                }
                 respond(out, id, Reply::NotFound);
             }
             Err(e) => respond_store_error(out, id, &e),
         }
+        Answer::Answered
     }
 
-    /// Executes frames another shard forwarded, appending one response per frame.
-    pub(crate) fn execute_forwarded(&self, frames: &mut [u8], out: &mut Vec<u8>) -> u32 {
+    /// Executes frames another shard forwarded for connection `conn`, appending one response
+    /// per frame answered now; returns how many were (the rest were deferred to the network
+    /// and are answered to the connection directly).
+    pub(crate) fn execute_forwarded(
+        &self,
+        frames: &mut [u8],
+        conn: ConnId,
+        out: &mut Vec<u8>,
+    ) -> u32 {
         let mut at = 0;
         let mut count = 0;
         while at < frames.len() {
@@ -352,16 +400,19 @@ impl Shard {
             let Some(payload) = frames.get_mut(at + wire::FRAME_HEADER_BYTES..end) else {
                 break;
             };
-            match wire::decode_request(payload) {
-                Ok(view) => self.execute(payload, &view, out),
+            let answer = match wire::decode_request(payload) {
+                Ok(view) => self.execute(payload, &view, conn, out),
                 // The sending shard validated these frames: failing here is a bug, answered
                 // rather than dropped so the client is never left waiting.
                 Err(_) => {
-                    respond_error(out, 0, ErrorCode::Internal, 0, "forwarded frame unreadable")
+                    respond_error(out, 0, ErrorCode::Internal, 0, "forwarded frame unreadable");
+                    Answer::Answered
                 }
-            }
+            };
             payload.zeroize();
-            count += 1;
+            if answer == Answer::Answered {
+                count += 1;
+            }
             at = end;
         }
         count

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod memscan;
+pub mod relay;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -16,8 +17,10 @@ pub struct NodeProcess {
     pub child: Child,
     pub client: SocketAddr,
     pub shards: Vec<SocketAddr>,
-    /// Where other nodes reach it.
+    /// Where other nodes reach it (its advertised peer address).
     pub peer: SocketAddr,
+    /// Where its peer listener is bound.
+    pub peer_listen: SocketAddr,
 }
 
 impl NodeProcess {
@@ -59,11 +62,13 @@ impl NodeProcess {
             .map(|a| a.parse().expect("shard address"))
             .collect();
         let peer = field("peer=").parse().expect("peer address");
+        let peer_listen = field("peer_listen=").parse().expect("peer listen address");
         Ok(NodeProcess {
             child,
             client,
             shards,
             peer,
+            peer_listen,
         })
     }
 

@@ -1,0 +1,340 @@
+//! A fault relay for peer links (this kernel has no `netem`): a TCP relay that sits in front of
+//! one node's peer port. The node advertises the relay's address, so every peer's messages to
+//! it pass through here, frame by frame. On command the relay adds latency, stalls (holds
+//! frames back without closing), drops every connection, partitions the node from chosen
+//! peers (closes their connections and refuses new ones, by the address in their hello),
+//! drops frames a predicate picks, flips a byte in the next frame, or replays a recorded frame.
+//!
+//! Plain threads and blocking sockets: a test's relay carries a few connections at most.
+
+use std::collections::HashSet;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use repram::cluster::message::Message;
+use repram::wire::peer::{decode_peer, decode_peer_hello, PeerLimits};
+
+/// Picks frames to drop, by the message they carry.
+pub type FramePredicate = Box<dyn Fn(&Message) -> bool + Send>;
+
+/// A frame larger than this ends the relayed connection (no node sends one).
+const FRAME_BYTES_MAX: usize = 64 << 20;
+
+#[derive(Default)]
+struct Faults {
+    latency: Duration,
+    /// Peers cut off from the node behind the relay, by advertised address.
+    blocked: HashSet<SocketAddr>,
+    /// Every peer is cut off.
+    blocked_all: bool,
+    drop_frames: Option<FramePredicate>,
+    flip_next: bool,
+    /// The last frame of each kind seen, for replay.
+    recorded: Vec<(String, Vec<u8>)>,
+}
+
+struct Link {
+    id: u64,
+    /// The caller's advertised address, from its hello.
+    from: SocketAddr,
+    /// Frames to write towards the node (with when they may leave).
+    frames: mpsc::Sender<(Instant, Vec<u8>)>,
+    streams: [TcpStream; 2],
+}
+
+struct Shared {
+    upstream: SocketAddr,
+    faults: Mutex<Faults>,
+    links: Mutex<Vec<Link>>,
+    stalled: AtomicBool,
+    stopped: AtomicBool,
+    next_link: AtomicU64,
+    /// Frames passed on towards the node and frames dropped, for tests to check the relay
+    /// was in the path.
+    frames_passed: AtomicU64,
+    frames_dropped: AtomicU64,
+}
+
+pub struct Relay {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl Relay {
+    /// A relay on a free 127.0.0.1 port in front of the peer port `upstream`.
+    pub fn start(upstream: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind relay");
+        Self::on(listener, upstream)
+    }
+
+    /// A relay on `listener` (bound before the node behind it starts, so the node can
+    /// advertise its address) in front of the peer port `upstream`.
+    pub fn on(listener: TcpListener, upstream: SocketAddr) -> Relay {
+        let addr = listener.local_addr().expect("relay address");
+        let shared = Arc::new(Shared {
+            upstream,
+            faults: Mutex::default(),
+            links: Mutex::default(),
+            stalled: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            next_link: AtomicU64::new(0),
+            frames_passed: AtomicU64::new(0),
+            frames_dropped: AtomicU64::new(0),
+        });
+        let accepting = shared.clone();
+        std::thread::spawn(move || accept(listener, accepting));
+        Relay { addr, shared }
+    }
+
+    /// Every frame waits `latency` before it is passed on.
+    pub fn set_latency(&self, latency: Duration) {
+        self.faults().latency = latency;
+    }
+
+    /// Holds every frame back (connections stay open) until `resume`.
+    pub fn stall(&self) {
+        self.shared.stalled.store(true, Ordering::SeqCst);
+    }
+
+    pub fn resume(&self) {
+        self.shared.stalled.store(false, Ordering::SeqCst);
+    }
+
+    /// Closes every relayed connection now (callers may connect again).
+    pub fn drop_connections(&self) {
+        let links = std::mem::take(&mut *self.shared.links.lock().expect("links"));
+        for link in links {
+            link.close();
+        }
+    }
+
+    /// Cuts the node off from the peers at `from`: their connections close and new ones are
+    /// refused, until `heal`.
+    pub fn block(&self, from: &[SocketAddr]) {
+        self.faults().blocked.extend(from.iter().copied());
+        self.close_blocked();
+    }
+
+    /// Cuts the node off from every peer until `heal`.
+    pub fn partition(&self) {
+        self.faults().blocked_all = true;
+        self.close_blocked();
+    }
+
+    pub fn heal(&self) {
+        let mut faults = self.faults();
+        faults.blocked.clear();
+        faults.blocked_all = false;
+    }
+
+    /// Drops (does not pass on) every frame whose message `predicate` picks.
+    pub fn drop_frames(&self, predicate: FramePredicate) {
+        self.faults().drop_frames = Some(predicate);
+    }
+
+    pub fn pass_all_frames(&self) {
+        self.faults().drop_frames = None;
+    }
+
+    /// Flips one byte in the payload of the next frame passed on.
+    pub fn flip_next_byte(&self) {
+        self.faults().flip_next = true;
+    }
+
+    /// Sends the last recorded frame of `kind` (see `Message::kind`) to the node again, on
+    /// every open connection; `false` if none was recorded or no connection is open.
+    pub fn replay(&self, kind: &str) -> bool {
+        let frame = {
+            let faults = self.faults();
+            faults
+                .recorded
+                .iter()
+                .find(|(k, _)| k == kind)
+                .map(|(_, f)| f.clone())
+        };
+        let Some(frame) = frame else {
+            return false;
+        };
+        let links = self.shared.links.lock().expect("links");
+        let mut sent = false;
+        for link in links.iter() {
+            sent |= link.frames.send((Instant::now(), frame.clone())).is_ok();
+        }
+        sent
+    }
+
+    pub fn frames_passed(&self) -> u64 {
+        self.shared.frames_passed.load(Ordering::SeqCst)
+    }
+
+    pub fn frames_dropped(&self) -> u64 {
+        self.shared.frames_dropped.load(Ordering::SeqCst)
+    }
+
+    fn faults(&self) -> std::sync::MutexGuard<'_, Faults> {
+        self.shared.faults.lock().expect("faults")
+    }
+
+    fn close_blocked(&self) {
+        let faults = self.faults();
+        let mut links = self.shared.links.lock().expect("links");
+        links.retain(|link| {
+            let cut = faults.blocked_all || faults.blocked.contains(&link.from);
+            if cut {
+                link.close();
+            }
+            !cut
+        });
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.shared.stopped.store(true, Ordering::SeqCst);
+        self.drop_connections();
+        // Wake the accept loop so it sees the stop.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+    }
+}
+
+impl Link {
+    fn close(&self) {
+        for stream in &self.streams {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+fn accept(listener: TcpListener, shared: Arc<Shared>) {
+    for stream in listener.incoming() {
+        if shared.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(stream) = stream else { continue };
+        let shared = shared.clone();
+        std::thread::spawn(move || {
+            let _ = relay_connection(stream, &shared);
+        });
+    }
+}
+
+/// Reads one length-prefixed frame (prefix included); `None` at a clean end.
+fn read_frame(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
+    let mut header = [0u8; 4];
+    match stream.read_exact(&mut header) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_le_bytes(header) as usize;
+    if len > FRAME_BYTES_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "frame too large",
+        ));
+    }
+    let mut frame = vec![0u8; 4 + len];
+    frame[..4].copy_from_slice(&header);
+    stream.read_exact(&mut frame[4..])?;
+    Ok(Some(frame))
+}
+
+fn relay_connection(mut inbound: TcpStream, shared: &Arc<Shared>) -> io::Result<()> {
+    inbound.set_nodelay(true)?;
+    let Some(hello) = read_frame(&mut inbound)? else {
+        return Ok(());
+    };
+    let Ok(caller) = decode_peer_hello(&hello[4..]) else {
+        return Ok(()); // not a peer: close
+    };
+    {
+        let faults = shared.faults.lock().expect("faults");
+        if faults.blocked_all || faults.blocked.contains(&caller.addr) {
+            return Ok(()); // partitioned: refused
+        }
+    }
+    let mut upstream = TcpStream::connect(shared.upstream)?;
+    upstream.set_nodelay(true)?;
+    upstream.write_all(&hello)?;
+    let (frames, queued) = mpsc::channel::<(Instant, Vec<u8>)>();
+    let id = shared.next_link.fetch_add(1, Ordering::SeqCst);
+    shared.links.lock().expect("links").push(Link {
+        id,
+        from: caller.addr,
+        frames: frames.clone(),
+        streams: [inbound.try_clone()?, upstream.try_clone()?],
+    });
+
+    // Towards the node: written in order, each frame once its time has come.
+    let writer = {
+        let shared = shared.clone();
+        let mut upstream = upstream.try_clone()?;
+        std::thread::spawn(move || {
+            for (due, frame) in queued {
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                while shared.stalled.load(Ordering::SeqCst)
+                    && !shared.stopped.load(Ordering::SeqCst)
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                if upstream.write_all(&frame).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    // Back towards the caller: whatever the node writes on this connection, as it comes.
+    {
+        let mut from_node = upstream.try_clone()?;
+        let mut to_caller = inbound.try_clone()?;
+        std::thread::spawn(move || {
+            let _ = io::copy(&mut from_node, &mut to_caller);
+            let _ = to_caller.shutdown(Shutdown::Both);
+        });
+    }
+    let limits = PeerLimits::default();
+    while let Ok(Some(mut frame)) = read_frame(&mut inbound) {
+        let due = {
+            let mut faults = shared.faults.lock().expect("faults");
+            if let Ok(msg) = decode_peer(&frame[4..], &limits) {
+                let kind = msg.kind().to_string();
+                match faults.recorded.iter_mut().find(|(k, _)| *k == kind) {
+                    Some(slot) => slot.1.clone_from(&frame),
+                    None => faults.recorded.push((kind, frame.clone())),
+                }
+                if faults.drop_frames.as_ref().is_some_and(|pick| pick(&msg)) {
+                    shared.frames_dropped.fetch_add(1, Ordering::SeqCst);
+                    continue;
+                }
+            }
+            if faults.flip_next && frame.len() > 4 {
+                faults.flip_next = false;
+                let at = 4 + (frame.len() - 4) / 2;
+                frame[at] ^= 0xff;
+            }
+            Instant::now() + faults.latency
+        };
+        shared.frames_passed.fetch_add(1, Ordering::SeqCst);
+        if frames.send((due, frame)).is_err() {
+            break;
+        }
+    }
+    // The caller left (or was cut off): close towards the node once queued frames are out.
+    drop(frames);
+    shared
+        .links
+        .lock()
+        .expect("links")
+        .retain(|link| link.id != id);
+    let _ = writer.join();
+    let _ = upstream.shutdown(Shutdown::Both);
+    let _ = inbound.shutdown(Shutdown::Both);
+    Ok(())
+}
