@@ -20,6 +20,11 @@ pub const IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT: usize = 1_024;
 pub const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(300);
 /// Messages one shard may have outstanding to another before clients get `busy`.
 pub const SHARD_QUEUE_DEPTH_DEFAULT: usize = 256;
+pub const WRITE_COPIES_DEFAULT: u8 = 1;
+/// Most copies a write may ask for: each acknowledged hop along the tree adds one, and the
+/// acknowledgements of a write grow with the tree's fan-out per hop.
+pub const WRITE_COPIES_MAX: u8 = 8;
+pub const WRITE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
 
 /// `repram serve` options. Every one has a default, so `repram serve` alone starts a node.
 #[derive(clap::Args, Debug, Default, Clone)]
@@ -86,6 +91,14 @@ pub struct ServeArgs {
     /// is a node with no root at all.
     #[arg(long = "root", value_name = "ADDR")]
     pub roots: Vec<String>,
+    /// Nodes that should hold a write (this one included) before it is answered, for writes
+    /// that do not say [default: 1, at most 8].
+    #[arg(long, value_name = "N")]
+    pub write_copies: Option<u8>,
+    /// How long a write waits for its copies; then it is answered "accepted, pending" and
+    /// goes on replicating [default: 2s].
+    #[arg(long, value_name = "DURATION")]
+    pub write_timeout: Option<String>,
 }
 
 /// The TOML file: the same options as the flags.
@@ -109,6 +122,8 @@ struct FileConfig {
     peer_listen: Option<String>,
     peer_advertise: Option<String>,
     roots: Option<Vec<String>>,
+    write_copies: Option<u8>,
+    write_timeout: Option<String>,
 }
 
 /// Everything a node needs to start, resolved and checked.
@@ -138,6 +153,9 @@ pub struct PeerConfig {
     pub advertise: Option<SocketAddr>,
     /// Every root address, resolved; empty: this node is the network's only root.
     pub roots: Vec<SocketAddr>,
+    /// Copies a write that does not say wants (this node included).
+    pub write_copies: u8,
+    pub write_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -323,6 +341,20 @@ impl ServeArgs {
                 }
             }
         }
+        let write_copies = pick!(write_copies).unwrap_or(WRITE_COPIES_DEFAULT);
+        if !(1..=WRITE_COPIES_MAX).contains(&write_copies) {
+            return Err(invalid(
+                "write-copies",
+                format!("{write_copies} is outside 1..={WRITE_COPIES_MAX}"),
+            ));
+        }
+        let write_timeout = match pick!(write_timeout) {
+            Some(text) => parse_duration("write-timeout", &text)?,
+            None => WRITE_TIMEOUT_DEFAULT,
+        };
+        if write_timeout.is_zero() || write_timeout > Duration::from_secs(60) {
+            return Err(invalid("write-timeout", "must be within 1ms..=60s"));
+        }
         let node_id = match pick!(node_id) {
             Some(id) => id,
             None => random_u64().map_err(|e| invalid("node-id", e))?,
@@ -342,6 +374,8 @@ impl ServeArgs {
                 listen: peer_listen,
                 advertise,
                 roots,
+                write_copies,
+                write_timeout,
             },
         })
     }

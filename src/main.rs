@@ -31,6 +31,10 @@ enum Command {
         /// Time to live: 60s, 5m, 250ms, 1h; a bare number is seconds.
         #[arg(long, default_value = "60s")]
         ttl: String,
+        /// Nodes that should hold the value before the node answers (itself included); the
+        /// node's --write-copies when not given.
+        #[arg(long, value_name = "N")]
+        copies: Option<u8>,
         #[command(flatten)]
         target: Target,
     },
@@ -130,6 +134,7 @@ fn main() -> ExitCode {
             key,
             value,
             ttl,
+            copies,
             target,
         }) => {
             let ttl = match parse_duration("ttl", &ttl) {
@@ -137,8 +142,26 @@ fn main() -> ExitCode {
                 Err(e) => return fail(&e.to_string()),
             };
             with_client(&target, |client| {
-                let stored = client.put(key.as_bytes(), value.as_bytes(), ttl)?;
-                println!("OK stored, expires in {}", remaining(stored.expires_ms));
+                let stored = client.put_copies(
+                    key.as_bytes(),
+                    value.as_bytes(),
+                    ttl,
+                    copies.unwrap_or(0),
+                )?;
+                let expires = remaining(stored.expires_ms);
+                if stored.pending {
+                    // Exit 0: the value is kept and still replicating (HTTP's 202).
+                    println!(
+                        "ACCEPTED pending: {} node(s) confirmed before the write timeout, \
+                         expires in {expires}",
+                        stored.copies
+                    );
+                } else {
+                    println!(
+                        "OK stored on {} node(s), expires in {expires}",
+                        stored.copies
+                    );
+                }
                 Ok(ExitCode::SUCCESS)
             })
         }
@@ -233,7 +256,16 @@ fn print_stats(stats: &repram::wire::NodeStats) {
     );
     println!("network");
     for (name, value) in stats.network.fields() {
-        println!("  {name:<20}{value:>14}");
+        println!("  {name:<24}{value:>14}");
+    }
+    println!("peer bytes by kind        sent      received");
+    let network = &stats.network;
+    for (at, kind) in repram::cluster::Message::KINDS.iter().enumerate() {
+        let sent = network.bytes_sent_by_kind.get(at).copied().unwrap_or(0);
+        let received = network.bytes_received_by_kind.get(at).copied().unwrap_or(0);
+        if sent + received > 0 {
+            println!("  {kind:<16}{sent:>14}{received:>14}");
+        }
     }
 }
 

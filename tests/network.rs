@@ -405,3 +405,89 @@ fn a_read_that_misses_locally_pulls_the_value_from_a_neighbour() {
     // `local_only` reads never asked.
     assert_eq!(before.pulls_hit + before.pulls_missed, 0, "{before:?}");
 }
+
+/// Cuts node `i` off from every other node (both directions), until `heal`.
+fn isolate(nodes: &[(NodeProcess, Relay)], i: usize) {
+    for (j, (_, relay)) in nodes.iter().enumerate() {
+        if j == i {
+            relay.partition();
+        } else {
+            relay.block(&[nodes[i].0.peer]);
+        }
+    }
+}
+
+fn heal(nodes: &[(NodeProcess, Relay)]) {
+    for (_, relay) in nodes {
+        relay.heal();
+    }
+}
+
+#[test]
+fn a_write_asking_three_copies_waits_for_them_or_is_accepted_pending_while_one_node_is_cut_off() {
+    let timeout = ["--write-timeout", "1s"];
+    let root = node_behind_relay(None, &timeout);
+    let a = node_behind_relay(Some(&root.0), &timeout);
+    let b = node_behind_relay(Some(&root.0), &timeout);
+    let nodes = [root, a, b];
+    let clients: Vec<BlockingClient> = nodes.iter().map(|(n, _)| client(n)).collect();
+    wait_joined(&clients[0], &clients[1]);
+    wait_joined(&clients[0], &clients[2]);
+
+    let stored = clients[0]
+        .put_copies(b"three", b"v", Duration::from_secs(120), 3)
+        .expect("put");
+    assert!(!stored.pending, "{stored:?}");
+    assert_eq!(stored.copies, 3, "{stored:?}");
+    for (i, c) in clients.iter().enumerate() {
+        assert!(
+            c.get_local(b"three").expect("get").is_some(),
+            "node {i} confirmed a copy it does not hold"
+        );
+    }
+
+    // Node b is cut off: only two nodes can hold the next write, and the node says so once
+    // its write timeout passes.
+    isolate(&nodes, 2);
+    let started = Instant::now();
+    let stored = clients[0]
+        .put_copies(b"partitioned", b"v", Duration::from_secs(120), 3)
+        .expect("put");
+    let waited = started.elapsed();
+    assert!(stored.pending, "{stored:?}");
+    assert!(stored.copies < 3, "{stored:?}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "answered after {waited:?} with a 1 s write timeout"
+    );
+    assert!(clients[2].get_local(b"partitioned").expect("get").is_none());
+
+    // Once the partition heals, the value reaches b all the same.
+    heal(&nodes);
+    assert!(
+        held_within(&clients[2], b"partitioned", Duration::from_secs(20)),
+        "the pending write never reached the node that was cut off"
+    );
+    let network = clients[2].stats().expect("stats").network;
+    assert_eq!(network.pulls_hit + network.pulls_missed, 0, "{network:?}");
+    let writer = clients[0].stats().expect("stats").network;
+    assert_eq!(
+        (writer.writes_copied, writer.writes_copies_timed_out),
+        (1, 1),
+        "{writer:?}"
+    );
+    // Bytes by kind add up to the totals, and acknowledgements were among them.
+    assert_eq!(
+        writer.bytes_sent_by_kind.iter().sum::<u64>(),
+        writer.bytes_sent
+    );
+    assert_eq!(
+        writer.bytes_received_by_kind.iter().sum::<u64>(),
+        writer.bytes_received
+    );
+    let push_ack = Message::KINDS
+        .iter()
+        .position(|k| *k == "push_ack")
+        .expect("kind");
+    assert!(writer.bytes_received_by_kind[push_ack] > 0, "{writer:?}");
+}

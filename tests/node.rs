@@ -104,6 +104,7 @@ fn ten_thousand_pipelined_requests_on_one_connection_are_each_answered_once() {
                     key: &key,
                     value: b"value",
                     ttl_ms: 60_000,
+                    copies: 0,
                 },
                 1 => Op::Get {
                     key: &key,
@@ -280,7 +281,12 @@ fn bad_requests_get_their_error_and_the_connection_keeps_serving() {
     let mut conn = RawConn::connect(node.client);
     let put = |id, key: &'static [u8], value: &'static [u8], ttl_ms| Request {
         id,
-        op: Op::Put { key, value, ttl_ms },
+        op: Op::Put {
+            key,
+            value,
+            ttl_ms,
+            copies: 0,
+        },
     };
     expect_error(conn.call(&put(1, b"", b"v", 5_000)), ErrorCode::BadKey);
     expect_error(conn.call(&put(2, b"k", b"v", 0)), ErrorCode::BadTtl);
@@ -288,6 +294,16 @@ fn bad_requests_get_their_error_and_the_connection_keeps_serving() {
         conn.call(&put(3, b"k", b"v", 2 * 3_600_000)),
         ErrorCode::BadTtl,
     );
+    let too_many_copies = Request {
+        id: 30,
+        op: Op::Put {
+            key: b"k",
+            value: b"v",
+            ttl_ms: 5_000,
+            copies: 9,
+        },
+    };
+    expect_error(conn.call(&too_many_copies), ErrorCode::BadCopies);
     let big: &'static [u8] = Box::leak(vec![7u8; 1025].into_boxed_slice());
     expect_error(
         conn.call(&put(4, b"k", big, 5_000)),
@@ -343,6 +359,7 @@ fn unreadable_frames_close_only_their_own_connection() {
             key: b"kept",
             value: b"safe",
             ttl_ms: 60_000,
+            copies: 0,
         },
     };
     assert_eq!(bystander.call(&put), Reply::Stored);
@@ -508,6 +525,7 @@ fn full_shard_queues_answer_busy_and_never_hang() {
                     key: &key,
                     value: b"v",
                     ttl_ms: 60_000,
+                    copies: 0,
                 };
                 wire::encode_request(&mut out, &Request { id, op });
             }

@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use proptest::prelude::*;
 use repram::cluster::entry::Plaintext;
-use repram::cluster::message::{Message, NodeInfo, Role};
+use repram::cluster::message::{AckRequest, Message, NodeInfo, Role};
 use repram::cluster::sync::{BucketDigest, FilterData};
 use repram::cluster::{Entry, Version};
 use repram::wire::peer::{decode_peer, encode_peer, PeerFrameError, PeerLimits};
@@ -119,7 +119,16 @@ fn message() -> impl Strategy<Value = Message> {
             }
         }),
         info().prop_map(|info| Message::Leave { info }),
-        entries().prop_map(|entries| Message::Push { entries }),
+        (
+            entries(),
+            prop::option::of(
+                (any::<u64>(), any::<u8>())
+                    .prop_map(|(nonce, want)| { AckRequest { nonce, want } })
+            )
+        )
+            .prop_map(|(entries, ack)| Message::Push { entries, ack }),
+        (any::<u64>(), any::<u32>())
+            .prop_map(|(nonce, holders)| Message::PushAck { nonce, holders }),
         any::<u64>().prop_map(|cursor| Message::DumpRequest { cursor }),
         (entries(), prop::option::of(any::<u64>()))
             .prop_map(|(entries, next)| Message::DumpChunk { entries, next }),
@@ -223,15 +232,19 @@ fn a_peer_message_over_a_limit_is_refused() {
     let cases = [
         Message::Push {
             entries: vec![e(b"a", b""), e(b"b", b""), e(b"c", b"")],
+            ack: None,
         },
         Message::Push {
             entries: vec![e(b"a-long-key", b"")],
+            ack: None,
         },
         Message::Push {
             entries: vec![e(b"", b"")],
+            ack: None,
         },
         Message::Push {
             entries: vec![e(b"a", b"a long value")],
+            ack: None,
         },
         Message::HeartbeatReply {
             info: NodeInfo {
@@ -254,6 +267,7 @@ fn a_peer_message_over_a_limit_is_refused() {
     // The same messages within the limits pass.
     let ok = Message::Push {
         entries: vec![e(b"a", b"v"), e(b"b", b"v")],
+        ack: None,
     };
     assert_eq!(decode_peer(&payload(&ok), &limits).unwrap(), ok);
 }

@@ -9,7 +9,7 @@ use crate::entry::Entry;
 use crate::sync::{BucketDigest, FilterData};
 
 /// Peer protocol major version; a join from another major is refused.
-pub const PEER_PROTOCOL_MAJOR: u16 = 1;
+pub const PEER_PROTOCOL_MAJOR: u16 = 2;
 
 /// A node's place in the discovery tree. Depth: root 0, trunk 1, branch 2, leaf 3.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -107,9 +107,17 @@ pub enum Message {
     Leave {
         info: NodeInfo,
     },
-    /// New entries travelling along tree edges.
+    /// New entries travelling along tree edges; `ack` asks the receiver to say once it holds
+    /// them (a write waiting for copies).
     Push {
         entries: Vec<Entry>,
+        ack: Option<AckRequest>,
+    },
+    /// `holders` more nodes hold the entries of the push that asked with `nonce` (the
+    /// receiver itself, or nodes further on, relayed back along the push's path).
+    PushAck {
+        nonce: u64,
+        holders: u32,
     },
     /// A request for the next chunk of a full dump.
     DumpRequest {
@@ -167,6 +175,14 @@ pub enum Message {
     },
 }
 
+/// A push's request for acknowledgements: answer `nonce` once the entries are held, and ask
+/// `want - 1` more hops on (a write that wants three copies asks two hops).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AckRequest {
+    pub nonce: u64,
+    pub want: u8,
+}
+
 impl Message {
     /// Approximate bytes on the wire, for the simulator's accounting.
     pub fn wire_bytes(&self) -> usize {
@@ -185,7 +201,10 @@ impl Message {
                     1 + INFO + path.len() * 8
                 }
                 Message::Heartbeat { open_children, .. } => INFO * (1 + open_children.len()),
-                Message::Push { entries } => entries.iter().map(Entry::wire_bytes).sum(),
+                Message::Push { entries, ack } => {
+                    ack.map_or(1, |_| 10) + entries.iter().map(Entry::wire_bytes).sum::<usize>()
+                }
+                Message::PushAck { .. } => 12,
                 Message::DumpRequest { .. } => 8,
                 Message::DumpChunk { entries, .. } => {
                     9 + entries.iter().map(Entry::wire_bytes).sum::<usize>()
@@ -209,7 +228,7 @@ impl Message {
     }
 
     /// Short names of the kinds, for per-kind accounting, indexed by [`Message::kind_index`].
-    pub const KINDS: [&'static str; 21] = [
+    pub const KINDS: [&'static str; 22] = [
         "join",
         "topology_map",
         "join_refused",
@@ -231,6 +250,7 @@ impl Message {
         "pull",
         "pull_reply",
         "full",
+        "push_ack",
     ];
 
     /// This message's kind as an index into [`Message::KINDS`].
@@ -257,6 +277,7 @@ impl Message {
             Message::Pull { .. } => 18,
             Message::PullReply { .. } => 19,
             Message::Full { .. } => 20,
+            Message::PushAck { .. } => 21,
         }
     }
 

@@ -426,6 +426,7 @@ fn a_hostile_peer_cannot_plant_entries_or_break_the_tree() {
                 liar,
                 Message::Push {
                     entries: vec![planted.clone()],
+                    ack: None,
                 },
             );
             sim.inject(

@@ -46,6 +46,17 @@ impl BlockingClient {
         self.executor.run(self.client.put(key, value, ttl))
     }
 
+    pub fn put_copies(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Duration,
+        copies: u8,
+    ) -> Result<Stored, ClientError> {
+        self.executor
+            .run(self.client.put_copies(key, value, ttl, copies))
+    }
+
     pub fn get(&self, key: &[u8]) -> Result<Option<Value>, ClientError> {
         self.executor.run(self.client.get(key))
     }

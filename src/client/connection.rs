@@ -273,9 +273,13 @@ fn answer_of(reply: &ArchivedReply<'_>) -> Result<Result<Answer, ClientError>, C
             version_clock,
             version_node,
             expires_ms,
+            copies,
+            pending,
         } => Answer::Stored(Stored {
             version: version(version_clock.to_native(), version_node.to_native()),
             expires_ms: expires_ms.to_native(),
+            copies: copies.to_native(),
+            pending: *pending,
         }),
         ArchivedReply::Value {
             value,

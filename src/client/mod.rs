@@ -89,6 +89,11 @@ pub struct Value {
 pub struct Stored {
     pub version: Version,
     pub expires_ms: u64,
+    /// Nodes known to hold the write when the node answered (itself included).
+    pub copies: u32,
+    /// Fewer nodes than asked for confirmed it before the node's write timeout ("accepted,
+    /// pending"): the value is kept and still replicating.
+    pub pending: bool,
 }
 
 /// A response, owned (the value copied out of the receive buffer).
@@ -196,19 +201,37 @@ impl Client {
         &self.shards[self.shard_of(key) as usize]
     }
 
-    /// Stores `value` under `key` for `ttl`.
+    /// Stores `value` under `key` for `ttl` (with the node's default copies).
     pub async fn put(
         &self,
         key: &[u8],
         value: &[u8],
         ttl: Duration,
     ) -> Result<Stored, ClientError> {
+        self.put_copies(key, value, ttl, 0).await
+    }
+
+    /// Stores `value` under `key` for `ttl`, answered once `copies` nodes hold it (this one
+    /// included; 0: the node's default), or with `pending` set once the node's write timeout
+    /// passes first.
+    pub async fn put_copies(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Duration,
+        copies: u8,
+    ) -> Result<Stored, ClientError> {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         let answer = within(
             self.request_timeout,
             self.route(key).call(|id| wire::Request {
                 id,
-                op: Op::Put { key, value, ttl_ms },
+                op: Op::Put {
+                    key,
+                    value,
+                    ttl_ms,
+                    copies,
+                },
             }),
         )
         .await?;

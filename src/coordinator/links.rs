@@ -65,6 +65,9 @@ struct Outbound {
 pub(crate) struct LinkCounters {
     pub bytes_sent: Cell<u64>,
     pub bytes_received: Cell<u64>,
+    /// By message kind, indexed like `Message::KINDS`.
+    pub bytes_sent_by_kind: [Cell<u64>; Message::KINDS.len()],
+    pub bytes_received_by_kind: [Cell<u64>; Message::KINDS.len()],
     pub frames_refused: Cell<u64>,
     pub connections_refused: Cell<u64>,
     pub peers_cut_off: Cell<u64>,
@@ -123,9 +126,12 @@ impl PeerLinks {
             return;
         }
         drop(pending);
-        self.counters
+        let counters = &self.counters;
+        counters
             .bytes_sent
-            .set(self.counters.bytes_sent.get() + added as u64);
+            .set(counters.bytes_sent.get() + added as u64);
+        let by_kind = &counters.bytes_sent_by_kind[msg.kind_index()];
+        by_kind.set(by_kind.get() + added as u64);
         let _ = link.wake.try_send(());
     }
 
@@ -233,11 +239,14 @@ impl PeerLinks {
             .map_err(|e| e.to_string())?;
         loop {
             let payload = read_frame(&mut stream, self.limits.frame_bytes_max).await?;
-            self.counters.bytes_received.set(
-                self.counters.bytes_received.get() + (payload.len() + FRAME_HEADER_BYTES) as u64,
-            );
+            let bytes = (payload.len() + FRAME_HEADER_BYTES) as u64;
+            self.counters
+                .bytes_received
+                .set(self.counters.bytes_received.get() + bytes);
             match decode_peer(&payload, &self.limits) {
                 Ok(msg) => {
+                    let by_kind = &self.counters.bytes_received_by_kind[msg.kind_index()];
+                    by_kind.set(by_kind.get() + bytes);
                     // Waiting here when the coordinator is behind stops reading this peer:
                     // TCP pushes back on it.
                     let event = LinkEvent::Message {

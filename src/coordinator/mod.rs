@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ahash::AHashMap;
 use glommio::net::TcpListener;
 use glommio::{Latency, Shares};
-use repram_cluster::message::PEER_PROTOCOL_MAJOR;
+use repram_cluster::message::{Message, PEER_PROTOCOL_MAJOR};
 use repram_cluster::sync::{BucketDigest, CheckedFilter};
 use repram_cluster::{
     ClusterConfig, Entry, Input, Node, NodeConfig, Output, StoreReply, StoreRequest,
@@ -68,11 +68,15 @@ pub(crate) struct NetworkCounters {
     pub(crate) writes_not_pushed: AtomicU64,
     pulls_hit: AtomicU64,
     pulls_missed: AtomicU64,
+    writes_copied: AtomicU64,
+    writes_copies_timed_out: AtomicU64,
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
     peer_frames_refused: AtomicU64,
     peers_cut_off: AtomicU64,
     peer_messages_refused: AtomicU64,
+    bytes_sent_by_kind: [AtomicU64; Message::KINDS.len()],
+    bytes_received_by_kind: [AtomicU64; Message::KINDS.len()],
 }
 
 impl NetworkCounters {
@@ -96,11 +100,15 @@ impl NetworkCounters {
             writes_not_pushed: get(&self.writes_not_pushed),
             pulls_hit: get(&self.pulls_hit),
             pulls_missed: get(&self.pulls_missed),
+            writes_copied: get(&self.writes_copied),
+            writes_copies_timed_out: get(&self.writes_copies_timed_out),
             bytes_sent: get(&self.bytes_sent),
             bytes_received: get(&self.bytes_received),
             peer_frames_refused: get(&self.peer_frames_refused),
             peers_cut_off: get(&self.peers_cut_off),
             peer_messages_refused: get(&self.peer_messages_refused),
+            bytes_sent_by_kind: self.bytes_sent_by_kind.iter().map(get).collect(),
+            bytes_received_by_kind: self.bytes_received_by_kind.iter().map(get).collect(),
         }
     }
 }
@@ -117,6 +125,21 @@ pub(crate) enum ToShard {
         conn: ConnId,
         responses: Zeroizing<Vec<u8>>,
     },
+}
+
+/// A client's write, on its way from its shard to the network.
+pub(crate) struct LocalWrite {
+    pub entry: OwnedEntry,
+    /// Set when the client waits for copies: the coordinator answers it.
+    pub waiter: Option<CopiesWaiter>,
+}
+
+/// A client's Put waiting for `copies` nodes to hold it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CopiesWaiter {
+    pub conn: ConnId,
+    pub request_id: u64,
+    pub copies: u8,
 }
 
 /// A store request for one shard (owned and `Send`: it crosses threads).
@@ -152,7 +175,7 @@ pub(crate) enum ShardStoreRequest {
 /// What a shard tells the coordinator.
 pub(crate) enum FromShard {
     /// Writes made by clients on this shard, to push to the network.
-    LocalWrites(Vec<OwnedEntry>),
+    LocalWrites(Vec<LocalWrite>),
     /// A client's read of `key` missed on its owner shard: pull it from peers and answer
     /// request `request_id` of connection `conn` (on the shard its id names).
     Pull {
@@ -222,6 +245,7 @@ pub(crate) struct CoordinatorPlan {
     pub to_shards: Vec<flume::Sender<ToShard>>,
     pub from_shards: flume::Receiver<FromShard>,
     pub counters: Arc<NetworkCounters>,
+    pub write_timeout: Duration,
 }
 
 pub(crate) struct Coordinator {
@@ -232,9 +256,19 @@ pub(crate) struct Coordinator {
     gathers: RefCell<AHashMap<u64, Gather>>,
     last_now_ms: Cell<u64>,
     counters: Arc<NetworkCounters>,
-    /// Clients' reads waiting on a pull, by the node's request number.
+    /// Clients' reads waiting on a pull, and writes waiting for copies, by the node's
+    /// request number.
     pulls: RefCell<AHashMap<u64, PullWaiter>>,
-    next_pull: Cell<u64>,
+    writes: RefCell<AHashMap<u64, WriteWaiter>>,
+    next_request: Cell<u64>,
+    write_timeout_ms: u64,
+}
+
+/// The client write a `WriteDone` answers.
+struct WriteWaiter {
+    waiter: CopiesWaiter,
+    version: repram_cluster::Version,
+    expires_ms: u64,
 }
 
 /// The client read a pull answers.
@@ -278,7 +312,9 @@ impl Coordinator {
             last_now_ms: Cell::new(now),
             counters: plan.counters,
             pulls: RefCell::new(AHashMap::new()),
-            next_pull: Cell::new(0),
+            writes: RefCell::new(AHashMap::new()),
+            next_request: Cell::new(0),
+            write_timeout_ms: u64::try_from(plan.write_timeout.as_millis()).unwrap_or(u64::MAX),
         });
         // SAFETY: the descriptor comes from `into_raw_fd` of a socket we bound and put in
         // listening mode; ownership moves to glommio's listener, which alone closes it.
@@ -342,6 +378,8 @@ impl Coordinator {
         set(&out.sync_entries_received, c.sync_entries_applied);
         set(&out.pulls_hit, c.pulls_hit);
         set(&out.pulls_missed, c.pulls_missed);
+        set(&out.writes_copied, c.writes_copied);
+        set(&out.writes_copies_timed_out, c.writes_copies_timed_out);
         set(
             &out.peer_messages_refused,
             c.messages_refused + c.entries_refused,
@@ -351,6 +389,16 @@ impl Coordinator {
         set(&out.bytes_received, links.bytes_received.get());
         set(&out.peer_frames_refused, links.frames_refused.get());
         set(&out.peers_cut_off, links.peers_cut_off.get());
+        for (out, links) in out.bytes_sent_by_kind.iter().zip(&links.bytes_sent_by_kind) {
+            set(out, links.get());
+        }
+        for (out, links) in out
+            .bytes_received_by_kind
+            .iter()
+            .zip(&links.bytes_received_by_kind)
+        {
+            set(out, links.get());
+        }
     }
 
     fn carry_out(&self) {
@@ -362,6 +410,11 @@ impl Coordinator {
                 Output::Send { to, msg } => self.links.send(to, &msg),
                 Output::Store { ticket, request } => self.ask_shards(ticket, request),
                 Output::PullDone { request, entry } => self.answer_pull(request, entry),
+                Output::WriteDone {
+                    request,
+                    holders,
+                    complete,
+                } => self.answer_write(request, holders, complete),
             }
         }
     }
@@ -385,9 +438,9 @@ impl Coordinator {
     async fn take_shard_messages(self: Rc<Self>, messages: flume::Receiver<FromShard>) {
         while let Ok(message) = messages.recv_async().await {
             match message {
-                FromShard::LocalWrites(entries) => {
-                    for entry in entries {
-                        self.handle(Input::LocalWrite(entry.to_entry()));
+                FromShard::LocalWrites(writes) => {
+                    for write in writes {
+                        self.local_write(write);
                     }
                 }
                 FromShard::Store { ticket, reply } => self.gathered(ticket, reply),
@@ -396,8 +449,8 @@ impl Coordinator {
                     conn,
                     request_id,
                 } => {
-                    let request = self.next_pull.get();
-                    self.next_pull.set(request + 1);
+                    let request = self.next_request.get();
+                    self.next_request.set(request + 1);
                     self.pulls
                         .borrow_mut()
                         .insert(request, PullWaiter { conn, request_id });
@@ -666,6 +719,57 @@ impl Coordinator {
         }
     }
 
+    /// Feeds the node a client's write; one waiting for copies is answered later, by
+    /// [`Coordinator::answer_write`].
+    fn local_write(&self, write: LocalWrite) {
+        let entry = write.entry.to_entry();
+        let Some(waiter) = write.waiter else {
+            return self.handle(Input::LocalWrite(entry));
+        };
+        let request = self.next_request.get();
+        self.next_request.set(request + 1);
+        self.writes.borrow_mut().insert(
+            request,
+            WriteWaiter {
+                waiter,
+                version: entry.version,
+                expires_ms: entry.expires_ms,
+            },
+        );
+        self.handle(Input::LocalWriteCopies {
+            entry,
+            request,
+            copies: waiter.copies,
+            timeout_ms: self.write_timeout_ms,
+        });
+    }
+
+    /// Answers the client whose write started `request`: stored, with the copies known to
+    /// hold it, and pending unless they are all it asked for.
+    fn answer_write(&self, request: u64, holders: u32, complete: bool) {
+        let Some(write) = self.writes.borrow_mut().remove(&request) else {
+            return;
+        };
+        let mut responses = Zeroizing::new(Vec::new());
+        let reply = Reply::Stored {
+            version_clock: write.version.clock,
+            version_node: write.version.node,
+            expires_ms: write.expires_ms,
+            copies: holders,
+            pending: !complete,
+        };
+        respond(&mut responses, write.waiter.request_id, reply);
+        self.answer_conn(write.waiter.conn, responses);
+    }
+
+    /// Sends one encoded response to connection `conn`, through its shard.
+    fn answer_conn(&self, conn: ConnId, responses: Zeroizing<Vec<u8>>) {
+        let shard = shard_of_conn(conn) as usize;
+        if let Some(sender) = self.to_shards.get(shard) {
+            let _ = sender.send(ToShard::Responses { conn, responses });
+        }
+    }
+
     /// Answers the client whose read started pull `request`: the value a peer held (already
     /// being stored on its shard), or not-found.
     fn answer_pull(&self, request: u64, entry: Option<Entry>) {
@@ -689,13 +793,7 @@ impl Coordinator {
             _ => Reply::NotFound,
         };
         respond(&mut responses, waiter.request_id, reply);
-        let shard = shard_of_conn(waiter.conn) as usize;
-        if let Some(sender) = self.to_shards.get(shard) {
-            let _ = sender.send(ToShard::Responses {
-                conn: waiter.conn,
-                responses,
-            });
-        }
+        self.answer_conn(waiter.conn, responses);
     }
 
     /// Hands a finished reply to the node.

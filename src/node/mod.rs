@@ -175,6 +175,7 @@ pub fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         seed: config.hash_seed.rotate_left(17) ^ config.node_id,
         to_shards,
         from_shards,
+        write_timeout: config.peer.write_timeout,
     });
     let mut shard_inboxes = shard_inboxes.into_iter();
 

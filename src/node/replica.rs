@@ -11,7 +11,10 @@ use std::sync::Arc;
 
 use glommio::channels::local_channel::{LocalReceiver, LocalSender};
 
-use crate::coordinator::{FromShard, NetworkCounters, ShardStoreReply, ShardStoreRequest, ToShard};
+use crate::coordinator::{
+    CopiesWaiter, FromShard, LocalWrite, NetworkCounters, ShardStoreReply, ShardStoreRequest,
+    ToShard,
+};
 use crate::store::{Applied, OwnedEntry, StoreError};
 
 use super::shard::{shard_of_conn, ConnId, Inbound, Shard};
@@ -23,7 +26,7 @@ const PENDING_WRITES_MAX: usize = 65_536;
 /// The channels between one shard and the coordinator.
 pub(crate) struct Replication {
     to_coordinator: flume::Sender<FromShard>,
-    pending: RefCell<Vec<OwnedEntry>>,
+    pending: RefCell<Vec<LocalWrite>>,
     wake: LocalSender<()>,
     network: Arc<NetworkCounters>,
 }
@@ -55,17 +58,21 @@ impl Replication {
         self.to_coordinator.try_send(message).is_ok()
     }
 
-    /// A client's write (or delete, as a tombstone) is in the store: push it to the network.
-    pub(crate) fn written(&self, entry: OwnedEntry) {
+    /// A client's write (or delete, as a tombstone) is in the store: push it to the network,
+    /// and have the coordinator answer `waiter` once its copies are held. `false` when the
+    /// queue is full: the write is not pushed (sync brings it a round later) and nobody will
+    /// answer the waiter.
+    pub(crate) fn written(&self, entry: OwnedEntry, waiter: Option<CopiesWaiter>) -> bool {
         let mut pending = self.pending.borrow_mut();
         if pending.len() >= PENDING_WRITES_MAX {
             self.network
                 .writes_not_pushed
                 .fetch_add(1, Ordering::Relaxed);
-            return;
+            return false;
         }
-        pending.push(entry);
+        pending.push(LocalWrite { entry, waiter });
         let _ = self.wake.try_send(());
+        true
     }
 }
 

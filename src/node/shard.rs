@@ -15,8 +15,8 @@ use glommio::channels::channel_mesh::Senders;
 use glommio::channels::local_channel::LocalSender;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::config::NodeConfig;
-use crate::coordinator::NetworkCounters;
+use crate::config::{NodeConfig, WRITE_COPIES_MAX};
+use crate::coordinator::{CopiesWaiter, NetworkCounters};
 use crate::store::{OwnedEntry, Store, StoreError};
 
 use super::replica::Replication;
@@ -60,6 +60,14 @@ pub(crate) enum ShardReply {
         shard: u32,
         stats: ShardStats,
     },
+}
+
+/// A Put stored.
+struct PutDone {
+    version: crate::Version,
+    expires_ms: u64,
+    /// The coordinator will answer it (once its copies are held, or its timeout passes).
+    waiting: bool,
 }
 
 /// Whether a request was answered at once or handed on.
@@ -136,6 +144,8 @@ pub(crate) struct Shard {
     pub connections_max_per_shard: usize,
     pub idle_timeout: Option<std::time::Duration>,
     pub shard_ports: Vec<u16>,
+    /// Copies a Put that does not say wants.
+    pub write_copies: u8,
     pub store: RefCell<Store>,
     pub counters: Counters,
     pub conns: RefCell<AHashMap<ConnId, LocalSender<Inbound>>>,
@@ -174,6 +184,7 @@ impl Shard {
             connections_max_per_shard: config.connections_max.div_ceil(count as usize),
             idle_timeout: config.idle_timeout,
             shard_ports,
+            write_copies: config.peer.write_copies,
             store: RefCell::new(store),
             counters: Counters::default(),
             conns: RefCell::new(AHashMap::new()),
@@ -233,19 +244,41 @@ impl Shard {
         match view.kind {
             OpKind::Put => {
                 bump(&self.counters.puts, 1);
-                let reply = self.put(payload, view);
+                let copies = match view.copies {
+                    0 => self.write_copies,
+                    n => n,
+                };
+                if copies > WRITE_COPIES_MAX {
+                    payload[view.value.clone()].zeroize();
+                    bump(&self.counters.rejected_writes, 1);
+                    let message =
+                        format!("{copies} copies asked for; this node allows {WRITE_COPIES_MAX}");
+                    respond_error(out, id, ErrorCode::BadCopies, 0, &message);
+                    return Answer::Answered;
+                }
+                let waiter = (copies > 1).then_some(CopiesWaiter {
+                    conn,
+                    request_id: id,
+                    copies,
+                });
+                let reply = self.put(payload, view, waiter);
                 if reply.is_err() {
                     bump(&self.counters.rejected_writes, 1);
                 }
                 payload[view.value.clone()].zeroize();
                 match reply {
-                    Ok((version, expires_ms)) => respond(
+                    // The coordinator answers once the copies are confirmed or time is up.
+                    Ok(stored) if stored.waiting => return Answer::Deferred,
+                    Ok(stored) => respond(
                         out,
                         id,
                         Reply::Stored {
-                            version_clock: version.clock,
-                            version_node: version.node,
-                            expires_ms,
+                            version_clock: stored.version.clock,
+                            version_node: stored.version.node,
+                            expires_ms: stored.expires_ms,
+                            copies: 1,
+                            // More copies were asked for than can be waited for here.
+                            pending: copies > 1,
                         },
                     ),
                     Err(e) => respond_store_error(out, id, &e),
@@ -270,12 +303,13 @@ impl Shard {
                     Ok(version) => {
                         if let (Some(replication), Ok(expires_ms)) = (&self.replication, expires_ms)
                         {
-                            replication.written(OwnedEntry {
+                            let tombstone = OwnedEntry {
                                 key: key.to_vec(),
                                 value: None,
                                 expires_ms,
                                 version,
-                            });
+                            };
+                            replication.written(tombstone, None);
                         }
                         respond(out, id, Reply::Deleted)
                     }
@@ -307,11 +341,14 @@ impl Shard {
         Answer::Answered
     }
 
+    /// Stores a Put and hands a copy to the network; `waiting` when the coordinator took the
+    /// write's `waiter` and will answer it.
     fn put(
         &self,
         payload: &mut [u8],
         view: &RequestView,
-    ) -> Result<(crate::Version, u64), StoreError> {
+        waiter: Option<CopiesWaiter>,
+    ) -> Result<PutDone, StoreError> {
         let Some((key, value)) = key_and_value(payload, view.key.clone(), view.value.clone())
         else {
             return Err(StoreError::EmptyKey);
@@ -329,15 +366,21 @@ impl Shard {
         let version = store.put(key, value, view.ttl_ms, now)?;
         // The store set the expiry from this same `now` (the shard's clock is its only clock).
         let expires_ms = now.saturating_add(view.ttl_ms);
+        let mut waiting = false;
         if let Some(replication) = &self.replication {
-            replication.written(OwnedEntry {
+            let entry = OwnedEntry {
                 key: key.to_vec(),
                 value: copy,
                 expires_ms,
                 version,
-            });
+            };
+            waiting = replication.written(entry, waiter) && waiter.is_some();
         }
-        Ok((version, expires_ms))
+        Ok(PutDone {
+            version,
+            expires_ms,
+            waiting,
+        })
     }
 
     /// Answers a Get from the store; a miss with `pull` set (the asking connection) goes to

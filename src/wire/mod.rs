@@ -21,7 +21,7 @@ pub mod peer;
 mod tests;
 
 /// Protocol version spoken by this build; a Hello with another one is refused.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Bytes of the length prefix.
 pub const FRAME_HEADER_BYTES: usize = 4;
 /// Room a frame needs beyond its key and value (envelope, lengths, ids, ttl).
@@ -59,6 +59,9 @@ pub enum Op<'a> {
         #[rkyv(with = InlineAsBox)]
         value: &'a [u8],
         ttl_ms: u64,
+        /// Nodes that should hold the value before the write is answered (this one included);
+        /// 0 takes the node's default (`--write-copies`).
+        copies: u8,
     },
     Get {
         #[rkyv(with = InlineAsBox)]
@@ -88,11 +91,15 @@ pub struct Response<'a> {
 #[derive(Archive, Serialize, Debug, Clone, PartialEq, Eq)]
 pub enum Reply<'a> {
     Hello(HelloInfo),
-    /// A Put was stored; its version orders it against other writes of the key.
+    /// A Put was stored; its version orders it against other writes of the key. `copies`
+    /// nodes are known to hold it; `pending` when that is fewer than the write asked for
+    /// (its timeout passed first): the value is kept and still replicating.
     Stored {
         version_clock: u64,
         version_node: u64,
         expires_ms: u64,
+        copies: u32,
+        pending: bool,
     },
     Value {
         #[rkyv(with = InlineAsBox)]
@@ -238,7 +245,7 @@ pub struct NodeStats {
 }
 
 /// What the node's side of the network did (its coordinator's counters).
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct NetworkStats {
     /// 0 root, 1 trunk, 2 branch, 3 leaf, 255 not attached.
     pub role: u8,
@@ -262,16 +269,22 @@ pub struct NetworkStats {
     pub writes_not_pushed: u64,
     pub pulls_hit: u64,
     pub pulls_missed: u64,
+    /// Client writes that asked for copies: confirmed in time, and answered pending.
+    pub writes_copied: u64,
+    pub writes_copies_timed_out: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub peer_frames_refused: u64,
     pub peers_cut_off: u64,
     pub peer_messages_refused: u64,
+    /// Peer bytes by message kind, indexed like `repram_cluster::Message::KINDS`.
+    pub bytes_sent_by_kind: Vec<u64>,
+    pub bytes_received_by_kind: Vec<u64>,
 }
 
 impl NetworkStats {
     /// Every counter with its name, in a fixed order (for printing).
-    pub fn fields(&self) -> [(&'static str, u64); 22] {
+    pub fn fields(&self) -> [(&'static str, u64); 24] {
         [
             ("role", u64::from(self.role)),
             ("children", self.children),
@@ -290,6 +303,8 @@ impl NetworkStats {
             ("writes_not_pushed", self.writes_not_pushed),
             ("pulls_hit", self.pulls_hit),
             ("pulls_missed", self.pulls_missed),
+            ("writes_copied", self.writes_copied),
+            ("writes_copies_timed_out", self.writes_copies_timed_out),
             ("peer_bytes_sent", self.bytes_sent),
             ("peer_bytes_received", self.bytes_received),
             ("peer_frames_refused", self.peer_frames_refused),
@@ -325,6 +340,8 @@ pub enum ErrorCode {
     TooManyConnections = 11,
     /// The stored value failed to authenticate, or the shard ran out of nonces.
     Internal = 12,
+    /// A Put asked for more copies than the node allows.
+    BadCopies = 13,
 }
 
 /// Why bytes are not a frame.
@@ -378,6 +395,8 @@ pub struct RequestView {
     pub value: Range<usize>,
     pub ttl_ms: u64,
     pub local_only: bool,
+    /// A Put's copies (0: the node's default).
+    pub copies: u8,
 }
 
 impl RequestView {
@@ -409,17 +428,24 @@ pub fn decode_request(payload: &[u8]) -> Result<RequestView, FrameError> {
         value: 0..0,
         ttl_ms: 0,
         local_only: false,
+        copies: 0,
     };
     match &archived.op {
         ArchivedOp::Hello { protocol_version } => {
             view.kind = OpKind::Hello;
             view.protocol_version = protocol_version.to_native();
         }
-        ArchivedOp::Put { key, value, ttl_ms } => {
+        ArchivedOp::Put {
+            key,
+            value,
+            ttl_ms,
+            copies,
+        } => {
             view.kind = OpKind::Put;
             view.key = range_of(key.get());
             view.value = range_of(value.get());
             view.ttl_ms = ttl_ms.to_native();
+            view.copies = *copies;
         }
         ArchivedOp::Get { key, local_only } => {
             view.kind = OpKind::Get;
@@ -524,6 +550,7 @@ impl From<&ArchivedErrorCode> for ErrorCode {
             ArchivedErrorCode::VersionMismatch => ErrorCode::VersionMismatch,
             ArchivedErrorCode::TooManyConnections => ErrorCode::TooManyConnections,
             ArchivedErrorCode::Internal => ErrorCode::Internal,
+            ArchivedErrorCode::BadCopies => ErrorCode::BadCopies,
         }
     }
 }
@@ -544,6 +571,7 @@ impl ErrorCode {
             ErrorCode::VersionMismatch => "protocol version mismatch",
             ErrorCode::TooManyConnections => "too many connections",
             ErrorCode::Internal => "internal error",
+            ErrorCode::BadCopies => "too many copies asked for",
         }
     }
 }

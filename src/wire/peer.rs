@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
 
 use repram_cluster::entry::Plaintext;
-use repram_cluster::message::{Message, NodeInfo, Role};
+use repram_cluster::message::{AckRequest, Message, NodeInfo, Role};
 use repram_cluster::sync::{BucketDigest, FilterData, DIGESTS_PER_MESSAGE_MAX, FILTER_BYTES_MAX};
 use repram_cluster::{Entry, Version};
 use rkyv::rancor;
@@ -199,6 +199,7 @@ enum WireMsg<'a> {
     },
     Push {
         entries: Vec<WireEntry<'a>>,
+        ack: Option<WireAck>,
     },
     DumpRequest {
         cursor: u64,
@@ -242,6 +243,16 @@ enum WireMsg<'a> {
     Full {
         retry_after_ms: u64,
     },
+    PushAck {
+        nonce: u64,
+        holders: u32,
+    },
+}
+
+#[derive(Archive, Serialize)]
+struct WireAck {
+    nonce: u64,
+    want: u8,
 }
 
 fn wire_addr(addr: SocketAddr) -> WireAddr {
@@ -358,8 +369,12 @@ fn wire_msg(msg: &Message) -> WireMsg<'_> {
         Message::Leave { info } => WireMsg::Leave {
             info: wire_info(info),
         },
-        Message::Push { entries } => WireMsg::Push {
+        Message::Push { entries, ack } => WireMsg::Push {
             entries: wire_entries(entries),
+            ack: ack.map(|a| WireAck {
+                nonce: a.nonce,
+                want: a.want,
+            }),
         },
         Message::DumpRequest { cursor } => WireMsg::DumpRequest { cursor: *cursor },
         Message::DumpChunk { entries, next } => WireMsg::DumpChunk {
@@ -411,6 +426,10 @@ fn wire_msg(msg: &Message) -> WireMsg<'_> {
         },
         Message::Full { retry_after_ms } => WireMsg::Full {
             retry_after_ms: *retry_after_ms,
+        },
+        Message::PushAck { nonce, holders } => WireMsg::PushAck {
+            nonce: *nonce,
+            holders: *holders,
         },
     }
 }
@@ -606,8 +625,12 @@ fn message_of(msg: &ArchivedWireMsg<'_>, limits: &PeerLimits) -> Result<Message,
         ArchivedWireMsg::Leave { info } => Message::Leave {
             info: info_of(info)?,
         },
-        ArchivedWireMsg::Push { entries } => Message::Push {
+        ArchivedWireMsg::Push { entries, ack } => Message::Push {
             entries: entries_of(entries, limits)?,
+            ack: ack.as_ref().map(|a| AckRequest {
+                nonce: a.nonce.to_native(),
+                want: a.want,
+            }),
         },
         ArchivedWireMsg::DumpRequest { cursor } => Message::DumpRequest {
             cursor: cursor.to_native(),
@@ -685,6 +708,10 @@ fn message_of(msg: &ArchivedWireMsg<'_>, limits: &PeerLimits) -> Result<Message,
         },
         ArchivedWireMsg::Full { retry_after_ms } => Message::Full {
             retry_after_ms: retry_after_ms.to_native(),
+        },
+        ArchivedWireMsg::PushAck { nonce, holders } => Message::PushAck {
+            nonce: nonce.to_native(),
+            holders: holders.to_native(),
         },
     })
 }

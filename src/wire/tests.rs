@@ -73,6 +73,7 @@ fn a_put_that_points_outside_its_frame_is_malformed() {
             key: b"k",
             value: b"value",
             ttl_ms: 1000,
+            copies: 0,
         },
     });
     // Corrupt every byte of the root one at a time: each either still validates to a view
@@ -129,6 +130,7 @@ fn build_op<'a>(tag: u8, key: &'a [u8], value: &'a [u8], ttl: u64, local: bool, 
             key,
             value,
             ttl_ms: ttl,
+            copies: pv as u8,
         },
         2 => Op::Get {
             key,
@@ -163,11 +165,12 @@ proptest! {
                     prop_assert_eq!(view.kind, OpKind::Hello);
                     prop_assert_eq!(view.protocol_version, protocol_version);
                 }
-                Op::Put { key, value, ttl_ms } => {
+                Op::Put { key, value, ttl_ms, copies } => {
                     prop_assert_eq!(view.kind, OpKind::Put);
                     prop_assert_eq!(&payload[view.key.clone()], key);
                     prop_assert_eq!(&payload[view.value.clone()], value);
                     prop_assert_eq!(view.ttl_ms, ttl_ms);
+                    prop_assert_eq!(view.copies, copies);
                 }
                 Op::Get { key, local_only } => {
                     prop_assert_eq!(view.kind, OpKind::Get);
@@ -196,7 +199,7 @@ proptest! {
     ) {
         let replies = [
             Reply::Value { value: &value, expires_ms: numbers.0, version_clock: numbers.1, version_node: numbers.2 },
-            Reply::Stored { version_clock: numbers.0, version_node: numbers.1, expires_ms: numbers.2 },
+            Reply::Stored { version_clock: numbers.0, version_node: numbers.1, expires_ms: numbers.2, copies: numbers.0 as u32, pending: numbers.1 % 2 == 0 },
             Reply::Hello(HelloInfo { node_id: numbers.0, hash_seed: numbers.1, shard_ports: ports.clone(), ..HelloInfo::default() }),
             Reply::Error { code: ErrorCode::Busy, retry_after_ms: numbers.0 as u32, message: "busy" },
             Reply::NotFound,
@@ -215,8 +218,10 @@ proptest! {
                     prop_assert_eq!(got.get(), &value[..]);
                     prop_assert_eq!(got_exp.to_native(), *expires_ms);
                 }
-                (Reply::Stored { version_clock, .. }, ArchivedReply::Stored { version_clock: got, .. }) => {
+                (Reply::Stored { version_clock, copies, pending, .. }, ArchivedReply::Stored { version_clock: got, copies: got_copies, pending: got_pending, .. }) => {
                     prop_assert_eq!(got.to_native(), *version_clock);
+                    prop_assert_eq!(got_copies.to_native(), *copies);
+                    prop_assert_eq!(*got_pending, *pending);
                 }
                 (Reply::Hello(info), ArchivedReply::Hello(got)) => {
                     let got_ports: Vec<u16> = got.shard_ports.iter().map(|p| p.to_native()).collect();

@@ -14,10 +14,11 @@ use rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use crate::entry::Entry;
-use crate::message::{Message, NodeInfo, Role, PEER_PROTOCOL_MAJOR};
+use crate::message::{AckRequest, Message, NodeInfo, Role, PEER_PROTOCOL_MAJOR};
 use crate::store_request::{StoreReply, StoreRequest};
 use crate::sync::BucketDigest;
 
+mod copies;
 mod local;
 mod pull;
 mod rebalance;
@@ -68,6 +69,8 @@ pub struct ClusterConfig {
     pub pull_miss_cache_ms: u64,
     /// Pulls from peers this node answers per second (the rest are dropped).
     pub pull_answers_per_second_max: u32,
+    /// How long a node that passed on a push asking for acknowledgements relays them back.
+    pub push_ack_window_ms: u64,
     /// How often a leaf looks for a closer parent; a branch waits twice as long and a trunk
     /// four times, so leaves settle first. Jittered by a tenth either way.
     pub rebalance_interval_ms: u64,
@@ -101,6 +104,7 @@ impl Default for ClusterConfig {
             pulls_in_flight_max: 1_024,
             pull_miss_cache_ms: 1_000,
             pull_answers_per_second_max: 10_000,
+            push_ack_window_ms: 30_000,
             rebalance_interval_ms: 30_000,
             rebalance_gain_percent: 20,
             ttl_ms_max: 24 * 60 * 60 * 1_000,
@@ -158,6 +162,15 @@ pub enum Input {
         ticket: u64,
         reply: StoreReply,
     },
+    /// A write made on this node, already in its store, that wants `copies` nodes (this one
+    /// included) to hold it within `timeout_ms`: pushed like a `LocalWrite`, and answered by an
+    /// [`Output::WriteDone`] with the same `request`, by the deadline at the latest.
+    LocalWriteCopies {
+        entry: Entry,
+        request: u64,
+        copies: u8,
+        timeout_ms: u64,
+    },
     Tick,
 }
 
@@ -173,6 +186,14 @@ pub enum Output {
     PullDone {
         request: u64,
         entry: Option<Entry>,
+    },
+    /// The answer to a [`Input::LocalWriteCopies`]: `holders` nodes are known to hold the
+    /// write; `complete` when that is the copies it asked for (otherwise its deadline passed,
+    /// and the write goes on spreading by push and sync).
+    WriteDone {
+        request: u64,
+        holders: u32,
+        complete: bool,
     },
     /// Run `request` on this node's store and hand the reply back as [`Input::Store`] with the
     /// same ticket (at once or later; requests may be answered in any order).
@@ -260,6 +281,9 @@ pub struct NodeCounters {
     pub pulls_hit: u64,
     pub pulls_missed: u64,
     pub pull_answers_dropped: u64,
+    /// Local writes whose copies were all confirmed, and those answered at their deadline.
+    pub writes_copied: u64,
+    pub writes_copies_timed_out: u64,
     /// Moves to a closer parent.
     pub rebalances: u64,
     /// Entries from peers refused outright (expiry beyond the longest TTL), and messages
@@ -332,6 +356,10 @@ pub struct Node {
     pull_misses: BTreeMap<Rc<[u8]>, u64>,
     /// Pull answers given in the current second, and which second.
     pull_answers: (u64, u32),
+    /// Local writes waiting for their copies, by the nonce their push asked with.
+    copies_waiting: BTreeMap<u64, copies::CopiesWait>,
+    /// Acknowledgements to relay back, by the nonce this node's onward push asked with.
+    ack_relays: BTreeMap<u64, copies::AckRelay>,
     /// Round-trip time to the parent, smoothed over heartbeats.
     parent_rtt_ms: Option<u64>,
     /// When the heartbeat to the parent that is still unanswered left.
@@ -402,7 +430,10 @@ enum Awaiting {
 /// Where entries being applied came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Source {
-    Push,
+    /// A push; `ack` when its sender wants acknowledgements.
+    Push {
+        ack: Option<AckRequest>,
+    },
     Sync,
     /// A dump chunk; `next` is the cursor of the chunk after it.
     Dump {
@@ -437,6 +468,8 @@ impl Node {
             pulls: BTreeMap::new(),
             pull_misses: BTreeMap::new(),
             pull_answers: (0, 0),
+            copies_waiting: BTreeMap::new(),
+            ack_relays: BTreeMap::new(),
             parent_rtt_ms: None,
             heartbeat_sent_ms: None,
             next_rebalance_ms: u64::MAX,
@@ -550,6 +583,7 @@ impl Node {
         phase
             .min(rebalance)
             .min(pull)
+            .min(self.copies_next_wake_ms())
             .min(dump)
             .min(self.next_heartbeat_ms)
             .min(self.next_sync_ms)
@@ -561,7 +595,13 @@ impl Node {
         }
         match input {
             Input::Message { from, msg } => self.on_message(from, msg, now_ms),
-            Input::LocalWrite(entry) => self.push(vec![entry], None, now_ms),
+            Input::LocalWrite(entry) => self.push(vec![entry], None, None, now_ms),
+            Input::LocalWriteCopies {
+                entry,
+                request,
+                copies,
+                timeout_ms,
+            } => self.write_with_copies(entry, request, copies, timeout_ms, now_ms),
             Input::Unreachable { addr } => self.on_unreachable(addr, now_ms),
             Input::Leave => self.leave(),
             Input::LocalMiss { request, key } => self.pull(request, key, now_ms),
@@ -583,8 +623,15 @@ impl Node {
         out
     }
 
-    /// Sends `entries` to every tree neighbour but the one they came from.
-    fn push(&mut self, entries: Vec<Entry>, from: Option<SocketAddr>, now_ms: u64) {
+    /// Sends `entries` to every tree neighbour but the one they came from, asking each for
+    /// acknowledgements when `ack` is set.
+    fn push(
+        &mut self,
+        entries: Vec<Entry>,
+        from: Option<SocketAddr>,
+        ack: Option<AckRequest>,
+        now_ms: u64,
+    ) {
         if entries.is_empty() {
             return;
         }
@@ -598,6 +645,7 @@ impl Node {
                     to,
                     Message::Push {
                         entries: part.to_vec(),
+                        ack,
                     },
                 );
             }
@@ -663,11 +711,17 @@ impl Node {
         if source == Source::Sync {
             self.counters.sync_entries_applied += fresh.len() as u64;
         }
+        let onward_ack = match source {
+            Source::Push { ack: Some(ack) } => {
+                self.acknowledge_push(from, ack, &fresh, full, now_ms)
+            }
+            _ => None,
+        };
         if full {
             let retry_after_ms = self.config.cluster.full_backoff_ms;
             self.send(from, Message::Full { retry_after_ms });
         }
-        self.push(fresh, Some(from), now_ms);
+        self.push(fresh, Some(from), onward_ack, now_ms);
         if let Source::Dump { next } = source {
             self.dump_chunk_applied(from, next, now_ms);
         }
@@ -787,7 +841,10 @@ impl Node {
                 path,
             } => self.on_heartbeat_reply(from, info, is_child, path, now_ms),
             Message::Leave { .. } => self.on_leave(from, now_ms),
-            Message::Push { entries } => self.apply_all(from, entries, Source::Push, now_ms),
+            Message::Push { entries, ack } => {
+                self.apply_all(from, entries, Source::Push { ack }, now_ms)
+            }
+            Message::PushAck { nonce, holders } => self.on_push_ack(nonce, holders),
             Message::DumpRequest { cursor } => {
                 let max = self.config.cluster.entries_per_message_max;
                 self.ask(
@@ -1356,6 +1413,7 @@ impl Node {
             self.start_sync(now_ms);
         }
         self.expire_pulls(now_ms);
+        self.expire_copies(now_ms);
         self.rebalance_tick(now_ms);
     }
 

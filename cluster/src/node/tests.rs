@@ -5,6 +5,7 @@ use std::rc::Rc;
 
 use super::*;
 use crate::entry::{EntryStore, MemStore, Plaintext};
+use crate::message::AckRequest;
 use crate::sync::FilterData;
 use crate::Version;
 
@@ -171,6 +172,7 @@ fn a_push_is_forwarded_once_and_never_back_to_its_sender() {
     attach(&mut node, 3);
     let push = Message::Push {
         entries: vec![entry("k", 5)],
+        ack: None,
     };
     node.handle(
         Input::Message {
@@ -197,6 +199,7 @@ fn a_push_is_forwarded_once_and_never_back_to_its_sender() {
     // An older version is stale: dropped too.
     let older = Message::Push {
         entries: vec![entry("k", 4)],
+        ack: None,
     };
     node.handle(
         Input::Message {
@@ -528,7 +531,10 @@ fn an_entry_expiring_beyond_the_longest_ttl_is_refused() {
     let mut node = root(1);
     let mut far = entry("far", 1);
     far.expires_ms = ClusterConfig::default().ttl_ms_max + 10_000;
-    let push = Message::Push { entries: vec![far] };
+    let push = Message::Push {
+        entries: vec![far],
+        ack: None,
+    };
     node.handle(
         Input::Message {
             from: addr(2),
@@ -552,6 +558,7 @@ fn a_full_node_says_so_and_is_spared_pushes_for_a_while() {
     let mut full = LocalNode::new(config, MemStore::with_capacity_limit(1), 1, 0);
     let push = Message::Push {
         entries: vec![entry("a", 1), entry("b", 1)],
+        ack: None,
     };
     full.handle(
         Input::Message {
@@ -607,7 +614,7 @@ fn a_push_of_more_entries_than_a_message_holds_is_cut_to_the_limit() {
     node.handle(
         Input::Message {
             from: addr(2),
-            msg: Message::Push { entries },
+            msg: Message::Push { entries, ack: None },
         },
         0,
     );
@@ -742,4 +749,190 @@ fn a_periodic_round_leaves_a_catch_up_round_in_flight_alone() {
     assert!(drain(&mut a)
         .iter()
         .any(|(_, m)| matches!(m, Message::SyncSummary { .. })));
+}
+
+fn writes_done(outputs: &[Output]) -> Vec<(u64, u32, bool)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::WriteDone {
+                request,
+                holders,
+                complete,
+            } => Some((*request, *holders, *complete)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sends(outputs: &[Output]) -> Vec<(SocketAddr, Message)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send { to, msg } => Some((*to, msg.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn write_copies(node: &mut LocalNode<MemStore>, request: u64, copies: u8, now_ms: u64) {
+    node.handle(
+        Input::LocalWriteCopies {
+            entry: entry("w", 1),
+            request,
+            copies,
+            timeout_ms: 1_000,
+        },
+        now_ms,
+    );
+}
+
+#[test]
+fn a_write_wanting_three_copies_is_done_once_two_more_nodes_say_they_hold_it() {
+    let mut node = root(1);
+    attach(&mut node, 2);
+    write_copies(&mut node, 7, 3, 100);
+    let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
+    let sent = sends(&outputs);
+    let [(to, Message::Push { ack: Some(ack), .. })] = sent.as_slice() else {
+        panic!("one push asking for acknowledgements: {sent:?}")
+    };
+    assert_eq!((*to, ack.want), (addr(2), 2), "two hops wanted");
+    assert!(writes_done(&outputs).is_empty(), "not done before any copy");
+    // The child holds it: two copies of three.
+    let ack_msg = |holders| Message::PushAck {
+        nonce: ack.nonce,
+        holders,
+    };
+    node.handle(
+        Input::Message {
+            from: addr(2),
+            msg: ack_msg(1),
+        },
+        110,
+    );
+    assert!(writes_done(&std::iter::from_fn(|| node.poll_output()).collect::<Vec<_>>()).is_empty());
+    // The child's child holds it too (relayed by the child): done.
+    node.handle(
+        Input::Message {
+            from: addr(2),
+            msg: ack_msg(1),
+        },
+        120,
+    );
+    let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
+    assert_eq!(writes_done(&outputs), vec![(7, 3, true)]);
+    // Later acknowledgements of the same write change nothing.
+    node.handle(
+        Input::Message {
+            from: addr(2),
+            msg: ack_msg(1),
+        },
+        130,
+    );
+    assert!(writes_done(&std::iter::from_fn(|| node.poll_output()).collect::<Vec<_>>()).is_empty());
+    assert_eq!(node.counters().writes_copied, 1);
+}
+
+#[test]
+fn a_node_acknowledges_a_push_and_relays_the_acknowledgements_of_the_next_hop() {
+    let mut node = root(1);
+    attach(&mut node, 2);
+    attach(&mut node, 3);
+    let push = Message::Push {
+        entries: vec![entry("k", 5)],
+        ack: Some(AckRequest { nonce: 55, want: 2 }),
+    };
+    node.handle(
+        Input::Message {
+            from: addr(2),
+            msg: push,
+        },
+        10,
+    );
+    let sent = drain(&mut node);
+    assert!(
+        sent.contains(&(
+            addr(2),
+            Message::PushAck {
+                nonce: 55,
+                holders: 1
+            }
+        )),
+        "acknowledged to the sender once applied: {sent:?}"
+    );
+    let onward = sent
+        .iter()
+        .find_map(|(to, msg)| match msg {
+            Message::Push { ack: Some(ack), .. } if *to == addr(3) => Some(*ack),
+            _ => None,
+        })
+        .expect("pushed on to the other child, asking one more hop");
+    assert_eq!(onward.want, 1);
+    assert_ne!(onward.nonce, 55, "its own nonce for the next hop");
+    node.handle(
+        Input::Message {
+            from: addr(3),
+            msg: Message::PushAck {
+                nonce: onward.nonce,
+                holders: 1,
+            },
+        },
+        20,
+    );
+    assert_eq!(
+        drain(&mut node),
+        vec![(
+            addr(2),
+            Message::PushAck {
+                nonce: 55,
+                holders: 1
+            }
+        )],
+        "the next hop's acknowledgement goes back along the push"
+    );
+    // A push wanting one hop only is acknowledged and passed on without asking further.
+    let last_hop = Message::Push {
+        entries: vec![entry("j", 5)],
+        ack: Some(AckRequest { nonce: 56, want: 1 }),
+    };
+    node.handle(
+        Input::Message {
+            from: addr(2),
+            msg: last_hop,
+        },
+        30,
+    );
+    let sent = drain(&mut node);
+    assert!(sent
+        .iter()
+        .any(|(to, msg)| *to == addr(3) && matches!(msg, Message::Push { ack: None, .. })));
+}
+
+#[test]
+fn a_write_whose_copies_do_not_come_is_answered_at_its_deadline_with_what_it_has() {
+    let mut node = root(1);
+    attach(&mut node, 2);
+    write_copies(&mut node, 9, 3, 100);
+    drain(&mut node);
+    assert!(node.next_wake_ms() <= 1_100, "wakes for the deadline");
+    node.handle(Input::Tick, 1_099);
+    assert!(writes_done(&std::iter::from_fn(|| node.poll_output()).collect::<Vec<_>>()).is_empty());
+    node.handle(Input::Tick, 1_100);
+    let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
+    assert_eq!(writes_done(&outputs), vec![(9, 1, false)]);
+    assert_eq!(node.counters().writes_copies_timed_out, 1);
+}
+
+#[test]
+fn a_write_wanting_copies_on_a_node_alone_is_answered_at_once() {
+    let mut node = root(1);
+    write_copies(&mut node, 4, 2, 100);
+    let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
+    assert_eq!(writes_done(&outputs), vec![(4, 1, false)]);
+    // One copy is this node's own: done at once, whoever is around.
+    attach(&mut node, 2);
+    write_copies(&mut node, 5, 1, 200);
+    let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
+    assert_eq!(writes_done(&outputs), vec![(5, 1, true)]);
 }

@@ -748,8 +748,9 @@ impl Sim {
                 match output {
                     Output::Send { to, msg } => sends.push((to, msg)),
                     Output::PullDone { request, entry } => pulls.push((request, entry.is_some())),
-                    // A local node answers its store requests itself.
-                    Output::Store { .. } => {}
+                    // A local node answers its store requests itself; simulated clients
+                    // write without asking for copies.
+                    Output::Store { .. } | Output::WriteDone { .. } => {}
                 }
             }
             (
