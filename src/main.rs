@@ -58,6 +58,12 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Print the discovery tree as the node sees it: its role and path, its parent (with the
+    /// measured round trip), its children and the other roots.
+    Topology {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Check that the node answers.
     Ping {
         #[command(flatten)]
@@ -196,6 +202,10 @@ fn main() -> ExitCode {
             print_stats(&stats);
             Ok(ExitCode::SUCCESS)
         }),
+        Some(Command::Topology { target }) => with_client(&target, |client| {
+            print_topology(&client.topology()?);
+            Ok(ExitCode::SUCCESS)
+        }),
         Some(Command::Ping { target }) => with_client(&target, |client| {
             client.ping()?;
             println!("PONG");
@@ -265,6 +275,66 @@ fn print_stats(stats: &repram::wire::NodeStats) {
         let received = network.bytes_received_by_kind.get(at).copied().unwrap_or(0);
         if sent + received > 0 {
             println!("  {kind:<16}{sent:>14}{received:>14}");
+        }
+    }
+}
+
+fn role_name(role: u8) -> &'static str {
+    match role {
+        0 => "root",
+        1 => "trunk",
+        2 => "branch",
+        3 => "leaf",
+        _ => "unattached",
+    }
+}
+
+fn print_topology(topology: &repram::wire::TopologyInfo) {
+    let peer = |p: &repram::wire::PeerView| {
+        format!(
+            "{:<22} node {:016x}  {:<10} children {}/{}",
+            p.addr,
+            p.node_id,
+            role_name(p.role),
+            p.children,
+            p.capacity
+        )
+    };
+    let me = &topology.node;
+    println!("this node  {}", peer(me));
+    let path: Vec<String> = topology
+        .path
+        .iter()
+        .map(|id| format!("{id:016x}"))
+        .collect();
+    println!(
+        "path       {}",
+        if path.is_empty() {
+            "-".to_string()
+        } else {
+            path.join(" > ")
+        }
+    );
+    match &topology.parent {
+        Some(parent) => {
+            let rtt = topology
+                .parent_rtt_ms
+                .map_or("rtt unmeasured".to_string(), |ms| format!("rtt {ms} ms"));
+            println!(
+                "parent     {}  {rtt}, heard {} ms ago",
+                peer(parent),
+                parent.silent_ms
+            );
+        }
+        None if me.role == 0 => println!("parent     - (a root)"),
+        None => println!("parent     - (not attached: joining)"),
+    }
+    for (title, list) in [
+        ("child", &topology.children),
+        ("root", &topology.root_peers),
+    ] {
+        for p in list {
+            println!("{title:<10} {}  heard {} ms ago", peer(p), p.silent_ms);
         }
     }
 }

@@ -491,3 +491,35 @@ fn a_write_asking_three_copies_waits_for_them_or_is_accepted_pending_while_one_n
         .expect("kind");
     assert!(writer.bytes_received_by_kind[push_ack] > 0, "{writer:?}");
 }
+
+#[test]
+fn topology_shows_the_tree_from_the_root_and_from_a_child() {
+    let root = node(None);
+    let child = node(Some(&root));
+    let (root_client, child_client) = (client(&root), client(&child));
+    wait_joined(&root_client, &child_client);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (top, below) = loop {
+        let top = root_client.topology().expect("topology");
+        let below = child_client.topology().expect("topology");
+        // The child's first heartbeat reply brings its path and round trip.
+        if below.parent_rtt_ms.is_some() && !below.path.is_empty() {
+            break (top, below);
+        }
+        assert!(Instant::now() < deadline, "no heartbeat reply: {below:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(top.node.addr, root.peer.to_string());
+    assert_eq!((top.node.role, top.attached), (0, true), "{top:?}");
+    assert!(top.parent.is_none());
+    let children: Vec<&str> = top.children.iter().map(|c| c.addr.as_str()).collect();
+    assert_eq!(children, vec![child.peer.to_string()], "{top:?}");
+
+    assert_eq!(below.node.addr, child.peer.to_string());
+    assert_eq!((below.node.role, below.attached), (1, true), "{below:?}");
+    let parent = below.parent.as_ref().expect("a parent");
+    assert_eq!(parent.addr, root.peer.to_string());
+    assert_eq!(parent.node_id, top.node.node_id);
+    assert_eq!(below.path, vec![top.node.node_id], "{below:?}");
+    assert!(below.children.is_empty());
+}

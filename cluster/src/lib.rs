@@ -15,6 +15,8 @@ pub mod version;
 
 pub use entry::{Applied, Entry, EntryStore, MemStore};
 pub use message::{Message, NodeInfo, Role};
-pub use node::{ClusterConfig, Input, LocalNode, Node, NodeConfig, NodeCounters, Output};
+pub use node::{
+    ClusterConfig, Input, LocalNode, Neighbour, Node, NodeConfig, NodeCounters, Output, Topology,
+};
 pub use store_request::{StoreReply, StoreRequest};
 pub use version::{HybridClock, Version};

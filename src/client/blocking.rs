@@ -6,7 +6,7 @@ use std::time::Duration;
 use glommio::{LocalExecutor, LocalExecutorBuilder, Placement};
 
 use super::{resolve, Client, ClientError, ClientOptions, Stored, Value};
-use crate::wire::{HelloInfo, NodeStats};
+use crate::wire::{HelloInfo, NodeStats, TopologyInfo};
 
 /// io_uring memory of the wrapper's executor: it does no file I/O.
 const EXECUTOR_IO_MEMORY_BYTES: usize = 64 * 1024;
@@ -75,5 +75,9 @@ impl BlockingClient {
 
     pub fn stats(&self) -> Result<NodeStats, ClientError> {
         self.executor.run(self.client.stats())
+    }
+
+    pub fn topology(&self) -> Result<TopologyInfo, ClientError> {
+        self.executor.run(self.client.topology())
     }
 }

@@ -298,6 +298,10 @@ fn answer_of(reply: &ArchivedReply<'_>) -> Result<Result<Answer, ClientError>, C
             rkyv::deserialize::<_, rkyv::rancor::Error>(stats)
                 .map_err(|e| ClientError::Protocol(e.to_string()))?,
         ),
+        ArchivedReply::Topology(topology) => Answer::Topology(
+            rkyv::deserialize::<_, rkyv::rancor::Error>(topology)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?,
+        ),
         ArchivedReply::Error {
             code,
             retry_after_ms,

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 pub use self::blocking::BlockingClient;
 use self::connection::Connection;
-use crate::wire::{self, ErrorCode, HelloInfo, NodeStats, Op, PROTOCOL_VERSION};
+use crate::wire::{self, ErrorCode, HelloInfo, NodeStats, Op, TopologyInfo, PROTOCOL_VERSION};
 use crate::Version;
 
 /// The node address used when none is given.
@@ -106,6 +106,7 @@ pub enum Answer {
     Deleted,
     Pong,
     Stats(NodeStats),
+    Topology(TopologyInfo),
 }
 
 /// A client of one node.
@@ -303,6 +304,22 @@ impl Client {
             .await?
         {
             Answer::Stats(stats) => Ok(stats),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The discovery tree as the node sees it.
+    pub async fn topology(&self) -> Result<TopologyInfo, ClientError> {
+        let answer = within(
+            self.request_timeout,
+            self.main.call(|id| wire::Request {
+                id,
+                op: Op::Topology,
+            }),
+        )
+        .await?;
+        match answer {
+            Answer::Topology(topology) => Ok(topology),
             other => Err(unexpected(&other)),
         }
     }

@@ -33,7 +33,7 @@ use crate::store::OwnedEntry;
 use crate::wire::peer::{PeerHello, PeerLimits};
 use crate::wire::shard_of;
 use crate::wire::NetworkStats;
-use crate::wire::Reply;
+use crate::wire::{PeerView, Reply, TopologyInfo};
 
 use self::links::{LinkEvent, PeerLinks};
 
@@ -176,6 +176,11 @@ pub(crate) enum ShardStoreRequest {
 pub(crate) enum FromShard {
     /// Writes made by clients on this shard, to push to the network.
     LocalWrites(Vec<LocalWrite>),
+    /// A client asks for the tree as this node sees it.
+    Topology {
+        conn: ConnId,
+        request_id: u64,
+    },
     /// A client's read of `key` missed on its owner shard: pull it from peers and answer
     /// request `request_id` of connection `conn` (on the shard its id names).
     Pull {
@@ -444,6 +449,7 @@ impl Coordinator {
                     }
                 }
                 FromShard::Store { ticket, reply } => self.gathered(ticket, reply),
+                FromShard::Topology { conn, request_id } => self.answer_topology(conn, request_id),
                 FromShard::Pull {
                     key,
                     conn,
@@ -760,6 +766,35 @@ impl Coordinator {
         };
         respond(&mut responses, write.waiter.request_id, reply);
         self.answer_conn(write.waiter.conn, responses);
+    }
+
+    fn answer_topology(&self, conn: ConnId, request_id: u64) {
+        let topology = self.node.borrow().topology(self.now_ms());
+        let view = |info: &repram_cluster::NodeInfo, silent_ms: u64| PeerView {
+            node_id: info.id,
+            addr: info.addr.to_string(),
+            role: info.role.map_or(u8::MAX, |r| r.depth()),
+            children: info.children,
+            capacity: info.capacity,
+            silent_ms,
+        };
+        let neighbours = |list: &[repram_cluster::Neighbour]| {
+            list.iter()
+                .map(|n| view(&n.info, n.silent_ms))
+                .collect::<Vec<_>>()
+        };
+        let info = TopologyInfo {
+            node: view(&topology.me, 0),
+            attached: topology.attached,
+            path: topology.path,
+            parent: topology.parent.map(|p| view(&p.info, p.silent_ms)),
+            parent_rtt_ms: topology.parent_rtt_ms,
+            children: neighbours(&topology.children),
+            root_peers: neighbours(&topology.root_peers),
+        };
+        let mut responses = Zeroizing::new(Vec::new());
+        respond(&mut responses, request_id, Reply::Topology(info));
+        self.answer_conn(conn, responses);
     }
 
     /// Sends one encoded response to connection `conn`, through its shard.

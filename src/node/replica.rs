@@ -58,6 +58,13 @@ impl Replication {
         self.to_coordinator.try_send(message).is_ok()
     }
 
+    /// Connection `conn` asks for the tree (request `request_id`): the coordinator answers it.
+    /// `false` when the coordinator cannot take the question now.
+    pub(crate) fn topology(&self, conn: ConnId, request_id: u64) -> bool {
+        let message = FromShard::Topology { conn, request_id };
+        self.to_coordinator.try_send(message).is_ok()
+    }
+
     /// A client's write (or delete, as a tombstone) is in the store: push it to the network,
     /// and have the coordinator answer `waiter` once its copies are held. `false` when the
     /// queue is full: the write is not pushed (sync brings it a round later) and nobody will

@@ -333,6 +333,23 @@ impl Shard {
                 }
                 respond(out, id, Reply::Hello(self.hello_info()));
             }
+            OpKind::Topology => {
+                // The coordinator knows the tree; it answers the connection directly.
+                let asked = self
+                    .replication
+                    .as_ref()
+                    .is_some_and(|replication| replication.topology(conn, id));
+                if asked {
+                    return Answer::Deferred;
+                }
+                respond_error(
+                    out,
+                    id,
+                    ErrorCode::Unavailable,
+                    0,
+                    "the node's network is not running (or is too busy to answer)",
+                );
+            }
             OpKind::Stats => {
                 // Gathered across shards by the connection; a forwarded frame never holds one.
                 respond_error(out, id, ErrorCode::Internal, 0, "stats cannot be forwarded");
@@ -553,6 +570,7 @@ pub(crate) fn respond(out: &mut Vec<u8>, id: u64, reply: Reply<'_>) {
         Reply::Error { message, .. } => message.len(),
         Reply::Hello(info) => info.shard_ports.len() * 2,
         Reply::Stats(stats) => (stats.shards.len() + 1) * std::mem::size_of::<ShardStats>(),
+        Reply::Topology(topology) => (topology.children.len() + topology.root_peers.len() + 2) * 64,
         Reply::Stored { .. } | Reply::NotFound | Reply::Deleted | Reply::Pong => 0,
     };
     reserve_wiping(out, payload_bytes + wire::FRAME_OVERHEAD_BYTES);

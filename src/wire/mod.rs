@@ -75,10 +75,12 @@ pub enum Op<'a> {
     },
     Ping,
     Stats,
+    /// The discovery tree as this node sees it.
+    Topology,
 }
 
 /// Number of `Op` variants; a tag at or past it is an op this build does not know.
-pub const OP_COUNT: u8 = 6;
+pub const OP_COUNT: u8 = 7;
 
 /// One response: the id of the request it answers and the outcome.
 #[derive(Archive, Serialize, Debug, Clone, PartialEq, Eq)]
@@ -119,6 +121,37 @@ pub enum Reply<'a> {
         #[rkyv(with = InlineAsBox)]
         message: &'a str,
     },
+    Topology(TopologyInfo),
+}
+
+/// The discovery tree as one node sees it (the answer to `Topology`).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct TopologyInfo {
+    pub node: PeerView,
+    /// Whether the node is in the tree (a root, or attached to a parent).
+    pub attached: bool,
+    /// Ancestors' node ids, root first.
+    pub path: Vec<u64>,
+    pub parent: Option<PeerView>,
+    /// Round trip to the parent, smoothed over heartbeats; `None` before the first.
+    pub parent_rtt_ms: Option<u64>,
+    pub children: Vec<PeerView>,
+    /// For a root: the other roots.
+    pub root_peers: Vec<PeerView>,
+}
+
+/// One node of the tree.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct PeerView {
+    pub node_id: u64,
+    /// Its advertised peer address.
+    pub addr: String,
+    /// 0 root, 1 trunk, 2 branch, 3 leaf, 255 not attached.
+    pub role: u8,
+    pub children: u16,
+    pub capacity: u16,
+    /// Milliseconds since this node last heard from it (0 for the node itself).
+    pub silent_ms: u64,
 }
 
 /// What a node tells a client that says Hello: enough to route every key to its shard.
@@ -382,6 +415,7 @@ pub enum OpKind {
     Delete,
     Ping,
     Stats,
+    Topology,
 }
 
 /// A validated request, as offsets into the payload it was read from. Holding ranges rather
@@ -458,6 +492,7 @@ pub fn decode_request(payload: &[u8]) -> Result<RequestView, FrameError> {
         }
         ArchivedOp::Ping => view.kind = OpKind::Ping,
         ArchivedOp::Stats => view.kind = OpKind::Stats,
+        ArchivedOp::Topology => view.kind = OpKind::Topology,
     }
     Ok(view)
 }

@@ -138,7 +138,8 @@ fn build_op<'a>(tag: u8, key: &'a [u8], value: &'a [u8], ttl: u64, local: bool, 
         },
         3 => Op::Delete { key },
         4 => Op::Ping,
-        _ => Op::Stats,
+        5 => Op::Stats,
+        _ => Op::Topology,
     }
 }
 
@@ -183,6 +184,7 @@ proptest! {
                 }
                 Op::Ping => prop_assert_eq!(view.kind, OpKind::Ping),
                 Op::Stats => prop_assert_eq!(view.kind, OpKind::Stats),
+                Op::Topology => prop_assert_eq!(view.kind, OpKind::Topology),
             }
             at += FRAME_HEADER_BYTES + len;
         }

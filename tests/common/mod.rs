@@ -114,6 +114,7 @@ pub enum Reply {
     Pong,
     Hello(wire::HelloInfo),
     Stats(wire::NodeStats),
+    Topology(wire::TopologyInfo),
     Error(ErrorCode, String),
 }
 
@@ -193,6 +194,9 @@ fn owned(reply: &ArchivedReply<'_>) -> Reply {
         ArchivedReply::Stats(stats) => {
             Reply::Stats(rkyv::deserialize::<_, rkyv::rancor::Error>(stats).expect("stats"))
         }
+        ArchivedReply::Topology(topology) => Reply::Topology(
+            rkyv::deserialize::<_, rkyv::rancor::Error>(topology).expect("topology"),
+        ),
         ArchivedReply::Error { code, message, .. } => {
             Reply::Error(ErrorCode::from(code), message.get().to_string())
         }

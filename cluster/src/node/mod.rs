@@ -263,6 +263,29 @@ struct DumpProgress {
 /// Times a dump chunk is asked for again before the dump moves to another peer.
 const DUMP_RETRIES_MAX: u8 = 2;
 
+/// What [`Node::topology`] reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topology {
+    pub me: NodeInfo,
+    pub attached: bool,
+    /// Ancestors' ids, root first.
+    pub path: Vec<u64>,
+    pub parent: Option<Neighbour>,
+    /// Round trip to the parent, smoothed over heartbeats.
+    pub parent_rtt_ms: Option<u64>,
+    pub children: Vec<Neighbour>,
+    /// For a root: the other roots.
+    pub root_peers: Vec<Neighbour>,
+}
+
+/// A tree neighbour as last heard from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Neighbour {
+    pub info: NodeInfo,
+    /// Milliseconds since it was last heard from.
+    pub silent_ms: u64,
+}
+
 /// Counters a driver can read to report what the node did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NodeCounters {
@@ -506,6 +529,24 @@ impl Node {
             node.start_join(now_ms);
         }
         node
+    }
+
+    /// The tree as this node sees it: itself, its parent (with the measured round trip), its
+    /// children and the other roots, each with how long ago it was last heard from.
+    pub fn topology(&self, now_ms: u64) -> Topology {
+        let neighbour = |link: &Link| Neighbour {
+            info: link.info,
+            silent_ms: now_ms.saturating_sub(link.last_heard_ms),
+        };
+        Topology {
+            me: self.info(),
+            attached: self.is_attached(),
+            path: self.path.clone(),
+            parent: self.parent.as_ref().map(neighbour),
+            parent_rtt_ms: self.parent_rtt_ms,
+            children: self.children.values().map(neighbour).collect(),
+            root_peers: self.root_peers.values().map(neighbour).collect(),
+        }
     }
 
     pub fn info(&self) -> NodeInfo {
