@@ -338,20 +338,9 @@ fn node_behind_relay(root: Option<&NodeProcess>, extra: &[&str]) -> (NodeProcess
 
 /// Writes probes on `writer` until `reader` holds one: the two are in one network.
 fn wait_joined(writer: &BlockingClient, reader: &BlockingClient) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    for i in 0.. {
-        let key = format!("join-probe-{i}");
-        writer
-            .put(key.as_bytes(), b"x", Duration::from_secs(60))
-            .expect("put");
-        if held_within(reader, key.as_bytes(), Duration::from_millis(200)) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the nodes never formed a network"
-        );
-    }
+    wait_spread(writer, &[reader], Duration::from_secs(15), &|| {
+        "the nodes never formed a network".to_string()
+    });
 }
 
 #[test]
@@ -522,4 +511,125 @@ fn topology_shows_the_tree_from_the_root_and_from_a_child() {
     assert_eq!(parent.node_id, top.node.node_id);
     assert_eq!(below.path, vec![top.node.node_id], "{below:?}");
     assert!(below.children.is_empty());
+}
+
+/// A free port on 127.0.0.1 (bound and released: a node started at once can take it).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address").port()
+}
+
+/// Writes probes on `writer` until every reader holds one within `within` of its write.
+fn wait_spread(
+    writer: &BlockingClient,
+    readers: &[&BlockingClient],
+    deadline: Duration,
+    what: &dyn Fn() -> String,
+) {
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let until = Instant::now() + deadline;
+    loop {
+        let i = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let key = format!("spread-probe-{i}");
+        writer
+            .put(key.as_bytes(), b"x", Duration::from_secs(120))
+            .expect("put");
+        if readers
+            .iter()
+            .all(|r| held_within(r, key.as_bytes(), Duration::from_millis(500)))
+        {
+            return;
+        }
+        assert!(Instant::now() < until, "{}", what());
+    }
+}
+
+#[test]
+fn when_the_root_dies_the_others_keep_syncing_and_rejoin_it_when_it_returns() {
+    let root_peer = format!("127.0.0.1:{}", free_port());
+    let root_args = ["--shards", "1", "--peer-listen", root_peer.as_str()];
+    let mut root = NodeProcess::start(&root_args);
+    let others: Vec<NodeProcess> = (0..3)
+        .map(|_| NodeProcess::start(&["--shards", "1", "--root", &root_peer]))
+        .collect();
+    let clients: Vec<BlockingClient> = others.iter().map(client).collect();
+    let root_client = client(&root);
+    wait_spread(
+        &root_client,
+        &clients.iter().collect::<Vec<_>>(),
+        Duration::from_secs(15),
+        &|| "the network never formed".to_string(),
+    );
+    for i in 0..30 {
+        root_client
+            .put(
+                format!("before-{i}").as_bytes(),
+                b"v",
+                Duration::from_secs(300),
+            )
+            .expect("put");
+    }
+    drop(root_client);
+    // Nodes learn of each other from their parent's heartbeat replies (two peers a second):
+    // give them a few before the root goes.
+    std::thread::sleep(Duration::from_secs(3));
+
+    // Every root gone (kill -9): the other nodes keep their data, find each other through the
+    // peers they knew, and writes on any of them reach the rest.
+    root.child.kill().expect("kill");
+    let _ = root.child.wait();
+    for (w, writer) in clients.iter().enumerate() {
+        let readers: Vec<&BlockingClient> = clients
+            .iter()
+            .enumerate()
+            .filter(|&(r, _)| r != w)
+            .map(|(_, c)| c)
+            .collect();
+        wait_spread(writer, &readers, Duration::from_secs(30), &|| {
+            format!(
+                "without the root, writes on node {w} stopped reaching the others: {:#?}",
+                clients
+                    .iter()
+                    .map(|c| c.topology().expect("topology"))
+                    .collect::<Vec<_>>()
+            )
+        });
+    }
+    for (n, c) in clients.iter().enumerate() {
+        for i in 0..30 {
+            let key = format!("before-{i}");
+            assert!(
+                c.get_local(key.as_bytes()).expect("get").is_some(),
+                "node {n} lost {key}"
+            );
+        }
+    }
+
+    // The root comes back (empty, same address): it is rejoined, and takes part again.
+    let root = NodeProcess::start(&root_args);
+    let root_client = client(&root);
+    wait_spread(
+        &root_client,
+        &clients.iter().collect::<Vec<_>>(),
+        Duration::from_secs(30),
+        &|| "the restarted root was never rejoined".to_string(),
+    );
+    let views: Vec<_> = clients
+        .iter()
+        .map(|c| c.topology().expect("topology"))
+        .collect();
+    let top = root_client.topology().expect("topology");
+    assert!(
+        !top.children.is_empty(),
+        "nobody attached to the restarted root: {top:#?} {:#?}",
+        views
+    );
+    for (n, c) in clients.iter().enumerate() {
+        let network = c.stats().expect("stats").network;
+        assert_eq!(
+            network.pulls_hit + network.pulls_missed,
+            0,
+            "node {n}: {network:?}"
+        );
+    }
 }

@@ -111,13 +111,18 @@ fn message() -> impl Strategy<Value = Message> {
                 open_children,
             }
         }),
-        (info(), any::<bool>(), path()).prop_map(|(info, is_child, path)| {
-            Message::HeartbeatReply {
+        (
+            info(),
+            any::<bool>(),
+            path(),
+            prop::collection::vec(info(), 0..3)
+        )
+            .prop_map(|(info, is_child, path, peers)| Message::HeartbeatReply {
                 info,
                 is_child,
                 path,
-            }
-        }),
+                peers,
+            }),
         info().prop_map(|info| Message::Leave { info }),
         (
             entries(),
@@ -256,6 +261,7 @@ fn a_peer_message_over_a_limit_is_refused() {
             },
             is_child: true,
             path: vec![1, 2, 3, 4],
+            peers: Vec::new(),
         },
     ];
     for msg in cases {

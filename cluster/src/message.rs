@@ -98,10 +98,13 @@ pub enum Message {
         info: NodeInfo,
         open_children: Vec<NodeInfo>,
     },
+    /// `peers`: a few other nodes the sender knows (its other children, peers it met), so
+    /// that nodes cut off from every root can find each other.
     HeartbeatReply {
         info: NodeInfo,
         is_child: bool,
         path: Vec<u64>,
+        peers: Vec<NodeInfo>,
     },
     /// A graceful leave, or a child moving to another parent.
     Leave {
@@ -197,8 +200,9 @@ impl Message {
                 Message::JoinRefused { .. } => 2,
                 Message::Ping { .. } | Message::Pong { .. } => 8 + INFO,
                 Message::Attach { .. } | Message::Leave { .. } => INFO,
-                Message::AttachReply { path, .. } | Message::HeartbeatReply { path, .. } => {
-                    1 + INFO + path.len() * 8
+                Message::AttachReply { path, .. } => 1 + INFO + path.len() * 8,
+                Message::HeartbeatReply { path, peers, .. } => {
+                    1 + INFO + path.len() * 8 + peers.len() * INFO
                 }
                 Message::Heartbeat { open_children, .. } => INFO * (1 + open_children.len()),
                 Message::Push { entries, ack } => {

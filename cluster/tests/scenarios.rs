@@ -436,6 +436,7 @@ fn a_hostile_peer_cannot_plant_entries_or_break_the_tree() {
                     info: fake,
                     is_child: true,
                     path: vec![1; 50],
+                    peers: vec![fake; 2],
                 },
             );
             let lie = FilterData::Fuse8 {
@@ -563,5 +564,32 @@ fn the_report_times_convergence_after_a_configured_partition_heals() {
         );
         assert!(report.parent_latency_joined_ms > 0.0 && report.parent_latency_end_ms > 0.0);
         assert!(report.bytes_per_node_round > 0.0);
+    }
+}
+
+#[test]
+fn with_every_root_dead_the_rest_form_one_interim_tree_and_rejoin_a_restarted_root() {
+    for seed in SEEDS {
+        println!("seed {seed}");
+        let mut sim = joined(40, seed);
+        sim.crash(0);
+        sim.crash(1);
+        // Heartbeats missed (3 s), every root refused, then the cached peers.
+        sim.run_until(sim.now_ms() + 20_000);
+        sim.check_tree().unwrap();
+        for writer in [2, 17, 39] {
+            write_reaches_every_live_node(&mut sim, writer, seed);
+        }
+        // A root comes back (empty): the interim tree's top joins it, and with it everyone.
+        sim.restart(0);
+        sim.run_until(sim.now_ms() + 20_000);
+        assert_eq!(
+            sim.attached(),
+            39,
+            "seed {seed}: every live node is in the tree"
+        );
+        sim.check_tree().unwrap();
+        write_reaches_every_live_node(&mut sim, 0, seed);
+        write_reaches_every_live_node(&mut sim, 25, seed);
     }
 }

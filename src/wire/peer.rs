@@ -193,6 +193,7 @@ enum WireMsg<'a> {
         info: WireInfo,
         is_child: bool,
         path: Vec<u64>,
+        peers: Vec<WireInfo>,
     },
     Leave {
         info: WireInfo,
@@ -361,10 +362,12 @@ fn wire_msg(msg: &Message) -> WireMsg<'_> {
             info,
             is_child,
             path,
+            peers,
         } => WireMsg::HeartbeatReply {
             info: wire_info(info),
             is_child: *is_child,
             path: path.clone(),
+            peers: peers.iter().map(wire_info).collect(),
         },
         Message::Leave { info } => WireMsg::Leave {
             info: wire_info(info),
@@ -617,10 +620,12 @@ fn message_of(msg: &ArchivedWireMsg<'_>, limits: &PeerLimits) -> Result<Message,
             info,
             is_child,
             path,
+            peers,
         } => Message::HeartbeatReply {
             info: info_of(info)?,
             is_child: *is_child,
             path: path_of(path, limits)?,
+            peers: infos_of(peers, limits.candidates_max)?,
         },
         ArchivedWireMsg::Leave { info } => Message::Leave {
             info: info_of(info)?,

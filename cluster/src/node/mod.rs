@@ -323,6 +323,10 @@ pub struct NodeCounters {
 const PATH_LEN_MAX: usize = 3;
 /// Roots a map may name.
 const MAP_ROOTS_MAX: usize = 16;
+/// Peers remembered for root failover at most.
+const CACHED_PEERS_MAX: usize = 64;
+/// Peers a heartbeat reply names at most.
+const PEERS_PER_HEARTBEAT_REPLY: usize = 2;
 
 /// A lazy pull waiting for its neighbours.
 #[derive(Clone, Debug)]
@@ -362,8 +366,12 @@ pub struct Node {
     /// The other roots (for a root): the top of the one tree.
     root_peers: BTreeMap<SocketAddr, Link>,
     roots: Vec<SocketAddr>,
-    /// Nodes seen in maps, tried when no root answers.
+    /// Nodes seen in maps and pings, tried when no root answers (bounded).
     cached_peers: Vec<NodeInfo>,
+    /// Probing the cached peers because no root answered: only a peer at a lower address is
+    /// taken as parent then, so the nodes cut off from every root form one interim tree
+    /// (topped by the lowest address among them) without closing a cycle.
+    failover: bool,
     candidates: Vec<Candidate>,
     /// Candidates not yet asked, best first, while attaching.
     ranked: Vec<NodeInfo>,
@@ -482,6 +490,7 @@ impl Node {
             root_peers: BTreeMap::new(),
             roots,
             cached_peers: Vec::new(),
+            failover: false,
             candidates: Vec::new(),
             ranked: Vec::new(),
             dump: None,
@@ -855,7 +864,11 @@ impl Node {
                 let _ = major;
                 self.next_root(now_ms);
             }
-            Message::Ping { nonce, .. } => {
+            Message::Ping { nonce, info } => {
+                // Whoever measures us is a peer to try when no root answers.
+                if info.role.is_some() {
+                    self.remember_peer(info);
+                }
                 let info = self.info();
                 self.send(from, Message::Pong { nonce, info });
             }
@@ -880,7 +893,15 @@ impl Node {
                 info,
                 is_child,
                 path,
-            } => self.on_heartbeat_reply(from, info, is_child, path, now_ms),
+                peers,
+            } => {
+                for peer in peers.into_iter().take(PEERS_PER_HEARTBEAT_REPLY) {
+                    if peer.role.is_some() {
+                        self.remember_peer(peer);
+                    }
+                }
+                self.on_heartbeat_reply(from, info, is_child, path, now_ms)
+            }
             Message::Leave { .. } => self.on_leave(from, now_ms),
             Message::Push { entries, ack } => {
                 self.apply_all(from, entries, Source::Push { ack }, now_ms)
@@ -939,8 +960,12 @@ impl Node {
             };
             self.send(addr, msg);
         } else if !self.cached_peers.is_empty() {
-            // Root failover, last resort: measure the peers we knew of as candidates.
-            let peers = std::mem::take(&mut self.cached_peers);
+            // Root failover, last resort: measure the peers we knew of; only one at a lower
+            // address is taken as parent, but the pings tell the others about us (so the node
+            // at the lowest address, which attaches to nobody, is found by the rest). The
+            // roots are asked again first on every later attempt.
+            let peers = self.cached_peers.clone();
+            self.failover = true;
             self.probe(peers, now_ms);
         } else {
             self.phase = Phase::Backoff {
@@ -1007,8 +1032,27 @@ impl Node {
             .into_iter()
             .filter(|c| c.id != own && c.addr != self.config.addr)
             .collect();
-        self.cached_peers = candidates.clone();
+        for candidate in &candidates {
+            self.remember_peer(*candidate);
+        }
+        self.failover = false;
         self.probe(candidates, now_ms);
+    }
+
+    /// Keeps `info` among the peers tried when no root answers (bounded; a newcomer replaces
+    /// a random one when full).
+    fn remember_peer(&mut self, info: NodeInfo) {
+        if info.addr == self.config.addr || info.id == 0 {
+            return;
+        }
+        if let Some(known) = self.cached_peers.iter_mut().find(|p| p.addr == info.addr) {
+            *known = info;
+        } else if self.cached_peers.len() < CACHED_PEERS_MAX {
+            self.cached_peers.push(info);
+        } else {
+            let at = (self.rng.next_u64() % CACHED_PEERS_MAX as u64) as usize;
+            self.cached_peers[at] = info;
+        }
     }
 
     /// Pings each candidate, to measure them (for joining or for rebalance).
@@ -1065,6 +1109,7 @@ impl Node {
             .drain(..)
             .filter_map(|c| Some((c.info.role?.depth(), c.rtt_ms?, c.info)))
             .filter(|(_, _, info)| info.has_room())
+            .filter(|(_, _, info)| !self.failover || info.addr < self.config.addr)
             // A node that keeps children must not become a leaf, which takes none.
             .filter(|(_, _, info)| {
                 self.children.is_empty()
@@ -1109,7 +1154,13 @@ impl Node {
         // Never take an ancestor as a child: that would close a cycle.
         let ancestor = self.path.contains(&info.id)
             || self.parent.as_ref().is_some_and(|p| p.info.addr == from);
-        let accepted = self.is_attached() && !ancestor && (known || me.has_room());
+        // Cut off from every root, a node that kept its role tops an interim tree: it takes
+        // children at higher addresses (they attach only downwards in address then).
+        let interim_top = !self.is_attached()
+            && self.phase != Phase::Gone
+            && self.role.is_some_and(|r| r != Role::Root)
+            && from > self.config.addr;
+        let accepted = (self.is_attached() || interim_top) && !ancestor && (known || me.has_room());
         if accepted {
             self.children.insert(
                 from,
@@ -1176,6 +1227,7 @@ impl Node {
                     open_children: Vec::new(),
                 });
                 self.phase = Phase::Attached;
+                self.failover = false;
                 self.parent_rtt_ms = None;
                 self.schedule_rebalance(now_ms);
                 self.counters.attaches += 1;
@@ -1305,14 +1357,37 @@ impl Node {
         }
         let me = self.info();
         let path = self.path_for_children();
+        let peers = self.peer_sample(from);
         self.send(
             from,
             Message::HeartbeatReply {
                 info: me,
                 is_child,
                 path,
+                peers,
             },
         );
+    }
+
+    /// A few nodes we know, for `to` to remember (never `to` itself): other children, and
+    /// peers met before. Spread this way, peer knowledge lets nodes cut off from every root
+    /// find each other.
+    fn peer_sample(&mut self, to: SocketAddr) -> Vec<NodeInfo> {
+        let known: Vec<NodeInfo> = self
+            .children
+            .values()
+            .map(|l| l.info)
+            .chain(self.cached_peers.iter().copied())
+            .filter(|i| i.addr != to && i.id != 0)
+            .collect();
+        let mut sample = Vec::with_capacity(PEERS_PER_HEARTBEAT_REPLY);
+        for _ in 0..PEERS_PER_HEARTBEAT_REPLY.min(known.len()) {
+            let pick = known[(self.rng.next_u64() % known.len() as u64) as usize];
+            if !sample.iter().any(|s: &NodeInfo| s.addr == pick.addr) {
+                sample.push(pick);
+            }
+        }
+        sample
     }
 
     fn on_heartbeat_reply(
@@ -1370,6 +1445,7 @@ impl Node {
                 info,
                 is_child: true,
                 path: path.clone(),
+                peers: Vec::new(),
             };
             self.send(child, msg);
         }

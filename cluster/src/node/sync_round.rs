@@ -32,7 +32,9 @@ impl Node {
         };
         self.next_sync_ms = now_ms + interval - jitter + offset;
         // A node applies its first dump before it syncs (the dump brings everything anyway).
-        if !self.is_attached() || self.dump.is_some() {
+        // Cut off from every root, a node that tops an interim tree (it has children) syncs.
+        let in_a_tree = self.is_attached() || !self.children.is_empty();
+        if !in_a_tree || self.dump.is_some() {
             return;
         }
         let mut peers: Vec<SocketAddr> = self.parent.iter().map(|p| p.info.addr).collect();

@@ -601,6 +601,7 @@ fn a_path_deeper_than_the_tree_is_refused() {
         info: info(2, Some(Role::Branch)),
         is_child: true,
         path: vec![1, 2, 3, 4, 5],
+        peers: Vec::new(),
     };
     node.handle(Input::Message { from: addr(2), msg }, 0);
     assert_eq!(node.counters().messages_refused, 1);
@@ -678,6 +679,7 @@ fn a_node_takes_its_dump_before_it_syncs() {
             info: root_info,
             is_child: true,
             path: vec![1],
+            peers: Vec::new(),
         };
         node.handle(Input::Message { from: addr(1), msg }, at);
     };
