@@ -320,18 +320,24 @@ fn when_a_parent_is_killed_its_child_reattaches_and_keeps_its_data_and_the_write
     );
 }
 
-/// Starts a node behind a fault relay: it advertises the relay's address, so every peer's
-/// messages to it pass through the relay.
+/// Starts a node behind a fault relay (two shards): it advertises the relay's address, so
+/// every peer's messages to it pass through the relay.
 fn node_behind_relay(root: Option<&NodeProcess>, extra: &[&str]) -> (NodeProcess, Relay) {
+    let mut args = vec!["--shards", "2"];
+    args.extend_from_slice(extra);
+    node_behind_relay_with(root, &args)
+}
+
+fn node_behind_relay_with(root: Option<&NodeProcess>, args: &[&str]) -> (NodeProcess, Relay) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind relay");
     let advertise = listener.local_addr().expect("relay address").to_string();
-    let mut args = vec!["--shards", "2", "--peer-advertise", &advertise];
+    let mut all = vec!["--peer-advertise", advertise.as_str()];
     let root_addr = root.map(|r| r.peer.to_string());
     if let Some(root_addr) = &root_addr {
-        args.extend(["--root", root_addr.as_str()]);
+        all.extend(["--root", root_addr.as_str()]);
     }
-    args.extend_from_slice(extra);
-    let node = NodeProcess::start(&args);
+    all.extend_from_slice(args);
+    let node = NodeProcess::start(&all);
     let relay = Relay::on(listener, node.peer_listen);
     (node, relay)
 }
@@ -631,5 +637,109 @@ fn when_the_root_dies_the_others_keep_syncing_and_rejoin_it_when_it_returns() {
             0,
             "node {n}: {network:?}"
         );
+    }
+}
+
+/// Starts a root and `others` nodes joining it, each with one shard and behind a relay.
+fn relayed_network(others: usize, extra: &[&str]) -> Vec<(NodeProcess, Relay)> {
+    let mut args = vec!["--shards", "1"];
+    args.extend_from_slice(extra);
+    let root = node_behind_relay_with(None, &args);
+    let mut nodes = vec![root];
+    for _ in 0..others {
+        let joined = node_behind_relay_with(Some(&nodes[0].0), &args);
+        nodes.push(joined);
+    }
+    nodes
+}
+
+#[test]
+fn after_a_partition_heals_both_sides_writes_are_everywhere_and_deleted_or_expired_keys_stay_gone()
+{
+    let nodes = relayed_network(3, &[]);
+    let clients: Vec<BlockingClient> = nodes.iter().map(|(n, _)| client(n)).collect();
+    for reader in &clients[1..] {
+        wait_joined(&clients[0], reader);
+    }
+    let long = Duration::from_secs(300);
+    clients[0].put(b"doomed", b"v", long).expect("put");
+    clients[0]
+        .put(b"short-lived", b"v", Duration::from_secs(2))
+        .expect("put");
+    for c in &clients {
+        assert!(held_within(c, b"doomed", Duration::from_secs(2)));
+        assert!(held_within(c, b"short-lived", Duration::from_secs(2)));
+    }
+    // Let heartbeat replies spread peer knowledge before the cut.
+    std::thread::sleep(Duration::from_secs(3));
+
+    // {root, 1} | {2, 3}, both ways.
+    let side_a = [0usize, 1];
+    let side_b = [2usize, 3];
+    let addrs = |side: &[usize]| side.iter().map(|&i| nodes[i].0.peer).collect::<Vec<_>>();
+    for &i in &side_a {
+        nodes[i].1.block(&addrs(&side_b));
+    }
+    for &i in &side_b {
+        nodes[i].1.block(&addrs(&side_a));
+    }
+    // Each side goes on working: writes on either side, and a delete on the root's side.
+    for i in 0..20 {
+        clients[i % 2]
+            .put(format!("a-{i}").as_bytes(), b"v", long)
+            .expect("put");
+        clients[2 + i % 2]
+            .put(format!("b-{i}").as_bytes(), b"v", long)
+            .expect("put");
+    }
+    clients[1].delete(b"doomed").expect("delete");
+    // The other side never saw these.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(clients[2].get_local(b"a-0").expect("get").is_none());
+    assert!(clients[0].get_local(b"b-0").expect("get").is_none());
+    assert!(clients[3].get_local(b"doomed").expect("get").is_some());
+    // The short-lived key expires on both sides meanwhile.
+    std::thread::sleep(Duration::from_secs(2));
+
+    for (_, relay) in &nodes {
+        relay.heal();
+    }
+    for (n, c) in clients.iter().enumerate() {
+        for i in 0..20 {
+            for key in [format!("a-{i}"), format!("b-{i}")] {
+                assert!(
+                    held_within(c, key.as_bytes(), Duration::from_secs(30)),
+                    "node {n} lacks {key} after the heal"
+                );
+            }
+        }
+    }
+    for (n, c) in clients.iter().enumerate() {
+        assert!(
+            c.get_local(b"doomed").expect("get").is_none(),
+            "node {n} serves a key deleted during the partition"
+        );
+        assert!(
+            c.get_local(b"short-lived").expect("get").is_none(),
+            "node {n} serves an expired key"
+        );
+        let network = c.stats().expect("stats").network;
+        assert_eq!(network.pulls_hit + network.pulls_missed, 0, "node {n}: {network:?}");
+    }
+    // And the sets agree.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let sets: Vec<(u64, u64)> = clients
+            .iter()
+            .map(|c| {
+                let t = c.stats().expect("stats").total;
+                (t.live_set_count, t.live_set_xor)
+            })
+            .collect();
+        if sets.windows(2).all(|w| w[0] == w[1]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "live sets differ: {sets:?}");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
