@@ -724,7 +724,11 @@ fn after_a_partition_heals_both_sides_writes_are_everywhere_and_deleted_or_expir
             "node {n} serves an expired key"
         );
         let network = c.stats().expect("stats").network;
-        assert_eq!(network.pulls_hit + network.pulls_missed, 0, "node {n}: {network:?}");
+        assert_eq!(
+            network.pulls_hit + network.pulls_missed,
+            0,
+            "node {n}: {network:?}"
+        );
     }
     // And the sets agree.
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -741,5 +745,80 @@ fn after_a_partition_heals_both_sides_writes_are_everywhere_and_deleted_or_expir
         }
         assert!(Instant::now() < deadline, "live sets differ: {sets:?}");
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_rolling_restart_under_writes_loses_no_write_two_nodes_held() {
+    let ports: Vec<String> = (0..4)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let start = |i: usize| {
+        let mut args = vec!["--shards", "1", "--peer-listen", ports[i].as_str()];
+        if i > 0 {
+            args.extend(["--root", ports[0].as_str()]);
+        }
+        NodeProcess::start(&args)
+    };
+    let mut nodes: Vec<NodeProcess> = (0..4).map(start).collect();
+    let mut clients: Vec<BlockingClient> = nodes.iter().map(client).collect();
+    for reader in &clients[1..] {
+        wait_joined(&clients[0], reader);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let mut held_by_two = Vec::new();
+    let mut next = 0u32;
+    let mut write_round =
+        |clients: &[BlockingClient], down: Option<usize>, held: &mut Vec<String>| {
+            for _ in 0..15 {
+                let at = next as usize % clients.len();
+                next += 1;
+                if Some(at) == down {
+                    continue;
+                }
+                let key = format!("rolling-{next}");
+                if let Ok(stored) =
+                    clients[at].put_copies(key.as_bytes(), b"v", Duration::from_secs(300), 2)
+                {
+                    if stored.copies >= 2 {
+                        held.push(key);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+    // Each node in turn, the root included: stopped (SIGTERM), written around while it is
+    // down, restarted empty at the same peer address, written around while it rejoins.
+    for i in 0..4 {
+        write_round(&clients, None, &mut held_by_two);
+        let status = nodes[i].terminate().expect("stopped");
+        assert!(status.success());
+        write_round(&clients, Some(i), &mut held_by_two);
+        nodes[i] = start(i);
+        clients[i] = client(&nodes[i]);
+        write_round(&clients, None, &mut held_by_two);
+        // Back in the network before the next one goes.
+        let others: Vec<&BlockingClient> = clients
+            .iter()
+            .enumerate()
+            .filter(|&(j, _)| j != i)
+            .map(|(_, c)| c)
+            .collect();
+        wait_spread(&clients[i], &others, Duration::from_secs(30), &|| {
+            format!("node {i} did not rejoin after its restart")
+        });
+    }
+    assert!(
+        held_by_two.len() >= 100,
+        "{} writes held by two",
+        held_by_two.len()
+    );
+    for (n, c) in clients.iter().enumerate() {
+        for key in &held_by_two {
+            assert!(
+                held_within(c, key.as_bytes(), Duration::from_secs(20)),
+                "node {n} lacks {key}, a write two nodes held"
+            );
+        }
     }
 }
