@@ -25,6 +25,7 @@ pub const WRITE_COPIES_DEFAULT: u8 = 1;
 /// acknowledgements of a write grow with the tree's fan-out per hop.
 pub const WRITE_COPIES_MAX: u8 = 8;
 pub const WRITE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
+pub const REBALANCE_INTERVAL_DEFAULT: Duration = Duration::from_secs(30);
 
 /// `repram serve` options. Every one has a default, so `repram serve` alone starts a node.
 #[derive(clap::Args, Debug, Default, Clone)]
@@ -99,6 +100,10 @@ pub struct ServeArgs {
     /// goes on replicating [default: 2s].
     #[arg(long, value_name = "DURATION")]
     pub write_timeout: Option<String>,
+    /// How often a leaf looks for a parent at least 20% closer; a branch waits twice as long,
+    /// a trunk four times [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub rebalance_interval: Option<String>,
 }
 
 /// The TOML file: the same options as the flags.
@@ -124,6 +129,7 @@ struct FileConfig {
     roots: Option<Vec<String>>,
     write_copies: Option<u8>,
     write_timeout: Option<String>,
+    rebalance_interval: Option<String>,
 }
 
 /// Everything a node needs to start, resolved and checked.
@@ -156,6 +162,7 @@ pub struct PeerConfig {
     /// Copies a write that does not say wants (this node included).
     pub write_copies: u8,
     pub write_timeout: Duration,
+    pub rebalance_interval: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -355,6 +362,13 @@ impl ServeArgs {
         if write_timeout.is_zero() || write_timeout > Duration::from_secs(60) {
             return Err(invalid("write-timeout", "must be within 1ms..=60s"));
         }
+        let rebalance_interval = match pick!(rebalance_interval) {
+            Some(text) => parse_duration("rebalance-interval", &text)?,
+            None => REBALANCE_INTERVAL_DEFAULT,
+        };
+        if rebalance_interval < Duration::from_millis(100) {
+            return Err(invalid("rebalance-interval", "must be at least 100ms"));
+        }
         let node_id = match pick!(node_id) {
             Some(id) => id,
             None => random_u64().map_err(|e| invalid("node-id", e))?,
@@ -376,6 +390,7 @@ impl ServeArgs {
                 roots,
                 write_copies,
                 write_timeout,
+                rebalance_interval,
             },
         })
     }

@@ -822,3 +822,75 @@ fn a_rolling_restart_under_writes_loses_no_write_two_nodes_held() {
         }
     }
 }
+
+#[test]
+fn a_trunk_whose_root_turns_slow_moves_to_the_faster_root_within_three_of_its_periods() {
+    // Two roots, each behind a relay; rebalance every second (a trunk looks every 4 s).
+    let listeners: Vec<std::net::TcpListener> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind relay"))
+        .collect();
+    let root_addrs: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().expect("address").to_string())
+        .collect();
+    let common = [
+        "--shards",
+        "1",
+        "--rebalance-interval",
+        "1s",
+        "--root",
+        root_addrs[0].as_str(),
+        "--root",
+        root_addrs[1].as_str(),
+    ];
+    let mut roots = Vec::new();
+    for (listener, advertise) in listeners.into_iter().zip(&root_addrs) {
+        let mut args = common.to_vec();
+        args.extend(["--peer-advertise", advertise.as_str()]);
+        let node = NodeProcess::start(&args);
+        let relay = Relay::on(listener, node.peer_listen);
+        roots.push((node, relay));
+    }
+    let trunk = NodeProcess::start(&common);
+    let trunk_client = client(&trunk);
+    let parent = || {
+        trunk_client
+            .topology()
+            .expect("topology")
+            .parent
+            .map(|p| p.addr)
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let first = loop {
+        let topology = trunk_client.topology().expect("topology");
+        if let (Some(p), Some(_)) = (&topology.parent, topology.parent_rtt_ms) {
+            break p.addr.clone();
+        }
+        assert!(Instant::now() < deadline, "the trunk never attached");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (slow, fast) = if first == root_addrs[0] {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
+    assert_eq!(trunk_client.topology().expect("topology").node.role, 1);
+
+    // Its root turns slow: 80 ms more on every message to it (the trunk's heartbeats included).
+    roots[slow].1.set_latency(Duration::from_millis(80));
+    let turned_slow = Instant::now();
+    let deadline = turned_slow + Duration::from_secs(3 * 4 + 3);
+    while parent().as_deref() != Some(root_addrs[fast].as_str()) {
+        assert!(
+            Instant::now() < deadline,
+            "after {:?} the trunk is still under {:?} (the slow root is {})",
+            turned_slow.elapsed(),
+            parent(),
+            root_addrs[slow]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let topology = trunk_client.topology().expect("topology");
+    assert_eq!(topology.node.role, 1, "it kept its role: {topology:?}");
+    assert!(trunk_client.stats().expect("stats").network.rebalances >= 1);
+}

@@ -251,6 +251,7 @@ pub(crate) struct CoordinatorPlan {
     pub from_shards: flume::Receiver<FromShard>,
     pub counters: Arc<NetworkCounters>,
     pub write_timeout: Duration,
+    pub rebalance_interval: Duration,
 }
 
 pub(crate) struct Coordinator {
@@ -298,7 +299,11 @@ impl Coordinator {
             addr: plan.advertise,
             roots: plan.roots,
             is_root,
-            cluster: ClusterConfig::default(),
+            cluster: ClusterConfig {
+                rebalance_interval_ms: u64::try_from(plan.rebalance_interval.as_millis())
+                    .unwrap_or(u64::MAX),
+                ..ClusterConfig::default()
+            },
         };
         let now = wall_ms();
         let node = Node::new(config, plan.seed, now);

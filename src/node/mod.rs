@@ -176,6 +176,7 @@ pub fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         to_shards,
         from_shards,
         write_timeout: config.peer.write_timeout,
+        rebalance_interval: config.peer.rebalance_interval,
     });
     let mut shard_inboxes = shard_inboxes.into_iter();
 

@@ -74,8 +74,10 @@ pub struct ClusterConfig {
     /// How often a leaf looks for a closer parent; a branch waits twice as long and a trunk
     /// four times, so leaves settle first. Jittered by a tenth either way.
     pub rebalance_interval_ms: u64,
-    /// A candidate must be this many percent closer than the parent to move to it.
+    /// A candidate must be this many percent closer than the parent to move to it...
     pub rebalance_gain_percent: u64,
+    /// ...and at least this many milliseconds closer.
+    pub rebalance_gain_min_ms: u64,
     /// Longest TTL the network allows: an entry from a peer expiring later than now plus
     /// this is refused (it could only come from a broken or hostile peer).
     pub ttl_ms_max: u64,
@@ -107,6 +109,7 @@ impl Default for ClusterConfig {
             push_ack_window_ms: 30_000,
             rebalance_interval_ms: 30_000,
             rebalance_gain_percent: 20,
+            rebalance_gain_min_ms: 2,
             ttl_ms_max: 24 * 60 * 60 * 1_000,
             full_backoff_ms: 30_000,
         }

@@ -123,15 +123,22 @@ impl Node {
             self.rebalance = None;
             return;
         };
+        let parent = self.parent.as_ref().map(|p| p.info.addr);
         let best = self
             .candidates
             .drain(..)
             .filter_map(|c| Some((c.rtt_ms?, c.info)))
-            .filter(|(_, info)| info.has_room())
+            .filter(|(_, info)| info.has_room() && Some(info.addr) != parent)
             .min_by_key(|(rtt, info)| (*rtt, info.id));
         let gain = self.config.cluster.rebalance_gain_percent;
+        // Closer by the share asked for, and by more than timer noise: on a LAN, 0 ms against
+        // 1 ms is 100% closer and means nothing.
+        let closer = |rtt: u64| {
+            rtt * 100 <= parent_rtt * (100 - gain.min(100))
+                && rtt + self.config.cluster.rebalance_gain_min_ms <= parent_rtt
+        };
         match best {
-            Some((rtt, info)) if rtt * 100 <= parent_rtt * (100 - gain.min(100)) => {
+            Some((rtt, info)) if closer(rtt) => {
                 self.rebalance = Some(Search {
                     deadline_ms: now_ms + self.config.cluster.reply_timeout_ms,
                     step: Step::Attaching { to: info.addr },
