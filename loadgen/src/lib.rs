@@ -5,12 +5,14 @@
 //! Module map: `workload` (what to send), `schedule` (when), `target` (how each server is
 //! spoken to), `driver` (one thread's connections and workers), `run` (threads, phases,
 //! progress), `histograms` (HdrHistogram formats), `report` (the JSON and files), `compare`
-//! and `plot` (reading runs back), `cpu` (server CPU time from /proc).
+//! and `plot` (reading runs back), `cpu` (server CPU time from /proc), `lag` (replication lag
+//! of a REPRAM network: write on one node, poll others with local-only reads).
 
 pub mod compare;
 pub mod cpu;
 pub mod driver;
 pub mod histograms;
+pub mod lag;
 pub mod plot;
 pub mod report;
 pub mod run;

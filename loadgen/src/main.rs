@@ -29,6 +29,9 @@ struct Cli {
 enum Command {
     /// Drive a server with a workload; print progress each second and a summary at the end.
     Run(Box<RunArgs>),
+    /// Replication lag of a REPRAM network: write on one node, poll others with local-only
+    /// reads, and print per reader how long each write took to arrive.
+    Lag(LagArgs),
     /// Print saved runs side by side (ratios to the first) and plot their latency.
     Compare {
         /// Run reports (`.json` written by `run --out`); the first is the baseline.
@@ -118,10 +121,96 @@ struct RunArgs {
     seed: u64,
 }
 
+#[derive(Args, Debug)]
+struct LagArgs {
+    /// The node written to (its client address).
+    #[arg(long)]
+    writer: String,
+    /// A node polled with local-only reads; repeat for several.
+    #[arg(long = "reader", required = true)]
+    readers: Vec<String>,
+    #[arg(long, default_value_t = 2_000)]
+    writes: u64,
+    /// Writes per second.
+    #[arg(long, default_value_t = 200)]
+    rate: u64,
+    #[arg(long, default_value_t = 100)]
+    value_bytes: usize,
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// A key a reader still lacks this long after its write counts as lost.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    give_up: Duration,
+    /// Pause between polls of a reader.
+    #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
+    poll: Duration,
+    /// Save each reader's histogram as PREFIX-N.hgrm.
+    #[arg(long, value_name = "PREFIX")]
+    out: Option<PathBuf>,
+}
+
+fn lag_command(args: LagArgs) -> Result<(), String> {
+    use std::net::ToSocketAddrs;
+    let resolve = |text: &str| {
+        text.to_socket_addrs()
+            .map_err(|e| format!("{text}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{text} resolves to nothing"))
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let plan = repram_loadgen::lag::LagPlan {
+        writer: resolve(&args.writer)?,
+        readers: args
+            .readers
+            .iter()
+            .map(|r| resolve(r))
+            .collect::<Result<_, _>>()?,
+        writes: args.writes,
+        rate: args.rate,
+        value_bytes: args.value_bytes,
+        ttl: args.ttl,
+        give_up: args.give_up,
+        poll: args.poll,
+        prefix: format!("lag-{nanos:x}"),
+    };
+    let results = repram_loadgen::lag::measure_lag(&plan)?;
+    println!(
+        "{:<22}{:>8}{:>10}{:>10}{:>10}{:>10}{:>10}{:>7}",
+        "reader", "held", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "lost"
+    );
+    let ms = |us: u64| format!("{:.2}", us as f64 / 1000.0);
+    for (i, r) in results.iter().enumerate() {
+        let h = &r.histogram;
+        println!(
+            "{:<22}{:>8}{:>10}{:>10}{:>10}{:>10}{:>10}{:>7}",
+            r.reader.to_string(),
+            h.len(),
+            ms(h.value_at_quantile(0.5)),
+            ms(h.value_at_quantile(0.9)),
+            ms(h.value_at_quantile(0.99)),
+            ms(h.value_at_quantile(0.999)),
+            ms(h.max()),
+            r.lost
+        );
+        if let Some(prefix) = &args.out {
+            let path = PathBuf::from(format!("{}-{i}.hgrm", prefix.display()));
+            let mut file =
+                std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            repram_loadgen::histograms::write_hgrm(&mut file, h)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            println!("wrote {}", path.display());
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run_command(*args),
+        Command::Lag(args) => lag_command(args),
         Command::Compare { runs, plot } => match compare_files(&runs, plot.as_deref()) {
             Ok((table, written)) => {
                 print!("{table}");
