@@ -58,7 +58,10 @@ impl Node {
             self.pull_answers = (second, 0);
         }
         if self.pull_answers.1 >= self.config.cluster.pull_answers_per_second_max {
+            // Over the cap the store is spared, but the asker is not left waiting out its
+            // deadline: "not here" costs one small message.
             self.counters.pull_answers_dropped += 1;
+            self.send(from, Message::PullReply { nonce, entry: None });
             return;
         }
         self.pull_answers.1 += 1;

@@ -523,6 +523,13 @@ fn pulls_are_answered_from_local_data_only_and_capped() {
     for nonce in 0..u64::from(cap) {
         ask(&mut node, "here", 10 + nonce);
     }
+    // Past the cap the store is not asked, but the asker hears "not here" at once instead of
+    // waiting out its deadline.
+    let sent = ask(&mut node, "here", 1 << 40);
+    assert!(
+        matches!(&sent[..], [(_, Message::PullReply { entry: None, .. })]),
+        "{sent:?}"
+    );
     assert!(node.counters().pull_answers_dropped > 0);
 }
 
