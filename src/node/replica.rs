@@ -15,7 +15,7 @@ use crate::coordinator::{
     CopiesWaiter, FromShard, LocalWrite, NetworkCounters, ShardStoreReply, ShardStoreRequest,
     ToShard,
 };
-use crate::store::{Applied, OwnedEntry, StoreError};
+use crate::store::{Applied, LackingQuery, OwnedEntry, StoreError};
 
 use super::shard::{shard_of_conn, ConnId, Inbound, Shard};
 
@@ -131,7 +131,29 @@ pub(crate) async fn serve_coordinator(shard: Rc<Shard>, requests: flume::Receive
                 continue;
             }
         };
-        let reply = answer(&shard, request);
+        let reply = match request {
+            ShardStoreRequest::BucketHashes {
+                buckets,
+                settled_before_ms,
+            } => ShardStoreReply::BucketHashes(
+                bucket_hashes(&shard, &buckets, settled_before_ms).await,
+            ),
+            ShardStoreRequest::Lacking {
+                filters,
+                round_seed,
+                settled_before_ms,
+                max,
+            } => {
+                let query = LackingQuery {
+                    filters: &filters,
+                    round_seed,
+                    settled_before_ms,
+                    max,
+                };
+                ShardStoreReply::Lacking(lacking(&shard, &query).await)
+            }
+            request => answer(&shard, request),
+        };
         let message = FromShard::Store { ticket, reply };
         if replication
             .to_coordinator
@@ -141,6 +163,44 @@ pub(crate) async fn serve_coordinator(shard: Rc<Shard>, requests: flume::Receive
         {
             return;
         }
+        glommio::yield_if_needed().await;
+    }
+}
+
+/// Slab slots a sync scan walks before it lets clients in (about a millisecond of work).
+const SCAN_SLOTS_PER_SLICE: usize = 16_384;
+
+/// The store's bucket hashes for a round, a slice of the slab at a time. Entries that come or
+/// go between slices may be missed or seen: the next round settles them.
+async fn bucket_hashes(shard: &Shard, buckets: &[u64], settled_before_ms: u64) -> Vec<Vec<u64>> {
+    let mut out = vec![Vec::new(); buckets.len()];
+    let mut at = 0;
+    loop {
+        let store = shard.store.borrow();
+        if at >= store.sync_slots() {
+            return out;
+        }
+        let slots = at..at + SCAN_SLOTS_PER_SLICE;
+        store.sync_bucket_hashes_in(buckets, settled_before_ms, slots, &mut out);
+        drop(store);
+        at += SCAN_SLOTS_PER_SLICE;
+        glommio::yield_if_needed().await;
+    }
+}
+
+/// What a peer's filters lack, a slice of the slab at a time.
+async fn lacking(shard: &Shard, query: &LackingQuery<'_>) -> Vec<OwnedEntry> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    loop {
+        let store = shard.store.borrow();
+        if at >= store.sync_slots() || out.len() >= query.max {
+            return out;
+        }
+        let slots = at..at + SCAN_SLOTS_PER_SLICE;
+        store.sync_lacking_in(query, shard.now_ms(), slots, &mut out);
+        drop(store);
+        at += SCAN_SLOTS_PER_SLICE;
         glommio::yield_if_needed().await;
     }
 }
@@ -177,22 +237,11 @@ fn answer(shard: &Shard, request: ShardStoreRequest) -> ShardStoreReply {
             from_bucket,
             settled_before_ms,
         } => ShardStoreReply::Digests(store.sync_digests(from_bucket, settled_before_ms)),
-        ShardStoreRequest::BucketHashes {
-            buckets,
-            settled_before_ms,
-        } => ShardStoreReply::BucketHashes(store.sync_bucket_hashes(&buckets, settled_before_ms)),
-        ShardStoreRequest::Lacking {
-            filters,
-            round_seed,
-            settled_before_ms,
-            max,
-        } => ShardStoreReply::Lacking(store.sync_lacking(
-            &filters,
-            round_seed,
-            settled_before_ms,
-            max,
-            now,
-        )),
+        // Scans: walked in slices by `bucket_hashes` and `lacking`, never here.
+        ShardStoreRequest::BucketHashes { buckets, .. } => {
+            ShardStoreReply::BucketHashes(vec![Vec::new(); buckets.len()])
+        }
+        ShardStoreRequest::Lacking { .. } => ShardStoreReply::Lacking(Vec::new()),
         ShardStoreRequest::Get { key } => ShardStoreReply::Entry(store.sync_entry(&key, now)),
         ShardStoreRequest::DumpChunk { cursor, max } => {
             let (entries, next) = store.sync_dump_chunk(cursor, max, now);

@@ -20,7 +20,7 @@ use hashbrown::HashTable;
 use zeroize::Zeroize;
 
 pub use keyring::KeySeed;
-pub use sync::OwnedEntry;
+pub use sync::{LackingQuery, OwnedEntry};
 
 use crate::limits::{InvalidLimits, StoreLimits, TICK_WORK_MAX_DEFAULT};
 use crate::version::{HybridClock, Version};

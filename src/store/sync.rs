@@ -7,6 +7,7 @@
 //! buffer that is wiped when dropped.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -20,6 +21,15 @@ use zeroize::Zeroizing;
 
 use super::record::SealedRecord;
 use super::{Applied, ReplicaEntry, Store, StoreError};
+
+/// What a peer's filters ask of a store: the entries of the filtered buckets (sorted by
+/// bucket) that the filters, salted with `round_seed`, definitely lack.
+pub struct LackingQuery<'a> {
+    pub filters: &'a [(u64, Arc<CheckedFilter>)],
+    pub round_seed: u64,
+    pub settled_before_ms: u64,
+    pub max: usize,
+}
 
 /// An entry as it travels between a shard and the coordinator (another thread): owned bytes,
 /// the value in a buffer wiped on drop. `value: None` is a tombstone.
@@ -144,18 +154,40 @@ impl Store {
     /// shard's entries.
     pub fn sync_bucket_hashes(&self, buckets: &[u64], settled_before_ms: u64) -> Vec<Vec<u64>> {
         let mut out = vec![Vec::new(); buckets.len()];
+        self.sync_bucket_hashes_in(buckets, settled_before_ms, 0..self.sync_slots(), &mut out);
+        out
+    }
+
+    /// Slots of the slab: scans for sync walk it in slices (`*_in`), so a caller can let
+    /// clients in between.
+    pub fn sync_slots(&self) -> usize {
+        self.entries.slab.len()
+    }
+
+    /// [`Store::sync_bucket_hashes`] over the slab slots `slots`, added to `out` (one list per
+    /// bucket of `buckets`, in its order).
+    pub fn sync_bucket_hashes_in(
+        &self,
+        buckets: &[u64],
+        settled_before_ms: u64,
+        slots: Range<usize>,
+        out: &mut [Vec<u64>],
+    ) {
         let mut order: Vec<(u64, usize)> = buckets.iter().copied().zip(0..).collect();
         order.sort_unstable();
-        for record in self.entries.slab.iter().flatten() {
+        let slab = &self.entries.slab;
+        let slots = slots.start.min(slab.len())..slots.end.min(slab.len());
+        for record in slab[slots].iter().flatten() {
             if !is_settled(record.version(), settled_before_ms) {
                 continue;
             }
             let bucket = bucket_of(record.expires_ms(), SYNC_BUCKET_MS);
             if let Ok(at) = order.binary_search_by_key(&bucket, |&(b, _)| b) {
-                out[order[at].1].push(entry_hash(record.key(), record.version()));
+                if let Some(list) = out.get_mut(order[at].1) {
+                    list.push(entry_hash(record.key(), record.version()));
+                }
             }
         }
-        out
     }
 
     /// The live settled entries of the filtered buckets that the filters (salted with
@@ -170,26 +202,47 @@ impl Store {
         now_ms: u64,
     ) -> Vec<OwnedEntry> {
         let mut lacking = Vec::new();
+        let query = LackingQuery {
+            filters,
+            round_seed,
+            settled_before_ms,
+            max,
+        };
+        self.sync_lacking_in(&query, now_ms, 0..self.sync_slots(), &mut lacking);
+        lacking
+    }
+
+    /// [`Store::sync_lacking`] over the slab slots `slots`, added to `out` (up to `max` in
+    /// all).
+    pub fn sync_lacking_in(
+        &self,
+        query: &LackingQuery<'_>,
+        now_ms: u64,
+        slots: Range<usize>,
+        out: &mut Vec<OwnedEntry>,
+    ) {
         let now = self.now_ms.max(now_ms);
-        for record in self.entries.slab.iter().flatten() {
-            if lacking.len() >= max {
+        let slab = &self.entries.slab;
+        let slots = slots.start.min(slab.len())..slots.end.min(slab.len());
+        for record in slab[slots].iter().flatten() {
+            if out.len() >= query.max {
                 break;
             }
-            if record.expires_ms() <= now || !is_settled(record.version(), settled_before_ms) {
+            if record.expires_ms() <= now || !is_settled(record.version(), query.settled_before_ms)
+            {
                 continue;
             }
             let bucket = bucket_of(record.expires_ms(), SYNC_BUCKET_MS);
-            let Ok(at) = filters.binary_search_by_key(&bucket, |(b, _)| *b) else {
+            let Ok(at) = query.filters.binary_search_by_key(&bucket, |(b, _)| *b) else {
                 continue;
             };
             let hash = entry_hash(record.key(), record.version());
-            if !filters[at].1.contains(salted(hash, round_seed)) {
+            if !query.filters[at].1.contains(salted(hash, query.round_seed)) {
                 if let Some(entry) = self.entry_of(record) {
-                    lacking.push(entry);
+                    out.push(entry);
                 }
             }
         }
-        lacking
     }
 
     /// The live entry under `key` (a tombstone too), value opened, for a peer's pull.
@@ -388,6 +441,59 @@ mod tests {
         // A bucket not asked about sends nothing.
         let other = s.sync_lacking(&[], seed, u64::MAX, 100, now);
         assert!(other.is_empty());
+    }
+
+    #[test]
+    fn scans_in_slices_find_what_one_pass_finds() {
+        let mut s = store();
+        for i in 0..100 {
+            put(&mut s, &format!("k{i}"), "v", 60_000 + (i % 3) * 10_000, T0);
+        }
+        for i in (0..100).step_by(7) {
+            s.delete(format!("k{i}").as_bytes(), T0).expect("delete");
+        }
+        let now = T0 + 10;
+        let buckets: Vec<u64> = s
+            .sync_digests(0, u64::MAX)
+            .iter()
+            .map(|d| d.bucket)
+            .collect();
+        let whole = s.sync_bucket_hashes(&buckets, u64::MAX);
+        let mut sliced = vec![Vec::new(); buckets.len()];
+        let mut at = 0;
+        while at < s.sync_slots() {
+            s.sync_bucket_hashes_in(&buckets, u64::MAX, at..at + 7, &mut sliced);
+            at += 7;
+        }
+        assert_eq!(sliced, whole);
+        assert_eq!(whole.iter().map(Vec::len).sum::<usize>(), 100);
+
+        let empty = FilterData::build(&[1, 2, 3], 5)
+            .and_then(FilterData::check)
+            .map(Arc::new)
+            .expect("filter");
+        let filters: Vec<(u64, Arc<CheckedFilter>)> =
+            buckets.iter().map(|&b| (b, empty.clone())).collect();
+        let whole = s.sync_lacking(&filters, 5, u64::MAX, 1_000, now);
+        let query = LackingQuery {
+            filters: &filters,
+            round_seed: 5,
+            settled_before_ms: u64::MAX,
+            max: 1_000,
+        };
+        let mut sliced = Vec::new();
+        let mut at = 0;
+        while at < s.sync_slots() {
+            s.sync_lacking_in(&query, now, at..at + 7, &mut sliced);
+            at += 7;
+        }
+        let keys = |v: &[OwnedEntry]| v.iter().map(|e| e.key.clone()).collect::<Vec<_>>();
+        assert_eq!(keys(&sliced), keys(&whole));
+        assert_eq!(
+            whole.len(),
+            100,
+            "a filter of other hashes lacks everything"
+        );
     }
 
     #[test]
