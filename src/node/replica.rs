@@ -176,13 +176,14 @@ async fn bucket_hashes(shard: &Shard, buckets: &[u64], settled_before_ms: u64) -
     let mut out = vec![Vec::new(); buckets.len()];
     let mut at = 0;
     loop {
-        let store = shard.store.borrow();
-        if at >= store.sync_slots() {
-            return out;
+        {
+            let store = shard.store.borrow();
+            if at >= store.sync_slots() {
+                return out;
+            }
+            let slots = at..at + SCAN_SLOTS_PER_SLICE;
+            store.sync_bucket_hashes_in(buckets, settled_before_ms, slots, &mut out);
         }
-        let slots = at..at + SCAN_SLOTS_PER_SLICE;
-        store.sync_bucket_hashes_in(buckets, settled_before_ms, slots, &mut out);
-        drop(store);
         at += SCAN_SLOTS_PER_SLICE;
         glommio::yield_if_needed().await;
     }
@@ -193,13 +194,14 @@ async fn lacking(shard: &Shard, query: &LackingQuery<'_>) -> Vec<OwnedEntry> {
     let mut out = Vec::new();
     let mut at = 0;
     loop {
-        let store = shard.store.borrow();
-        if at >= store.sync_slots() || out.len() >= query.max {
-            return out;
+        {
+            let store = shard.store.borrow();
+            if at >= store.sync_slots() || out.len() >= query.max {
+                return out;
+            }
+            let slots = at..at + SCAN_SLOTS_PER_SLICE;
+            store.sync_lacking_in(query, shard.now_ms(), slots, &mut out);
         }
-        let slots = at..at + SCAN_SLOTS_PER_SLICE;
-        store.sync_lacking_in(query, shard.now_ms(), slots, &mut out);
-        drop(store);
         at += SCAN_SLOTS_PER_SLICE;
         glommio::yield_if_needed().await;
     }
