@@ -577,3 +577,33 @@ fn a_client_never_hangs_on_a_server_that_accepts_and_stays_silent() {
     assert!(started.elapsed() < Duration::from_secs(2));
     holder.join().unwrap();
 }
+
+/// Names of the node process's threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks");
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn the_coordinator_gets_a_spare_cpu_and_otherwise_shares_shard_zeros() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // glommio names an executor's thread after it (15 characters at most).
+    let has_own = |node: &NodeProcess| {
+        thread_names(node.pid())
+            .iter()
+            .any(|n| n.starts_with("repram-coordin"))
+    };
+    let all = cpus.to_string();
+    let busy = NodeProcess::start(&["--shards", &all]);
+    assert!(!has_own(&busy), "{:?}", thread_names(busy.pid()));
+    if cpus >= 2 {
+        let spare = NodeProcess::start(&["--shards", "1"]);
+        assert!(has_own(&spare), "{:?}", thread_names(spare.pid()));
+        // It serves all the same.
+        let c = client(spare.client, true);
+        assert!(c.topology().expect("topology").attached);
+    }
+}

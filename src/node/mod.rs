@@ -183,9 +183,12 @@ pub fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     let requests = MeshBuilder::<ShardRequest, _>::full(shards, config.shard_queue_depth);
     let replies = MeshBuilder::<ShardReply, _>::full(shards, config.shard_queue_depth);
     let cpus = allowed_cpus();
-    let mut stops = Vec::with_capacity(shards);
-    let mut executors = Vec::with_capacity(shards);
-    let (ready, readiness) = flume::bounded(shards);
+    // A CPU no shard is pinned to runs the coordinator; without one it shares shard 0's.
+    let spare_cpu = cpus.get(shards).copied();
+    let starting = shards + usize::from(spare_cpu.is_some());
+    let mut stops = Vec::with_capacity(starting);
+    let mut executors = Vec::with_capacity(starting);
+    let (ready, readiness) = flume::bounded(starting);
     for (id, (shared, own)) in shared.into_iter().zip(own).enumerate() {
         let (stop, stopped) = flume::bounded(1);
         stops.push(stop);
@@ -208,7 +211,11 @@ pub fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
                 shard: id as u32,
                 message: "no coordinator channel".into(),
             })?,
-            coordinator: if id == 0 { coordinator.take() } else { None },
+            coordinator: if id == 0 && spare_cpu.is_none() {
+                coordinator.take()
+            } else {
+                None
+            },
             network: network.clone(),
         };
         // Executors are created in shard order, so glommio's executor ids (which order the
@@ -230,6 +237,23 @@ pub fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
             })?;
         executors.push(executor);
     }
+    if let (Some(cpu), Some(plan)) = (spare_cpu, coordinator.take()) {
+        let (stop, stopped) = flume::bounded(1);
+        stops.push(stop);
+        let ready = ready.clone();
+        let builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name("repram-coordinator")
+            .io_memory(EXECUTOR_IO_MEMORY_BYTES);
+        #[cfg(debug_assertions)]
+        let builder = builder.detect_stalls(Some(Box::new(StallReport)));
+        let executor = builder
+            .spawn(move || run_coordinator(plan, stopped, ready, shards as u32))
+            .map_err(|e| NodeError::Start {
+                shard: shards as u32,
+                message: format!("the coordinator's executor: {e}"),
+            })?;
+        executors.push(executor);
+    }
     drop(ready);
     let node = RunningNode {
         client_addr,
@@ -240,8 +264,9 @@ pub fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         stopper: Stopper { stops },
         executors,
     };
-    // Serving only once every shard is: a shard that cannot start stops the others.
-    for _ in 0..shards {
+    // Serving only once every shard (and the coordinator) is: one that cannot start stops the
+    // others.
+    for _ in 0..starting {
         let failure = match readiness.recv_timeout(SHARD_START_TIMEOUT) {
             Ok(Ok(())) => continue,
             Ok(Err((shard, message))) => NodeError::Start { shard, message },
@@ -298,6 +323,27 @@ struct ShardPlan {
     /// Shard 0 runs the coordinator.
     coordinator: Option<CoordinatorPlan>,
     network: std::sync::Arc<NetworkCounters>,
+}
+
+/// Runs the coordinator on an executor of its own (a spare CPU) until told to stop; then it
+/// leaves the network. `index` is its place after the shards, for error reports.
+async fn run_coordinator(
+    plan: CoordinatorPlan,
+    stopped: flume::Receiver<()>,
+    ready: flume::Sender<Result<(), (u32, String)>>,
+    index: u32,
+) -> Result<(), String> {
+    let coordinator = match Coordinator::start(plan) {
+        Ok(coordinator) => coordinator,
+        Err(message) => {
+            let _ = ready.send(Err((index, message.clone())));
+            return Err(message);
+        }
+    };
+    let _ = ready.send(Ok(()));
+    let _ = stopped.recv_async().await;
+    coordinator.leave(GRACEFUL_LEAVE_MAX).await;
+    Ok(())
 }
 
 /// Runs one shard until it is told to stop (even while it is still starting).
