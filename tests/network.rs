@@ -164,6 +164,17 @@ fn writes_on_any_node_reach_every_node_and_a_newcomer_takes_what_came_before() {
         late_client.get_local(b"from-0").expect("get").is_none(),
         "the newcomer took the tombstone, not the deleted value"
     );
+    let late_network = late_client.stats().expect("stats").network;
+    assert!(
+        late_network.dump_entries_received >= 200,
+        "the early keys came in its dump: {late_network:?}"
+    );
+    // Entries sent: every write was pushed once per tree edge (plus the dump).
+    let sent: u64 = clients
+        .iter()
+        .map(|c| c.stats().expect("stats").network.entries_sent)
+        .sum();
+    assert!(sent >= 4 * 200 + 200, "{sent} entries sent in all");
 }
 
 #[test]

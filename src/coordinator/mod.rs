@@ -64,6 +64,8 @@ pub(crate) struct NetworkCounters {
     entries_received: AtomicU64,
     entries_already_held: AtomicU64,
     sync_entries_received: AtomicU64,
+    dump_entries_received: AtomicU64,
+    entries_sent: AtomicU64,
     pub(crate) writes_pushed: AtomicU64,
     pub(crate) writes_not_pushed: AtomicU64,
     pulls_hit: AtomicU64,
@@ -96,6 +98,8 @@ impl NetworkCounters {
             entries_received: get(&self.entries_received),
             entries_already_held: get(&self.entries_already_held),
             sync_entries_received: get(&self.sync_entries_received),
+            dump_entries_received: get(&self.dump_entries_received),
+            entries_sent: get(&self.entries_sent),
             writes_pushed: get(&self.writes_pushed),
             writes_not_pushed: get(&self.writes_not_pushed),
             pulls_hit: get(&self.pulls_hit),
@@ -386,6 +390,8 @@ impl Coordinator {
         set(&out.entries_received, c.entries_applied);
         set(&out.entries_already_held, c.entries_stale);
         set(&out.sync_entries_received, c.sync_entries_applied);
+        set(&out.dump_entries_received, c.dump_entries_applied);
+        set(&out.entries_sent, c.entries_sent);
         set(&out.pulls_hit, c.pulls_hit);
         set(&out.pulls_missed, c.pulls_missed);
         set(&out.writes_copied, c.writes_copied);

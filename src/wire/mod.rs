@@ -296,6 +296,10 @@ pub struct NetworkStats {
     pub entries_received: u64,
     pub entries_already_held: u64,
     pub sync_entries_received: u64,
+    /// Entries stored from dumps (the progress of a dump under way), and entries sent to
+    /// peers (pushed, synced, dumped or pulled).
+    pub dump_entries_received: u64,
+    pub entries_sent: u64,
     /// Writes of this node's clients handed to the network, and those not pushed because the
     /// hand-over queue was full (sync brings them).
     pub writes_pushed: u64,
@@ -317,7 +321,7 @@ pub struct NetworkStats {
 
 impl NetworkStats {
     /// Every counter with its name, in a fixed order (for printing).
-    pub fn fields(&self) -> [(&'static str, u64); 24] {
+    pub fn fields(&self) -> [(&'static str, u64); 26] {
         [
             ("role", u64::from(self.role)),
             ("children", self.children),
@@ -332,6 +336,8 @@ impl NetworkStats {
             ("entries_received", self.entries_received),
             ("entries_already_held", self.entries_already_held),
             ("sync_entries_received", self.sync_entries_received),
+            ("dump_entries_received", self.dump_entries_received),
+            ("entries_sent", self.entries_sent),
             ("writes_pushed", self.writes_pushed),
             ("writes_not_pushed", self.writes_not_pushed),
             ("pulls_hit", self.pulls_hit),

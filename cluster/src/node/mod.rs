@@ -297,6 +297,10 @@ pub struct NodeCounters {
     pub parent_losses: u64,
     pub entries_applied: u64,
     pub entries_stale: u64,
+    /// Entries sent to peers (pushed, synced, dumped or pulled), and entries stored from
+    /// dump chunks.
+    pub entries_sent: u64,
+    pub dump_entries_applied: u64,
     pub dumps_completed: u64,
     pub sync_rounds: u64,
     pub sync_rounds_in_sync: u64,
@@ -665,6 +669,13 @@ impl Node {
 
     fn send(&mut self, to: SocketAddr, msg: Message) {
         debug_assert_ne!(to, self.config.addr, "a node never sends to itself");
+        self.counters.entries_sent += match &msg {
+            Message::Push { entries, .. }
+            | Message::DumpChunk { entries, .. }
+            | Message::SyncEntries { entries, .. } => entries.len() as u64,
+            Message::PullReply { entry, .. } => u64::from(entry.is_some()),
+            _ => 0,
+        };
         self.outbox.push_back(Output::Send { to, msg });
     }
 
@@ -761,8 +772,10 @@ impl Node {
     ) {
         self.counters.entries_applied += fresh.len() as u64;
         self.counters.entries_stale += stale;
-        if source == Source::Sync {
-            self.counters.sync_entries_applied += fresh.len() as u64;
+        match source {
+            Source::Sync => self.counters.sync_entries_applied += fresh.len() as u64,
+            Source::Dump { .. } => self.counters.dump_entries_applied += fresh.len() as u64,
+            Source::Push { .. } => {}
         }
         let onward_ack = match source {
             Source::Push { ack: Some(ack) } => {
