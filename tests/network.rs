@@ -906,3 +906,92 @@ fn a_trunk_whose_root_turns_slow_moves_to_the_faster_root_within_three_of_its_pe
     assert_eq!(topology.node.role, 1, "it kept its role: {topology:?}");
     assert!(trunk_client.stats().expect("stats").network.rebalances >= 1);
 }
+
+#[test]
+fn garbled_replayed_stalled_and_dropped_peer_traffic_costs_a_connection_at_most() {
+    let root = node(None);
+    let (node, relay) = node_behind_relay(Some(&root), &[]);
+    let (writer, reader) = (client(&root), client(&node));
+    wait_joined(&writer, &reader);
+    let long = Duration::from_secs(300);
+    let stats = || reader.stats().expect("stats").network;
+
+    // A garbled frame is refused and its connection closed; the node lives on, and what the
+    // frame carried arrives again by another route (re-attach and sync).
+    let before = stats();
+    relay.garble_next_frame();
+    writer.put(b"garbled", b"v1", long).expect("put");
+    assert!(
+        held_within(&reader, b"garbled", Duration::from_secs(20)),
+        "the garbled write never arrived"
+    );
+    let after = stats();
+    assert_eq!(
+        after.peer_frames_refused,
+        before.peer_frames_refused + 1,
+        "{after:?}"
+    );
+    assert_eq!(
+        reader
+            .get_local(b"garbled")
+            .expect("get")
+            .expect("held")
+            .bytes,
+        b"v1"
+    );
+    wait_joined(&writer, &reader);
+
+    // A replayed push changes nothing: its entries are already held.
+    writer.put(b"replayed", b"v", long).expect("put");
+    assert!(held_within(&reader, b"replayed", Duration::from_secs(2)));
+    let before = reader.stats().expect("stats");
+    assert!(relay.replay("push"), "a push was recorded and replayed");
+    std::thread::sleep(Duration::from_millis(300));
+    let after = reader.stats().expect("stats");
+    assert!(
+        after.network.entries_already_held > before.network.entries_already_held,
+        "{:?}",
+        after.network
+    );
+    assert_eq!(after.total.live_set_count, before.total.live_set_count);
+    assert_eq!(after.total.live_set_xor, before.total.live_set_xor);
+
+    // A stall holds frames back; they all arrive once it ends.
+    relay.stall();
+    for i in 0..10 {
+        writer
+            .put(format!("stalled-{i}").as_bytes(), b"v", long)
+            .expect("put");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(reader.get_local(b"stalled-0").expect("get").is_none());
+    relay.resume();
+    for i in 0..10 {
+        assert!(held_within(
+            &reader,
+            format!("stalled-{i}").as_bytes(),
+            Duration::from_secs(2)
+        ));
+    }
+
+    // Dropped connections: the next writes arrive all the same.
+    relay.drop_connections();
+    for i in 0..10 {
+        writer
+            .put(format!("after-drop-{i}").as_bytes(), b"v", long)
+            .expect("put");
+    }
+    for i in 0..10 {
+        assert!(
+            held_within(
+                &reader,
+                format!("after-drop-{i}").as_bytes(),
+                Duration::from_secs(20)
+            ),
+            "after-drop-{i} lost"
+        );
+    }
+    assert!(relay.frames_passed() > 0);
+    let network = stats();
+    assert_eq!(network.pulls_hit + network.pulls_missed, 0, "{network:?}");
+}

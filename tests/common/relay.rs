@@ -3,7 +3,8 @@
 //! it pass through here, frame by frame. On command the relay adds latency, stalls (holds
 //! frames back without closing), drops every connection, partitions the node from chosen
 //! peers (closes their connections and refuses new ones, by the address in their hello),
-//! drops frames a predicate picks, flips a byte in the next frame, or replays a recorded frame.
+//! drops frames a predicate picks, flips a byte in (or garbles) the next frame, or replays a
+//! recorded frame.
 //!
 //! Plain threads and blocking sockets: a test's relay carries a few connections at most.
 
@@ -33,6 +34,7 @@ struct Faults {
     blocked_all: bool,
     drop_frames: Option<FramePredicate>,
     flip_next: bool,
+    garble_next: bool,
     /// The last frame of each kind seen, for replay.
     recorded: Vec<(String, Vec<u8>)>,
 }
@@ -143,6 +145,11 @@ impl Relay {
     /// Flips one byte in the payload of the next frame passed on.
     pub fn flip_next_byte(&self) {
         self.faults().flip_next = true;
+    }
+
+    /// Inverts every payload byte of the next frame passed on (garbage no node can read).
+    pub fn garble_next_frame(&self) {
+        self.faults().garble_next = true;
     }
 
     /// Sends the last recorded frame of `kind` (see `Message::kind`) to the node again, on
@@ -318,6 +325,12 @@ fn relay_connection(mut inbound: TcpStream, shared: &Arc<Shared>) -> io::Result<
                 faults.flip_next = false;
                 let at = 4 + (frame.len() - 4) / 2;
                 frame[at] ^= 0xff;
+            }
+            if faults.garble_next {
+                faults.garble_next = false;
+                for byte in &mut frame[4..] {
+                    *byte ^= 0xff;
+                }
             }
             Instant::now() + faults.latency
         };
