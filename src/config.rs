@@ -26,6 +26,10 @@ pub const WRITE_COPIES_DEFAULT: u8 = 1;
 pub const WRITE_COPIES_MAX: u8 = 8;
 pub const WRITE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
 pub const REBALANCE_INTERVAL_DEFAULT: Duration = Duration::from_secs(30);
+pub const RESP_LISTEN_DEFAULT: &str = "127.0.0.1:6379";
+/// A write that gives no TTL (Redis's `SET` without `EX`/`PX`) lives this long, as REPRAM's
+/// HTTP API does; clamped to the longest TTL.
+pub const DEFAULT_TTL_DEFAULT: Duration = Duration::from_secs(3_600);
 
 /// `repram serve` options. Every one has a default, so `repram serve` alone starts a node.
 #[derive(clap::Args, Debug, Default, Clone)]
@@ -100,6 +104,14 @@ pub struct ServeArgs {
     /// goes on replicating [default: 2s].
     #[arg(long, value_name = "DURATION")]
     pub write_timeout: Option<String>,
+    /// Address of the Redis-protocol (RESP2) front end, shared by every shard; `off` turns it
+    /// off [default: 127.0.0.1:6379, or a free port when the client port is 0].
+    #[arg(long, value_name = "ADDR|off")]
+    pub resp_listen: Option<String>,
+    /// TTL of a write that gives none (Redis's `SET` without `EX`/`PX`) [default: 1h, at most
+    /// --max-ttl].
+    #[arg(long, value_name = "DURATION")]
+    pub default_ttl: Option<String>,
     /// How often a leaf looks for a parent at least 20% closer; a branch waits twice as long,
     /// a trunk four times [default: 30s].
     #[arg(long, value_name = "DURATION")]
@@ -130,6 +142,8 @@ struct FileConfig {
     write_copies: Option<u8>,
     write_timeout: Option<String>,
     rebalance_interval: Option<String>,
+    resp_listen: Option<String>,
+    default_ttl: Option<String>,
 }
 
 /// Everything a node needs to start, resolved and checked.
@@ -149,6 +163,10 @@ pub struct NodeConfig {
     /// Seed of the key → shard hash; random per process.
     pub hash_seed: u64,
     pub peer: PeerConfig,
+    /// The RESP front end's address; `None`: off.
+    pub resp_listen: Option<SocketAddr>,
+    /// TTL of writes that give none (front ends whose protocol lets them).
+    pub default_ttl_ms: u64,
 }
 
 /// Where the node meets the rest of the network.
@@ -369,6 +387,19 @@ impl ServeArgs {
         if rebalance_interval < Duration::from_millis(100) {
             return Err(invalid("rebalance-interval", "must be at least 100ms"));
         }
+        let resp_listen = match pick!(resp_listen) {
+            Some(text) if text.eq_ignore_ascii_case("off") => None,
+            Some(text) => Some(resolve("resp-listen", &text)?),
+            None if listen.port() == 0 => Some(SocketAddr::new(listen.ip(), 0)),
+            None => Some(resolve("resp-listen", RESP_LISTEN_DEFAULT)?),
+        };
+        let default_ttl = match pick!(default_ttl) {
+            Some(text) => parse_duration("default-ttl", &text)?,
+            None => DEFAULT_TTL_DEFAULT,
+        };
+        let default_ttl_ms = millis(default_ttl)
+            .min(limits.ttl_ms_max)
+            .max(limits.ttl_ms_min);
         let node_id = match pick!(node_id) {
             Some(id) => id,
             None => random_u64().map_err(|e| invalid("node-id", e))?,
@@ -392,6 +423,8 @@ impl ServeArgs {
                 write_timeout,
                 rebalance_interval,
             },
+            resp_listen,
+            default_ttl_ms,
         })
     }
 }

@@ -28,6 +28,7 @@ mod coordinator;
 pub mod doctor;
 pub mod limits;
 pub mod node;
+pub mod resp;
 pub mod store;
 pub use repram_cluster as cluster;
 pub use repram_cluster::version;

@@ -105,6 +105,7 @@ fn ten_thousand_pipelined_requests_on_one_connection_are_each_answered_once() {
                     value: b"value",
                     ttl_ms: 60_000,
                     copies: 0,
+                    only_if: 0,
                 },
                 1 => Op::Get {
                     key: &key,
@@ -286,6 +287,7 @@ fn bad_requests_get_their_error_and_the_connection_keeps_serving() {
             value,
             ttl_ms,
             copies: 0,
+            only_if: 0,
         },
     };
     expect_error(conn.call(&put(1, b"", b"v", 5_000)), ErrorCode::BadKey);
@@ -301,6 +303,7 @@ fn bad_requests_get_their_error_and_the_connection_keeps_serving() {
             value: b"v",
             ttl_ms: 5_000,
             copies: 9,
+            only_if: 0,
         },
     };
     expect_error(conn.call(&too_many_copies), ErrorCode::BadCopies);
@@ -360,6 +363,7 @@ fn unreadable_frames_close_only_their_own_connection() {
             value: b"safe",
             ttl_ms: 60_000,
             copies: 0,
+            only_if: 0,
         },
     };
     assert_eq!(bystander.call(&put), Reply::Stored);
@@ -526,6 +530,7 @@ fn full_shard_queues_answer_busy_and_never_hang() {
                     value: b"v",
                     ttl_ms: 60_000,
                     copies: 0,
+                    only_if: 0,
                 };
                 wire::encode_request(&mut out, &Request { id, op });
             }

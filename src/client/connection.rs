@@ -292,6 +292,7 @@ fn answer_of(reply: &ArchivedReply<'_>) -> Result<Result<Answer, ClientError>, C
             version: version(version_clock.to_native(), version_node.to_native()),
         }),
         ArchivedReply::NotFound => Answer::NotFound,
+        ArchivedReply::NotStored => Answer::NotStored,
         ArchivedReply::Deleted => Answer::Deleted,
         ArchivedReply::Pong => Answer::Pong,
         ArchivedReply::Stats(stats) => Answer::Stats(

@@ -107,6 +107,8 @@ pub enum Answer {
     Pong,
     Stats(NodeStats),
     Topology(TopologyInfo),
+    /// A conditional write whose condition did not hold.
+    NotStored,
 }
 
 /// A client of one node.
@@ -232,6 +234,7 @@ impl Client {
                     value,
                     ttl_ms,
                     copies,
+                    only_if: wire::PUT_ALWAYS,
                 },
             }),
         )

@@ -24,6 +24,7 @@ use zeroize::Zeroizing;
 
 use crate::config::NodeConfig;
 use crate::coordinator::{Coordinator, CoordinatorPlan, FromShard, NetworkCounters, ToShard};
+use crate::resp::parse::RespLimits;
 use crate::store::{Store, StoreConfig};
 use crate::wire::ErrorCode;
 
@@ -60,6 +61,8 @@ pub struct RunningNode {
     pub peer_addr: SocketAddr,
     /// Where the peer listener is bound (differs from `peer_addr` behind a proxy or NAT).
     pub peer_listen: SocketAddr,
+    /// The Redis-protocol front end's address, when it is on.
+    pub resp_addr: Option<SocketAddr>,
     pub shard_addrs: Vec<SocketAddr>,
     pub node_id: u64,
     stopper: Stopper,
@@ -140,6 +143,14 @@ pub fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     let client_addr = local(&shared[0])?;
     let shard_addrs = own.iter().map(local).collect::<Result<Vec<_>, _>>()?;
     let shard_ports: Vec<u16> = shard_addrs.iter().map(SocketAddr::port).collect();
+    // The Redis-protocol front end: one listener per shard on a shared port, like the
+    // client port.
+    let mut resp = match config.resp_listen {
+        Some(addr) => listeners::bind_shared(addr, shards)?,
+        None => Vec::new(),
+    };
+    let resp_addr = resp.first().map(local).transpose()?;
+    resp.reverse();
     let mut peer_listener = listeners::bind_each(&[config.peer.listen])?;
     let peer_listener = peer_listener.pop().ok_or_else(|| NodeError::Start {
         shard: 0,
@@ -202,6 +213,7 @@ pub fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
             config: config.clone(),
             shard_ports: shard_ports.clone(),
             listeners: [shared, own],
+            resp_listener: resp.pop(),
             requests: requests.clone(),
             replies: replies.clone(),
             stopped,
@@ -259,6 +271,7 @@ pub fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         client_addr,
         peer_addr,
         peer_listen: peer_bound,
+        resp_addr,
         shard_addrs,
         node_id: config.node_id,
         stopper: Stopper { stops },
@@ -314,6 +327,8 @@ struct ShardPlan {
     shard_ports: Vec<u16>,
     /// The shared client listener, then this shard's own.
     listeners: [std::net::TcpListener; 2],
+    /// This shard's share of the RESP port, when that front end is on.
+    resp_listener: Option<std::net::TcpListener>,
     requests: MeshBuilder<ShardRequest, glommio::channels::channel_mesh::Full>,
     replies: MeshBuilder<ShardReply, glommio::channels::channel_mesh::Full>,
     stopped: flume::Receiver<()>,
@@ -438,6 +453,24 @@ async fn start_shard(
         spawn_mesh_tasks(&shard, request_rx, reply_rx);
     }
     glommio::spawn_local(expire_loop(shard.clone())).detach();
+    if let Some(listener) = plan.resp_listener {
+        // SAFETY: as for the client listeners below.
+        let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
+        let limits = &plan.config.shard_limits;
+        let resp_limits = RespLimits {
+            args_max: RESP_ARGS_MAX,
+            bulk_bytes_max: limits.key_bytes_max.max(limits.value_bytes_max),
+            inline_bytes_max: RESP_INLINE_BYTES_MAX,
+        };
+        let default_ttl_ms = plan.config.default_ttl_ms;
+        glommio::spawn_local(resp_accept_loop(
+            shard.clone(),
+            listener,
+            resp_limits,
+            default_ttl_ms,
+        ))
+        .detach();
+    }
     for listener in plan.listeners {
         // SAFETY: the descriptor comes from `into_raw_fd` of a socket we bound and put in
         // listening mode; ownership moves to glommio's listener, which alone closes it.
@@ -540,6 +573,49 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                     continue;
                 }
                 glommio::spawn_local(connection::serve(shard.clone(), stream)).detach();
+            }
+            Err(error) => {
+                tracing::warn!(shard = shard.id, %error, "accept failed");
+                glommio::timer::sleep(ACCEPT_RETRY_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// Arguments of one RESP command at most (an `MGET` of this many keys).
+const RESP_ARGS_MAX: usize = 16_384;
+/// Bytes of one inline RESP command at most.
+const RESP_INLINE_BYTES_MAX: usize = 64 * 1024;
+
+async fn resp_accept_loop(
+    shard: Rc<Shard>,
+    listener: TcpListener,
+    limits: RespLimits,
+    default_ttl_ms: u64,
+) {
+    loop {
+        match listener.accept().await {
+            Ok(mut stream) => {
+                if shard.counters.connections_open.get() as usize >= shard.connections_max_per_shard
+                {
+                    bump(&shard.counters.connections_refused, 1);
+                    glommio::spawn_local(async move {
+                        use futures_lite::AsyncWriteExt;
+                        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                        let _ = stream
+                            .write_all(b"-ERR max number of clients reached\r\n")
+                            .await;
+                    })
+                    .detach();
+                    continue;
+                }
+                glommio::spawn_local(crate::resp::serve(
+                    shard.clone(),
+                    stream,
+                    limits,
+                    default_ttl_ms,
+                ))
+                .detach();
             }
             Err(error) => {
                 tracing::warn!(shard = shard.id, %error, "accept failed");

@@ -256,6 +256,13 @@ impl Shard {
                     respond_error(out, id, ErrorCode::BadCopies, 0, &message);
                     return Answer::Answered;
                 }
+                if view.only_if > wire::PUT_IF_PRESENT {
+                    payload[view.value.clone()].zeroize();
+                    bump(&self.counters.rejected_writes, 1);
+                    let message = format!("put condition {} is unknown here", view.only_if);
+                    respond_error(out, id, ErrorCode::UnknownOp, 0, &message);
+                    return Answer::Answered;
+                }
                 let waiter = (copies > 1).then_some(CopiesWaiter {
                     conn,
                     request_id: id,
@@ -267,9 +274,10 @@ impl Shard {
                 }
                 payload[view.value.clone()].zeroize();
                 match reply {
+                    Ok(None) => respond(out, id, Reply::NotStored),
                     // The coordinator answers once the copies are confirmed or time is up.
-                    Ok(stored) if stored.waiting => return Answer::Deferred,
-                    Ok(stored) => respond(
+                    Ok(Some(stored)) if stored.waiting => return Answer::Deferred,
+                    Ok(Some(stored)) => respond(
                         out,
                         id,
                         Reply::Stored {
@@ -359,13 +367,13 @@ impl Shard {
     }
 
     /// Stores a Put and hands a copy to the network; `waiting` when the coordinator took the
-    /// write's `waiter` and will answer it.
+    /// write's `waiter` and will answer it. `None` when its condition did not hold.
     fn put(
         &self,
         payload: &mut [u8],
         view: &RequestView,
         waiter: Option<CopiesWaiter>,
-    ) -> Result<PutDone, StoreError> {
+    ) -> Result<Option<PutDone>, StoreError> {
         let Some((key, value)) = key_and_value(payload, view.key.clone(), view.value.clone())
         else {
             return Err(StoreError::EmptyKey);
@@ -380,6 +388,13 @@ impl Shard {
             .as_ref()
             .map(|_| Zeroizing::new(value.to_vec()));
         let mut store = self.store.borrow_mut();
+        if view.only_if != wire::PUT_ALWAYS {
+            // Checked and written in one step: nothing else runs on this shard in between.
+            let exists = store.meta(key, now).is_ok();
+            if exists != (view.only_if == wire::PUT_IF_PRESENT) {
+                return Ok(None);
+            }
+        }
         let version = store.put(key, value, view.ttl_ms, now)?;
         // The store set the expiry from this same `now` (the shard's clock is its only clock).
         let expires_ms = now.saturating_add(view.ttl_ms);
@@ -393,11 +408,11 @@ impl Shard {
             };
             waiting = replication.written(entry, waiter) && waiter.is_some();
         }
-        Ok(PutDone {
+        Ok(Some(PutDone {
             version,
             expires_ms,
             waiting,
-        })
+        }))
     }
 
     /// Answers a Get from the store; a miss with `pull` set (the asking connection) goes to
@@ -571,7 +586,11 @@ pub(crate) fn respond(out: &mut Vec<u8>, id: u64, reply: Reply<'_>) {
         Reply::Hello(info) => info.shard_ports.len() * 2,
         Reply::Stats(stats) => (stats.shards.len() + 1) * std::mem::size_of::<ShardStats>(),
         Reply::Topology(topology) => (topology.children.len() + topology.root_peers.len() + 2) * 64,
-        Reply::Stored { .. } | Reply::NotFound | Reply::Deleted | Reply::Pong => 0,
+        Reply::Stored { .. }
+        | Reply::NotFound
+        | Reply::NotStored
+        | Reply::Deleted
+        | Reply::Pong => 0,
     };
     reserve_wiping(out, payload_bytes + wire::FRAME_OVERHEAD_BYTES);
     wire::encode_response(out, &Response { id, reply });

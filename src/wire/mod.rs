@@ -62,6 +62,10 @@ pub enum Op<'a> {
         /// Nodes that should hold the value before the write is answered (this one included);
         /// 0 takes the node's default (`--write-copies`).
         copies: u8,
+        /// Store only if the key holds no live value ([`PUT_IF_ABSENT`], Redis's `NX`), only if
+        /// it does ([`PUT_IF_PRESENT`], `XX`), or either way ([`PUT_ALWAYS`]). A write whose
+        /// condition fails is answered `NotStored`.
+        only_if: u8,
     },
     Get {
         #[rkyv(with = InlineAsBox)]
@@ -122,7 +126,14 @@ pub enum Reply<'a> {
         message: &'a str,
     },
     Topology(TopologyInfo),
+    /// A conditional Put whose condition did not hold: nothing was written.
+    NotStored,
 }
+
+/// [`Op::Put`] conditions.
+pub const PUT_ALWAYS: u8 = 0;
+pub const PUT_IF_ABSENT: u8 = 1;
+pub const PUT_IF_PRESENT: u8 = 2;
 
 /// The discovery tree as one node sees it (the answer to `Topology`).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
@@ -437,6 +448,8 @@ pub struct RequestView {
     pub local_only: bool,
     /// A Put's copies (0: the node's default).
     pub copies: u8,
+    /// A Put's condition (`PUT_*`).
+    pub only_if: u8,
 }
 
 impl RequestView {
@@ -469,6 +482,7 @@ pub fn decode_request(payload: &[u8]) -> Result<RequestView, FrameError> {
         ttl_ms: 0,
         local_only: false,
         copies: 0,
+        only_if: PUT_ALWAYS,
     };
     match &archived.op {
         ArchivedOp::Hello { protocol_version } => {
@@ -480,12 +494,14 @@ pub fn decode_request(payload: &[u8]) -> Result<RequestView, FrameError> {
             value,
             ttl_ms,
             copies,
+            only_if,
         } => {
             view.kind = OpKind::Put;
             view.key = range_of(key.get());
             view.value = range_of(value.get());
             view.ttl_ms = ttl_ms.to_native();
             view.copies = *copies;
+            view.only_if = *only_if;
         }
         ArchivedOp::Get { key, local_only } => {
             view.kind = OpKind::Get;

@@ -74,6 +74,7 @@ fn a_put_that_points_outside_its_frame_is_malformed() {
             value: b"value",
             ttl_ms: 1000,
             copies: 0,
+            only_if: 0,
         },
     });
     // Corrupt every byte of the root one at a time: each either still validates to a view
@@ -131,6 +132,7 @@ fn build_op<'a>(tag: u8, key: &'a [u8], value: &'a [u8], ttl: u64, local: bool, 
             value,
             ttl_ms: ttl,
             copies: pv as u8,
+            only_if: (pv % 3) as u8,
         },
         2 => Op::Get {
             key,
@@ -166,7 +168,8 @@ proptest! {
                     prop_assert_eq!(view.kind, OpKind::Hello);
                     prop_assert_eq!(view.protocol_version, protocol_version);
                 }
-                Op::Put { key, value, ttl_ms, copies } => {
+                Op::Put { key, value, ttl_ms, copies, only_if } => {
+                    prop_assert_eq!(view.only_if, only_if);
                     prop_assert_eq!(view.kind, OpKind::Put);
                     prop_assert_eq!(&payload[view.key.clone()], key);
                     prop_assert_eq!(&payload[view.value.clone()], value);

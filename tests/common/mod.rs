@@ -21,6 +21,8 @@ pub struct NodeProcess {
     pub peer: SocketAddr,
     /// Where its peer listener is bound.
     pub peer_listen: SocketAddr,
+    /// Its Redis-protocol port, when on.
+    pub resp: Option<SocketAddr>,
 }
 
 impl NodeProcess {
@@ -63,12 +65,14 @@ impl NodeProcess {
             .collect();
         let peer = field("peer=").parse().expect("peer address");
         let peer_listen = field("peer_listen=").parse().expect("peer listen address");
+        let resp = field("resp=").parse().ok();
         Ok(NodeProcess {
             child,
             client,
             shards,
             peer,
             peer_listen,
+            resp,
         })
     }
 
@@ -115,6 +119,7 @@ pub enum Reply {
     Hello(wire::HelloInfo),
     Stats(wire::NodeStats),
     Topology(wire::TopologyInfo),
+    NotStored,
     Error(ErrorCode, String),
 }
 
@@ -186,6 +191,7 @@ fn owned(reply: &ArchivedReply<'_>) -> Reply {
         ArchivedReply::Stored { .. } => Reply::Stored,
         ArchivedReply::Value { value, .. } => Reply::Value(value.get().to_vec()),
         ArchivedReply::NotFound => Reply::NotFound,
+        ArchivedReply::NotStored => Reply::NotStored,
         ArchivedReply::Deleted => Reply::Deleted,
         ArchivedReply::Pong => Reply::Pong,
         ArchivedReply::Hello(info) => {

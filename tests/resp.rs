@@ -1,0 +1,247 @@
+//! The Redis-protocol front end of a real node: `redis-cli` and `redis-benchmark` (Debian's
+//! `redis-tools`) against it, pipelining across shards, the same store as the native
+//! protocol, and malformed input.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use common::NodeProcess;
+use repram::client::{BlockingClient, ClientOptions};
+
+/// A node of two shards with its RESP port on a free port; returns it and that port.
+fn node() -> (NodeProcess, SocketAddr) {
+    let node = NodeProcess::start(&["--shards", "2", "--max-ttl", "1h"]);
+    let resp = node.resp.expect("the RESP front end is on");
+    (node, resp)
+}
+
+/// Runs `redis-cli` with `args` against `addr` and returns its output, trimmed.
+fn cli(addr: SocketAddr, args: &[&str]) -> String {
+    let output = Command::new("redis-cli")
+        .arg("-h")
+        .arg(addr.ip().to_string())
+        .arg("-p")
+        .arg(addr.port().to_string())
+        .args(args)
+        .output()
+        .expect("redis-cli (Debian's redis-tools) is installed");
+    assert!(output.status.success(), "redis-cli {args:?}: {output:?}");
+    String::from_utf8_lossy(&output.stdout)
+        .trim_end()
+        .to_string()
+}
+
+#[test]
+fn redis_cli_sets_gets_and_counts_as_redis_answers() {
+    let (_node, addr) = node();
+    assert_eq!(cli(addr, &["PING"]), "PONG");
+    assert_eq!(cli(addr, &["ECHO", "hi there"]), "hi there");
+    assert_eq!(cli(addr, &["SET", "greeting", "hello"]), "OK");
+    assert_eq!(cli(addr, &["GET", "greeting"]), "hello");
+    assert_eq!(cli(addr, &["GET", "missing"]), "");
+    for key in ["a", "b", "c", "d"] {
+        assert_eq!(
+            cli(addr, &["SET", key, &format!("v{key}"), "EX", "100"]),
+            "OK"
+        );
+    }
+    assert_eq!(cli(addr, &["MGET", "a", "missing", "c"]), "va\n\nvc");
+    assert_eq!(cli(addr, &["EXISTS", "a", "b", "missing"]), "2");
+    // Every value expires: no expiry given takes the default TTL (1 h here).
+    let ttl: i64 = cli(addr, &["TTL", "greeting"]).parse().expect("ttl");
+    assert!((3_590..=3_600).contains(&ttl), "{ttl}");
+    let ttl: i64 = cli(addr, &["TTL", "a"]).parse().expect("ttl");
+    assert!((99..=100).contains(&ttl), "{ttl}");
+    let pttl: i64 = cli(addr, &["PTTL", "a"]).parse().expect("pttl");
+    assert!((98_000..=100_000).contains(&pttl), "{pttl}");
+    assert_eq!(cli(addr, &["TTL", "missing"]), "-2");
+    assert_eq!(cli(addr, &["SET", "p", "v", "PX", "1500"]), "OK");
+    assert_eq!(cli(addr, &["DBSIZE"]), "6");
+    assert_eq!(cli(addr, &["DEL", "a", "b", "missing"]), "2");
+    assert_eq!(cli(addr, &["DBSIZE"]), "4");
+    // NX and XX: checked and written in one step on the key's shard.
+    assert_eq!(cli(addr, &["SET", "once", "1", "NX"]), "OK");
+    assert_eq!(cli(addr, &["SET", "once", "2", "NX"]), "");
+    assert_eq!(cli(addr, &["GET", "once"]), "1");
+    assert_eq!(cli(addr, &["SET", "absent", "1", "XX"]), "");
+    assert_eq!(cli(addr, &["SET", "once", "3", "XX"]), "OK");
+    assert_eq!(cli(addr, &["GET", "once"]), "3");
+    // Errors in Redis's words.
+    assert_eq!(
+        cli(addr, &["SET", "k", "v", "EX", "0"]),
+        "ERR invalid expire time in 'set' command"
+    );
+    assert_eq!(
+        cli(addr, &["SET", "k", "v", "EX", "7200"]),
+        "ERR invalid expire time in 'set' command",
+        "past the node's longest TTL"
+    );
+    assert_eq!(
+        cli(addr, &["SET", "k", "v", "EX", "soon"]),
+        "ERR value is not an integer or out of range"
+    );
+    assert_eq!(
+        cli(addr, &["SET", "k", "v", "SOMETIMES"]),
+        "ERR syntax error"
+    );
+    assert_eq!(
+        cli(addr, &["GET"]),
+        "ERR wrong number of arguments for 'get' command"
+    );
+    assert_eq!(
+        cli(addr, &["FLUSHALL", "now"]),
+        "ERR unknown command 'FLUSHALL', with args beginning with: 'now'"
+    );
+    // The value expires on time.
+    std::thread::sleep(Duration::from_millis(1_600));
+    assert_eq!(cli(addr, &["GET", "p"]), "");
+}
+
+#[test]
+fn resp_and_native_clients_share_one_store() {
+    let (node, addr) = node();
+    let native = BlockingClient::connect(&node.client.to_string(), &ClientOptions::default())
+        .expect("connect");
+    assert_eq!(cli(addr, &["SET", "from-resp", "r"]), "OK");
+    assert_eq!(
+        native
+            .get_local(b"from-resp")
+            .expect("get")
+            .expect("held")
+            .bytes,
+        b"r"
+    );
+    native
+        .put(b"from-native", b"n", Duration::from_secs(60))
+        .expect("put");
+    assert_eq!(cli(addr, &["GET", "from-native"]), "n");
+}
+
+/// Reads until `expected` bytes came (or the node closed).
+fn read_exactly(stream: &mut TcpStream, expected: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 64 * 1024];
+    while got.len() < expected {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+    got
+}
+
+#[test]
+fn pipelined_commands_on_keys_of_every_shard_are_answered_in_order() {
+    let (_node, addr) = node();
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut request = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..500 {
+        let key = format!("key-{i}");
+        let value = format!("value-{i}");
+        request.extend_from_slice(
+            format!(
+                "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{value}\r\n",
+                key.len(),
+                value.len()
+            )
+            .as_bytes(),
+        );
+        request.extend_from_slice(
+            format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len()).as_bytes(),
+        );
+        expected.extend_from_slice(b"+OK\r\n");
+        expected.extend_from_slice(format!("${}\r\n{value}\r\n", value.len()).as_bytes());
+    }
+    request.extend_from_slice(b"PING\r\n");
+    expected.extend_from_slice(b"+PONG\r\n");
+    stream.write_all(&request).expect("send");
+    let got = read_exactly(&mut stream, expected.len());
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(&expected)
+    );
+}
+
+#[test]
+fn malformed_requests_get_a_protocol_error_and_only_their_connection_closes() {
+    let (_node, addr) = node();
+    let cases: [(&[u8], &str); 4] = [
+        (
+            b"*1\r\n$1099511627776\r\n",
+            "-ERR Protocol error: invalid bulk length\r\n",
+        ),
+        (
+            b"*x\r\n",
+            "-ERR Protocol error: invalid multibulk length\r\n",
+        ),
+        (
+            b"*99999999\r\n",
+            "-ERR Protocol error: invalid multibulk length\r\n",
+        ),
+        (
+            b"*1\r\n$3\r\nGETxx",
+            "-ERR Protocol error: bulk string not terminated by CRLF\r\n",
+        ),
+    ];
+    for (bytes, answer) in cases {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        stream.write_all(bytes).expect("send");
+        let got = read_exactly(&mut stream, answer.len() + 1);
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            answer,
+            "{:?}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+    // An array that never ends holds only its own connection.
+    let mut stuck = TcpStream::connect(addr).expect("connect");
+    stuck.write_all(b"*1000\r\n$3\r\nGET\r\n").expect("send");
+    assert_eq!(cli(addr, &["PING"]), "PONG");
+}
+
+#[test]
+fn redis_benchmark_runs_to_completion_without_errors() {
+    let (_node, addr) = node();
+    let output = Command::new("redis-benchmark")
+        .arg("-h")
+        .arg(addr.ip().to_string())
+        .arg("-p")
+        .arg(addr.port().to_string())
+        .args([
+            "-t",
+            "set,get,ping",
+            "-P",
+            "16",
+            "-n",
+            "20000",
+            "-c",
+            "10",
+            "-q",
+        ])
+        .output()
+        .expect("redis-benchmark (Debian's redis-tools) is installed");
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{text}");
+    for test in ["PING_INLINE", "PING_MBULK", "SET", "GET"] {
+        assert!(
+            text.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{test}: "))
+                    && l.contains("requests per second")),
+            "{test} did not complete: {text}"
+        );
+    }
+    assert!(!text.contains("ERR"), "{text}");
+}
