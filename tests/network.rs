@@ -531,12 +531,6 @@ fn topology_shows_the_tree_from_the_root_and_from_a_child() {
     assert!(below.children.is_empty());
 }
 
-/// A free port on 127.0.0.1 (bound and released: a node started at once can take it).
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").port()
-}
-
 /// Writes probes on `writer` until every reader holds one within `within` of its write.
 fn wait_spread(
     writer: &BlockingClient,
@@ -564,9 +558,12 @@ fn wait_spread(
 
 #[test]
 fn when_the_root_dies_the_others_keep_syncing_and_rejoin_it_when_it_returns() {
-    let root_peer = format!("127.0.0.1:{}", free_port());
-    let root_args = ["--shards", "1", "--peer-listen", root_peer.as_str()];
+    // The root's address is a relay the test holds, so its restart (on whatever port) keeps it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind relay");
+    let root_peer = listener.local_addr().expect("address").to_string();
+    let root_args = ["--shards", "1", "--peer-advertise", root_peer.as_str()];
     let mut root = NodeProcess::start(&root_args);
+    let relay = Relay::on(listener, root.peer_listen);
     let others: Vec<NodeProcess> = (0..3)
         .map(|_| NodeProcess::start(&["--shards", "1", "--root", &root_peer]))
         .collect();
@@ -625,6 +622,7 @@ fn when_the_root_dies_the_others_keep_syncing_and_rejoin_it_when_it_returns() {
 
     // The root comes back (empty, same address): it is rejoined, and takes part again.
     let root = NodeProcess::start(&root_args);
+    relay.set_upstream(root.peer_listen);
     let root_client = client(&root);
     wait_spread(
         &root_client,
@@ -762,17 +760,28 @@ fn after_a_partition_heals_both_sides_writes_are_everywhere_and_deleted_or_expir
 
 #[test]
 fn a_rolling_restart_under_writes_loses_no_write_two_nodes_held() {
-    let ports: Vec<String> = (0..4)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
+    // Each node keeps its advertised address across restarts: a relay the test holds, in front
+    // of whatever port the node's current process bound (no port can be taken in between).
+    let listeners: Vec<std::net::TcpListener> = (0..4)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind relay"))
+        .collect();
+    let addrs: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().expect("address").to_string())
         .collect();
     let start = |i: usize| {
-        let mut args = vec!["--shards", "1", "--peer-listen", ports[i].as_str()];
+        let mut args = vec!["--shards", "1", "--peer-advertise", addrs[i].as_str()];
         if i > 0 {
-            args.extend(["--root", ports[0].as_str()]);
+            args.extend(["--root", addrs[0].as_str()]);
         }
         NodeProcess::start(&args)
     };
     let mut nodes: Vec<NodeProcess> = (0..4).map(start).collect();
+    let relays: Vec<Relay> = listeners
+        .into_iter()
+        .zip(&nodes)
+        .map(|(listener, node)| Relay::on(listener, node.peer_listen))
+        .collect();
     let mut clients: Vec<BlockingClient> = nodes.iter().map(client).collect();
     for reader in &clients[1..] {
         wait_joined(&clients[0], reader);
@@ -807,6 +816,7 @@ fn a_rolling_restart_under_writes_loses_no_write_two_nodes_held() {
         assert!(status.success());
         write_round(&clients, Some(i), &mut held_by_two);
         nodes[i] = start(i);
+        relays[i].set_upstream(nodes[i].peer_listen);
         clients[i] = client(&nodes[i]);
         write_round(&clients, None, &mut held_by_two);
         // Back in the network before the next one goes.

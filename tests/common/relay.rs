@@ -49,7 +49,7 @@ struct Link {
 }
 
 struct Shared {
-    upstream: SocketAddr,
+    upstream: Mutex<SocketAddr>,
     faults: Mutex<Faults>,
     links: Mutex<Vec<Link>>,
     stalled: AtomicBool,
@@ -78,7 +78,7 @@ impl Relay {
     pub fn on(listener: TcpListener, upstream: SocketAddr) -> Relay {
         let addr = listener.local_addr().expect("relay address");
         let shared = Arc::new(Shared {
-            upstream,
+            upstream: Mutex::new(upstream),
             faults: Mutex::default(),
             links: Mutex::default(),
             stalled: AtomicBool::new(false),
@@ -90,6 +90,12 @@ impl Relay {
         let accepting = shared.clone();
         std::thread::spawn(move || accept(listener, accepting));
         Relay { addr, shared }
+    }
+
+    /// New connections go to `upstream` from now on (a node restarted on another port).
+    pub fn set_upstream(&self, upstream: SocketAddr) {
+        *self.shared.upstream.lock().expect("upstream") = upstream;
+        self.drop_connections();
     }
 
     /// Every frame waits `latency` before it is passed on.
@@ -264,7 +270,8 @@ fn relay_connection(mut inbound: TcpStream, shared: &Arc<Shared>) -> io::Result<
             return Ok(()); // partitioned: refused
         }
     }
-    let mut upstream = TcpStream::connect(shared.upstream)?;
+    let to = *shared.upstream.lock().expect("upstream");
+    let mut upstream = TcpStream::connect(to)?;
     upstream.set_nodelay(true)?;
     upstream.write_all(&hello)?;
     let (frames, queued) = mpsc::channel::<(Instant, Vec<u8>)>();
