@@ -96,6 +96,34 @@ fn redis_cli_sets_gets_and_counts_as_redis_answers() {
         cli(addr, &["FLUSHALL", "now"]),
         "ERR unknown command 'FLUSHALL', with args beginning with: 'now'"
     );
+    // EXPIRE gives a key a new TTL (a new version, replicated as a write); 0 or less
+    // deletes it, as in Redis.
+    assert_eq!(cli(addr, &["EXPIRE", "c", "50"]), "1");
+    let ttl: i64 = cli(addr, &["TTL", "c"]).parse().expect("ttl");
+    assert!((49..=50).contains(&ttl), "{ttl}");
+    assert_eq!(cli(addr, &["PEXPIRE", "d", "200000"]), "1");
+    let ttl: i64 = cli(addr, &["TTL", "d"]).parse().expect("ttl");
+    assert!((199..=200).contains(&ttl), "{ttl}");
+    assert_eq!(cli(addr, &["EXPIRE", "missing", "50"]), "0");
+    assert_eq!(
+        cli(addr, &["EXPIRE", "c", "7200"]),
+        "ERR invalid expire time in 'expire' command"
+    );
+    assert_eq!(cli(addr, &["EXPIRE", "d", "0"]), "1");
+    assert_eq!(cli(addr, &["GET", "d"]), "");
+    assert_eq!(cli(addr, &["GET", "c"]), "vc");
+    // INFO in Redis's layout, counting over both shards.
+    let info = cli(addr, &["INFO"]);
+    let keys = cli(addr, &["DBSIZE"]);
+    assert!(info.contains(&format!("db0:keys={keys},")), "{info}");
+    for field in [
+        "redis_version:",
+        "connected_clients:",
+        "used_memory:",
+        "keyspace_hits:",
+    ] {
+        assert!(info.contains(field), "{field} missing: {info}");
+    }
     // The value expires on time.
     std::thread::sleep(Duration::from_millis(1_600));
     assert_eq!(cli(addr, &["GET", "p"]), "");
@@ -244,4 +272,36 @@ fn redis_benchmark_runs_to_completion_without_errors() {
         );
     }
     assert!(!text.contains("ERR"), "{text}");
+}
+
+#[test]
+fn writes_through_resp_replicate_like_native_ones() {
+    let root = NodeProcess::start(&["--shards", "1"]);
+    let other = NodeProcess::start(&["--shards", "1", "--root", &root.peer.to_string()]);
+    let addr = root.resp.expect("resp");
+    let reader = BlockingClient::connect(&other.client.to_string(), &ClientOptions::default())
+        .expect("connect");
+    let held = |key: &[u8]| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(value) = reader.get_local(key).expect("get") {
+                return value;
+            }
+            assert!(std::time::Instant::now() < deadline, "never replicated");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert_eq!(cli(addr, &["SET", "shared", "v", "EX", "100"]), "OK");
+    let first = held(b"shared");
+    assert_eq!(first.bytes, b"v");
+    // A new TTL is a new version: it travels too.
+    assert_eq!(cli(addr, &["EXPIRE", "shared", "1000"]), "1");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while held(b"shared").expires_ms < first.expires_ms + 800_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new TTL never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -160,6 +160,8 @@ pub(crate) struct Shard {
     read_scratch: RefCell<Vec<u8>>,
     /// Latest wall-clock millisecond seen; the store's clock never goes back.
     last_now_ms: Cell<u64>,
+    /// When this shard started (wall-clock ms), for uptime.
+    pub started_ms: u64,
 }
 
 impl Shard {
@@ -194,6 +196,9 @@ impl Shard {
             network,
             read_scratch: RefCell::new(Vec::new()),
             last_now_ms: Cell::new(0),
+            started_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         }
     }
 
@@ -341,6 +346,10 @@ impl Shard {
                 }
                 respond(out, id, Reply::Hello(self.hello_info()));
             }
+            OpKind::Expire => {
+                bump(&self.counters.puts, 1);
+                self.expire(&payload[view.key.clone()], view.ttl_ms, id, out);
+            }
             OpKind::Topology => {
                 // The coordinator knows the tree; it answers the connection directly.
                 let asked = self
@@ -413,6 +422,49 @@ impl Shard {
             expires_ms,
             waiting,
         }))
+    }
+
+    /// Gives a live value a new TTL (re-sealed under a new version) and replicates it as a
+    /// write: the value is opened once for the network's copy.
+    fn expire(&self, key: &[u8], ttl_ms: u64, id: u64, out: &mut Vec<u8>) {
+        if key.is_empty() {
+            return respond_store_error(out, id, &StoreError::EmptyKey);
+        }
+        let now = self.now_ms();
+        let mut store = self.store.borrow_mut();
+        let version = match store.expire(key, ttl_ms, now) {
+            Ok(version) => version,
+            Err(StoreError::NotFound) => return respond(out, id, Reply::NotFound),
+            Err(e) => {
+                bump(&self.counters.rejected_writes, 1);
+                return respond_store_error(out, id, &e);
+            }
+        };
+        let expires_ms = now.saturating_add(ttl_ms);
+        if let Some(replication) = &self.replication {
+            let mut scratch = self.read_scratch.borrow_mut();
+            if store.get(key, now, &mut scratch).is_ok() {
+                let entry = OwnedEntry {
+                    key: key.to_vec(),
+                    value: Some(Zeroizing::new(scratch.to_vec())),
+                    expires_ms,
+                    version,
+                };
+                scratch.zeroize();
+                replication.written(entry, None);
+            }
+        }
+        respond(
+            out,
+            id,
+            Reply::Stored {
+                version_clock: version.clock,
+                version_node: version.node,
+                expires_ms,
+                copies: 1,
+                pending: false,
+            },
+        );
     }
 
     /// Answers a Get from the store; a miss with `pull` set (the asking connection) goes to

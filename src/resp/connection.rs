@@ -111,8 +111,12 @@ enum Pending {
     Ttl {
         millis: bool,
     },
-    /// `DBSIZE`: keys summed over shards.
-    Dbsize(ShardStats),
+    Expire,
+    /// `DBSIZE` (or `INFO` when `info`): counters summed over shards.
+    Stats {
+        total: ShardStats,
+        info: bool,
+    },
 }
 
 enum Event {
@@ -307,7 +311,31 @@ impl RespConnection<'_> {
                 self.push_waiting(Pending::Ttl { millis }, 1);
                 return self.ask_get(seq, 0, args[1].clone());
             }
-            b"DBSIZE" if argc == 1 => return self.dbsize(seq),
+            b"DBSIZE" if argc == 1 => return self.gather_stats(seq, false),
+            b"INFO" if argc <= 2 => return self.gather_stats(seq, true),
+            b"EXPIRE" | b"PEXPIRE" if argc == 3 => {
+                let amount = std::str::from_utf8(arg(2))
+                    .ok()
+                    .and_then(|t| t.parse::<i64>().ok());
+                let Some(amount) = amount else {
+                    reply::error(&mut done, "ERR value is not an integer or out of range");
+                    self.slots.push_back(Slot::Done(done));
+                    return;
+                };
+                let key = arg(1).to_vec();
+                // An expiry in the past deletes the key, as in Redis.
+                if amount <= 0 {
+                    self.push_waiting(Pending::Count(0), 1);
+                    return self.native(seq, 0, Op::Delete { key: &key });
+                }
+                let ttl_ms = if name == b"EXPIRE" {
+                    (amount as u64).saturating_mul(1_000)
+                } else {
+                    amount as u64
+                };
+                self.push_waiting(Pending::Expire, 1);
+                return self.native(seq, 0, Op::Expire { key: &key, ttl_ms });
+            }
             b"PING" | b"ECHO" | b"SET" | b"GET" | b"MGET" | b"EXISTS" | b"DEL" | b"UNLINK"
             | b"TTL" | b"PTTL" | b"DBSIZE" | b"SELECT" | b"CONFIG" => wrong_args(&mut done, &name),
             _ => {
@@ -528,19 +556,17 @@ impl RespConnection<'_> {
         }
     }
 
-    /// `DBSIZE`: this shard's keys plus every other shard's, asked over the mesh.
-    fn dbsize(&mut self, seq: u64) {
+    /// `DBSIZE` or `INFO`: this shard's counters plus every other shard's, asked over the
+    /// mesh.
+    fn gather_stats(&mut self, seq: u64, info: bool) {
         let shard = self.shard;
         let mut total = shard.snapshot();
         total.live_set_xor = 0;
         let others = shard.count as usize - 1;
+        self.push_waiting(Pending::Stats { total, info }, others);
         if others == 0 {
-            let mut done = Zeroizing::new(Vec::new());
-            reply::integer(&mut done, total.keys as i64);
-            self.slots.push_back(Slot::Done(done));
-            return;
+            return self.complete(seq);
         }
-        self.push_waiting(Pending::Dbsize(total), others);
         for other in (0..shard.count).filter(|&s| s != shard.id) {
             let request = ShardRequest::Stats {
                 conn: self.conn,
@@ -573,7 +599,7 @@ impl RespConnection<'_> {
                 request_id, stats, ..
             } => {
                 self.in_flight = self.in_flight.saturating_sub(1);
-                if let Some((Pending::Dbsize(total), remaining)) = self.waiting(request_id) {
+                if let Some((Pending::Stats { total, .. }, remaining)) = self.waiting(request_id) {
                     total.add(&stats);
                     *remaining = remaining.saturating_sub(1);
                     self.complete(request_id);
@@ -668,7 +694,16 @@ impl RespConnection<'_> {
                 reply::integer(&mut done, i64::try_from(left).unwrap_or(i64::MAX));
             }
             (Pending::Ttl { .. }, _) => reply::integer(&mut done, -2),
-            (Pending::Set | Pending::Dbsize(_), _) => {
+            (Pending::Expire, ArchivedReply::Stored { .. }) => reply::integer(&mut done, 1),
+            (Pending::Expire, ArchivedReply::NotFound) => reply::integer(&mut done, 0),
+            (Pending::Expire, ArchivedReply::Error { code, message, .. }) => {
+                let text = match ErrorCode::from(code) {
+                    ErrorCode::BadTtl => "ERR invalid expire time in 'expire' command".into(),
+                    code => redis_error(code, message.get()),
+                };
+                reply::error(&mut done, &text);
+            }
+            (Pending::Set | Pending::Expire | Pending::Stats { .. }, _) => {
                 reply::error(&mut done, "ERR unexpected answer from the store")
             }
         }
@@ -684,15 +719,57 @@ impl RespConnection<'_> {
         }
     }
 
-    /// Encodes `DBSIZE` once every shard answered.
+    /// Encodes `DBSIZE` or `INFO` once every shard answered.
     fn complete(&mut self, seq: u64) {
-        let total = match self.waiting(seq) {
-            Some((Pending::Dbsize(total), 0)) => total.keys,
+        let (total, info) = match self.waiting(seq) {
+            Some((Pending::Stats { total, info }, 0)) => (*total, *info),
             _ => return,
         };
         let mut done = Zeroizing::new(Vec::new());
-        reply::integer(&mut done, total as i64);
+        if info {
+            reply::bulk(&mut done, self.info_text(&total).as_bytes());
+        } else {
+            reply::integer(&mut done, total.keys as i64);
+        }
         self.finish(seq, done);
+    }
+
+    /// `INFO` in Redis's layout: the server, clients, memory, stats and keyspace sections.
+    fn info_text(&self, total: &ShardStats) -> String {
+        let shard = self.shard;
+        let uptime = shard.now_ms().saturating_sub(shard.started_ms) / 1_000;
+        let commands = total.puts + total.gets + total.deletes + total.pings + total.stats;
+        [
+            "# Server".to_string(),
+            "redis_version:7.0.0".into(),
+            format!("repram_version:{}", env!("CARGO_PKG_VERSION")),
+            "redis_mode:standalone".into(),
+            format!("process_id:{}", std::process::id()),
+            format!("run_id:{:016x}", shard.node_id),
+            format!("uptime_in_seconds:{uptime}"),
+            format!("shards:{}", shard.count),
+            String::new(),
+            "# Clients".into(),
+            format!("connected_clients:{}", total.connections_open),
+            String::new(),
+            "# Memory".into(),
+            format!("used_memory:{}", total.used_bytes),
+            format!("maxmemory:{}", total.budget_bytes),
+            "maxmemory_policy:noeviction".into(),
+            String::new(),
+            "# Stats".into(),
+            format!("total_connections_received:{}", total.connections_accepted),
+            format!("total_commands_processed:{commands}"),
+            format!("rejected_connections:{}", total.connections_refused),
+            format!("expired_keys:{}", total.expirations),
+            format!("keyspace_hits:{}", total.hits),
+            format!("keyspace_misses:{}", total.misses),
+            String::new(),
+            "# Keyspace".into(),
+            format!("db0:keys={},expires={},avg_ttl=0", total.keys, total.keys),
+            String::new(),
+        ]
+        .join("\r\n")
     }
 
     /// Moves finished replies at the front to the output, in order.

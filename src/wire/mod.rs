@@ -81,10 +81,17 @@ pub enum Op<'a> {
     Stats,
     /// The discovery tree as this node sees it.
     Topology,
+    /// Gives the live value of `key` a new TTL from now (a new version, replicated like a
+    /// write): `Stored`, or `NotFound`.
+    Expire {
+        #[rkyv(with = InlineAsBox)]
+        key: &'a [u8],
+        ttl_ms: u64,
+    },
 }
 
 /// Number of `Op` variants; a tag at or past it is an op this build does not know.
-pub const OP_COUNT: u8 = 7;
+pub const OP_COUNT: u8 = 8;
 
 /// One response: the id of the request it answers and the outcome.
 #[derive(Archive, Serialize, Debug, Clone, PartialEq, Eq)]
@@ -433,6 +440,7 @@ pub enum OpKind {
     Ping,
     Stats,
     Topology,
+    Expire,
 }
 
 /// A validated request, as offsets into the payload it was read from. Holding ranges rather
@@ -455,7 +463,10 @@ pub struct RequestView {
 impl RequestView {
     /// Whether this op addresses a key (and so has an owner shard).
     pub fn has_key(&self) -> bool {
-        matches!(self.kind, OpKind::Put | OpKind::Get | OpKind::Delete)
+        matches!(
+            self.kind,
+            OpKind::Put | OpKind::Get | OpKind::Delete | OpKind::Expire
+        )
     }
 }
 
@@ -515,6 +526,11 @@ pub fn decode_request(payload: &[u8]) -> Result<RequestView, FrameError> {
         ArchivedOp::Ping => view.kind = OpKind::Ping,
         ArchivedOp::Stats => view.kind = OpKind::Stats,
         ArchivedOp::Topology => view.kind = OpKind::Topology,
+        ArchivedOp::Expire { key, ttl_ms } => {
+            view.kind = OpKind::Expire;
+            view.key = range_of(key.get());
+            view.ttl_ms = ttl_ms.to_native();
+        }
     }
     Ok(view)
 }

@@ -141,7 +141,8 @@ fn build_op<'a>(tag: u8, key: &'a [u8], value: &'a [u8], ttl: u64, local: bool, 
         3 => Op::Delete { key },
         4 => Op::Ping,
         5 => Op::Stats,
-        _ => Op::Topology,
+        6 => Op::Topology,
+        _ => Op::Expire { key, ttl_ms: ttl },
     }
 }
 
@@ -188,6 +189,11 @@ proptest! {
                 Op::Ping => prop_assert_eq!(view.kind, OpKind::Ping),
                 Op::Stats => prop_assert_eq!(view.kind, OpKind::Stats),
                 Op::Topology => prop_assert_eq!(view.kind, OpKind::Topology),
+                Op::Expire { key, ttl_ms } => {
+                    prop_assert_eq!(view.kind, OpKind::Expire);
+                    prop_assert_eq!(&payload[view.key.clone()], key);
+                    prop_assert_eq!(view.ttl_ms, ttl_ms);
+                }
             }
             at += FRAME_HEADER_BYTES + len;
         }
