@@ -26,6 +26,7 @@ pub mod client;
 pub mod config;
 mod coordinator;
 pub mod doctor;
+mod frontend;
 pub mod limits;
 pub mod node;
 pub mod resp;

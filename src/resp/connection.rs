@@ -10,17 +10,17 @@ use std::io;
 use std::rc::Rc;
 
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
-use glommio::channels::local_channel::{self, LocalReceiver};
+use glommio::channels::local_channel::LocalReceiver;
 use glommio::net::TcpStream;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::parse::{parse_command, RespLimits};
 use super::reply;
 use crate::buffers::{reserve_wiping, wipe_and_clear, RecvBuffer};
-use crate::node::shard::{bump, Answer, ConnId, Inbound, Shard, ShardRequest};
+use crate::frontend::{clear_answers, each_answer, NativeRequests, Registration};
+use crate::node::shard::{bump, ConnId, Inbound, Shard};
 use crate::wire::{
-    self, ArchivedReply, ErrorCode, Op, Request, ShardStats, PUT_ALWAYS, PUT_IF_ABSENT,
-    PUT_IF_PRESENT,
+    ArchivedReply, ErrorCode, Op, ShardStats, PUT_ALWAYS, PUT_IF_ABSENT, PUT_IF_PRESENT,
 };
 
 const RECV_BUFFER_INITIAL_BYTES: usize = 4 * 1024;
@@ -39,12 +39,8 @@ pub(crate) async fn serve(
     limits: RespLimits,
     default_ttl_ms: u64,
 ) {
-    let conn = shard.next_conn.get();
-    shard.next_conn.set(conn + 1);
-    let (sender, inbox) = local_channel::new_unbounded();
-    shard.conns.borrow_mut().insert(conn, sender);
-    bump(&shard.counters.connections_open, 1);
-    bump(&shard.counters.connections_accepted, 1);
+    let registration = Registration::new(&shard);
+    let conn = registration.conn;
     let _ = stream.set_nodelay(true);
     if let Some(idle) = shard.idle_timeout {
         let _ = stream.set_read_timeout(Some(idle));
@@ -59,27 +55,14 @@ pub(crate) async fn serve(
         slots: VecDeque::new(),
         first_seq: 0,
         next_seq: 0,
-        frame: Zeroizing::new(Vec::new()),
-        local_out: Zeroizing::new(Vec::new()),
-        batches: (0..shard.count).map(|_| Batch::default()).collect(),
-        in_flight: 0,
+        native: NativeRequests::new(&shard, conn),
+        answers: Zeroizing::new(Vec::new()),
         closing: false,
         draining: false,
     };
-    if let Err(error) = connection.run(&mut stream, &inbox).await {
+    if let Err(error) = connection.run(&mut stream, &registration.inbox).await {
         tracing::debug!(conn, %error, "resp connection ended");
     }
-    drop(connection);
-    shard.conns.borrow_mut().remove(&conn);
-    let open = &shard.counters.connections_open;
-    open.set(open.get().saturating_sub(1));
-}
-
-/// Native requests for one other shard gathered from one read.
-#[derive(Default)]
-struct Batch {
-    frames: Vec<u8>,
-    ids: Vec<u64>,
 }
 
 /// Redis's wording for a native error.
@@ -135,13 +118,9 @@ struct RespConnection<'s> {
     /// Sequence number of `slots[0]`.
     first_seq: u64,
     next_seq: u64,
-    /// One native request frame being built.
-    frame: Zeroizing<Vec<u8>>,
-    /// Native answers of requests run here.
-    local_out: Zeroizing<Vec<u8>>,
-    batches: Vec<Batch>,
-    /// Native requests and stats questions sent elsewhere and not answered yet.
-    in_flight: usize,
+    native: NativeRequests<'s>,
+    /// Native answers of requests run here, taken after each send.
+    answers: Zeroizing<Vec<u8>>,
     /// Quit, or a protocol error: write what is due, then close.
     closing: bool,
     /// The client closed its side: answer what is in flight, then close.
@@ -165,7 +144,7 @@ impl RespConnection<'_> {
             }
             let readable = !self.closing
                 && !self.draining
-                && self.in_flight < self.shard.in_flight_max
+                && self.native.in_flight() < self.shard.in_flight_max
                 && self.slots.len() < PIPELINE_MAX;
             let event = if readable {
                 self.rx.make_room(RECV_BUFFER_INITIAL_BYTES);
@@ -229,7 +208,8 @@ impl RespConnection<'_> {
             self.rx.filled_mut()[..command.len].zeroize();
             self.rx.consume(command.len);
         }
-        self.flush_batches();
+        self.native.flush(&mut self.answers);
+        self.take_answers();
         self.rx.shrink_when_empty();
     }
 
@@ -301,8 +281,12 @@ impl RespConnection<'_> {
             b"DEL" | b"UNLINK" if argc >= 2 => {
                 self.push_waiting(Pending::Count(0), argc - 1);
                 for (part, key) in args[1..].iter().enumerate() {
-                    let key = self.rx.filled()[key.clone()].to_vec();
-                    self.native(seq, part, Op::Delete { key: &key });
+                    let op = Op::Delete {
+                        key: &self.rx.filled()[key.clone()],
+                    };
+                    self.native
+                        .send((seq << PART_BITS) | part as u64, op, &mut self.answers);
+                    self.take_answers();
                 }
                 return;
             }
@@ -434,126 +418,52 @@ impl RespConnection<'_> {
             return;
         }
         let ttl_ms = ttl_ms.unwrap_or(self.default_ttl_ms);
-        let (key, value) = (args[1].clone(), args[2].clone());
-        let buf = self.rx.filled();
-        let op = Op::Put {
-            key: &buf[key],
-            value: &buf[value],
-            ttl_ms,
-            copies: 0,
-            only_if,
-        };
-        let id = seq << PART_BITS;
-        self.frame.clear();
-        reserve_wiping(&mut self.frame, buf.len() + 64);
-        wire::encode_request(&mut self.frame, &Request { id, op });
         self.slots.push_back(Slot::Waiting {
             pending: Pending::Set,
             remaining: 1,
         });
-        self.dispatch_frame(id);
+        // Encoded straight from the receive buffer, whose copy is wiped once consumed.
+        let buf = self.rx.filled();
+        let op = Op::Put {
+            key: &buf[args[1].clone()],
+            value: &buf[args[2].clone()],
+            ttl_ms,
+            copies: 0,
+            only_if,
+        };
+        self.native.send(seq << PART_BITS, op, &mut self.answers);
+        self.take_answers();
     }
 
     /// Asks for the value of the key at `key` (a range of the receive buffer) as part `part`
     /// of command `seq`.
     fn ask_get(&mut self, seq: u64, part: usize, key: std::ops::Range<usize>) {
-        let key = self.rx.filled()[key].to_vec();
-        self.native(
-            seq,
-            part,
-            Op::Get {
-                key: &key,
-                local_only: false,
-            },
-        );
-    }
-
-    /// Encodes one native request (no value) and sends it to the owner of its key.
-    fn native(&mut self, seq: u64, part: usize, op: Op<'_>) {
-        let id = (seq << PART_BITS) | part as u64;
-        self.frame.clear();
-        wire::encode_request(&mut self.frame, &Request { id, op });
-        self.dispatch_frame(id);
-    }
-
-    /// Runs the native frame in `self.frame` here, or batches it for the shard that owns its
-    /// key; answers of requests run here are taken at once.
-    fn dispatch_frame(&mut self, id: u64) {
-        let shard = self.shard;
-        let payload_at = wire::FRAME_HEADER_BYTES;
-        let Ok(view) = wire::decode_request(&self.frame[payload_at..]) else {
-            // We encoded it: failing here is a bug; answered, never left hanging.
-            self.frame.zeroize();
-            let mut out = Zeroizing::new(Vec::new());
-            crate::node::shard::respond_error(
-                &mut out,
-                id,
-                ErrorCode::Internal,
-                0,
-                "request unreadable",
-            );
-            return self.take_native(&out);
+        let op = Op::Get {
+            key: &self.rx.filled()[key],
+            local_only: false,
         };
-        if shard.count > 1 {
-            let owner = shard.owner_of(&self.frame[payload_at..][view.key.clone()]);
-            if owner != shard.id {
-                let batch = &mut self.batches[owner as usize];
-                reserve_wiping(&mut batch.frames, self.frame.len());
-                batch.frames.extend_from_slice(&self.frame);
-                batch.ids.push(id);
-                self.frame.zeroize();
-                return;
-            }
-        }
-        let mut local_out = std::mem::take(&mut self.local_out);
-        let answer = shard.execute(
-            &mut self.frame[payload_at..],
-            &view,
-            self.conn,
-            &mut local_out,
-        );
-        self.frame.zeroize();
-        if answer == Answer::Deferred {
-            self.in_flight += 1;
-        }
-        self.take_native(&local_out);
-        wipe_and_clear(&mut local_out, SEND_BUFFER_KEEP_BYTES);
-        self.local_out = local_out;
+        self.native
+            .send((seq << PART_BITS) | part as u64, op, &mut self.answers);
+        self.take_answers();
     }
 
-    /// Sends each other shard the requests this read gathered for it; a shard without room
-    /// gets none, and its requests are answered busy.
-    fn flush_batches(&mut self) {
-        for owner in 0..self.batches.len() {
-            if self.batches[owner].ids.is_empty() {
-                continue;
-            }
-            let frames = Zeroizing::new(std::mem::take(&mut self.batches[owner].frames));
-            let count = self.batches[owner].ids.len();
-            let request = ShardRequest::Frames {
-                conn: self.conn,
-                frames,
-            };
-            if self.shard.forward(owner as u32, request).is_ok() {
-                self.in_flight += count;
-                bump(&self.shard.counters.forwarded, count as u64);
-            } else {
-                bump(&self.shard.counters.busy, count as u64);
-                let ids = std::mem::take(&mut self.batches[owner].ids);
-                let mut out = Zeroizing::new(Vec::new());
-                for id in ids {
-                    crate::node::shard::respond_error(
-                        &mut out,
-                        id,
-                        ErrorCode::Busy,
-                        0,
-                        "BUSY the shard owning this key is busy, retry",
-                    );
-                }
-                self.take_native(&out);
-            }
-            self.batches[owner].ids.clear();
-        }
+    /// Sends one native request as part `part` of command `seq`.
+    fn native(&mut self, seq: u64, part: usize, op: Op<'_>) {
+        self.send((seq << PART_BITS) | part as u64, op);
+    }
+
+    /// Sends one native request and takes the answer at once if it ran here.
+    fn send(&mut self, id: u64, op: Op<'_>) {
+        self.native.send(id, op, &mut self.answers);
+        self.take_answers();
+    }
+
+    /// Takes the answers of requests that ran here.
+    fn take_answers(&mut self) {
+        let mut answers = std::mem::take(&mut self.answers);
+        self.take_native(&answers);
+        clear_answers(&mut answers);
+        self.answers = answers;
     }
 
     /// `DBSIZE` or `INFO`: this shard's counters plus every other shard's, asked over the
@@ -567,20 +477,11 @@ impl RespConnection<'_> {
         if others == 0 {
             return self.complete(seq);
         }
-        for other in (0..shard.count).filter(|&s| s != shard.id) {
-            let request = ShardRequest::Stats {
-                conn: self.conn,
-                request_id: seq,
-            };
-            if shard.forward(other, request).is_ok() {
-                self.in_flight += 1;
-            } else {
-                // Answers already asked for still come, and find the slot done.
-                let mut done = Zeroizing::new(Vec::new());
-                reply::error(&mut done, "ERR a shard is busy, retry");
-                self.finish(seq, done);
-                return;
-            }
+        if self.native.ask_stats(seq).is_none() {
+            // Answers already asked for still come, and find the slot done.
+            let mut done = Zeroizing::new(Vec::new());
+            reply::error(&mut done, "ERR a shard is busy, retry");
+            self.finish(seq, done);
         }
     }
 
@@ -592,13 +493,13 @@ impl RespConnection<'_> {
     fn accept_inbound(&mut self, inbound: Inbound) {
         match inbound {
             Inbound::Responses { responses, count } => {
-                self.in_flight = self.in_flight.saturating_sub(count as usize);
+                self.native.answered(count as usize);
                 self.take_native(&responses);
             }
             Inbound::Stats {
                 request_id, stats, ..
             } => {
-                self.in_flight = self.in_flight.saturating_sub(1);
+                self.native.answered(1);
                 if let Some((Pending::Stats { total, .. }, remaining)) = self.waiting(request_id) {
                     total.add(&stats);
                     *remaining = remaining.saturating_sub(1);
@@ -619,19 +520,10 @@ impl RespConnection<'_> {
 
     /// Takes native answers (a run of response frames) into their commands' slots.
     fn take_native(&mut self, frames: &[u8]) {
-        let mut at = 0;
-        while let Ok(Some(len)) = wire::frame_len(&frames[at..], usize::MAX) {
-            let end = at + wire::FRAME_HEADER_BYTES + len;
-            let Some(payload) = frames.get(at + wire::FRAME_HEADER_BYTES..end) else {
-                break;
-            };
-            if let Ok(response) = wire::decode_response(payload) {
-                let id = response.id.to_native();
-                let part = (id & ((1 << PART_BITS) - 1)) as usize;
-                self.take_one(id >> PART_BITS, part, &response.reply);
-            }
-            at = end;
-        }
+        each_answer(frames, |id, answer| {
+            let part = (id & ((1 << PART_BITS) - 1)) as usize;
+            self.take_one(id >> PART_BITS, part, answer);
+        });
     }
 
     /// One native answer: part `part` of command `seq`.

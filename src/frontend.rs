@@ -1,0 +1,195 @@
+//! What the text front ends (the Redis protocol, HTTP) share: every request on a key becomes a
+//! native request run by the key's owner shard exactly as a native client's would be (here, or
+//! forwarded in one batch per owner per read), so all front ends share the store, its limits,
+//! replication and lazy pull. Answers come back as native response frames, matched by id.
+//!
+//! Owns a connection's registration with its shard and its native requests in flight. It
+//! never parses a front end's protocol and never opens the store (`Shard::execute` does).
+
+use std::rc::Rc;
+
+use glommio::channels::local_channel::{self, LocalReceiver};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::buffers::{reserve_wiping, wipe_and_clear};
+use crate::node::shard::{bump, respond_error, Answer, ConnId, Inbound, Shard, ShardRequest};
+use crate::wire::{self, ArchivedReply, ErrorCode, Op, Request};
+
+/// A local answer buffer grown past this is released once taken.
+const ANSWERS_KEEP_BYTES: usize = 64 * 1024;
+
+/// A connection of a front end, registered with its shard so that answers from other shards
+/// (and from the coordinator) reach it; unregistered on drop.
+pub(crate) struct Registration {
+    shard: Rc<Shard>,
+    pub conn: ConnId,
+    pub inbox: LocalReceiver<Inbound>,
+}
+
+impl Registration {
+    pub(crate) fn new(shard: &Rc<Shard>) -> Registration {
+        let conn = shard.next_conn.get();
+        shard.next_conn.set(conn + 1);
+        let (sender, inbox) = local_channel::new_unbounded();
+        shard.conns.borrow_mut().insert(conn, sender);
+        bump(&shard.counters.connections_open, 1);
+        bump(&shard.counters.connections_accepted, 1);
+        Registration {
+            shard: shard.clone(),
+            conn,
+            inbox,
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.shard.conns.borrow_mut().remove(&self.conn);
+        let open = &self.shard.counters.connections_open;
+        open.set(open.get().saturating_sub(1));
+    }
+}
+
+/// Native requests for one other shard gathered from one read.
+#[derive(Default)]
+struct Batch {
+    frames: Vec<u8>,
+    ids: Vec<u64>,
+}
+
+/// One connection's native requests: sent to their owners, counted until answered.
+pub(crate) struct NativeRequests<'s> {
+    shard: &'s Shard,
+    conn: ConnId,
+    /// The frame being built.
+    frame: Zeroizing<Vec<u8>>,
+    batches: Vec<Batch>,
+    in_flight: usize,
+}
+
+impl<'s> NativeRequests<'s> {
+    pub(crate) fn new(shard: &'s Shard, conn: ConnId) -> Self {
+        NativeRequests {
+            shard,
+            conn,
+            frame: Zeroizing::new(Vec::new()),
+            batches: (0..shard.count).map(|_| Batch::default()).collect(),
+            in_flight: 0,
+        }
+    }
+
+    /// Requests (and stats questions) sent elsewhere and not answered yet.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Sends one request on a key. A request its owner runs here is answered at once into
+    /// `answers` (as native response frames); one for another shard waits in that shard's
+    /// batch until [`NativeRequests::flush`]; one the network must answer (a pull, a write
+    /// waiting for copies) comes back later as an [`Inbound`].
+    pub(crate) fn send(&mut self, id: u64, op: Op<'_>, answers: &mut Vec<u8>) {
+        let value_bytes = match &op {
+            Op::Put { key, value, .. } => key.len() + value.len(),
+            _ => 0,
+        };
+        self.frame.clear();
+        reserve_wiping(&mut self.frame, value_bytes + 128);
+        wire::encode_request(&mut self.frame, &Request { id, op });
+        let shard = self.shard;
+        let payload_at = wire::FRAME_HEADER_BYTES;
+        let Ok(view) = wire::decode_request(&self.frame[payload_at..]) else {
+            // We encoded it: failing here is a bug, answered rather than left hanging.
+            self.frame.zeroize();
+            return respond_error(answers, id, ErrorCode::Internal, 0, "request unreadable");
+        };
+        if shard.count > 1 && view.has_key() {
+            let owner = shard.owner_of(&self.frame[payload_at..][view.key.clone()]);
+            if owner != shard.id {
+                let batch = &mut self.batches[owner as usize];
+                reserve_wiping(&mut batch.frames, self.frame.len());
+                batch.frames.extend_from_slice(&self.frame);
+                batch.ids.push(id);
+                self.frame.zeroize();
+                return;
+            }
+        }
+        let answer = shard.execute(&mut self.frame[payload_at..], &view, self.conn, answers);
+        self.frame.zeroize();
+        if answer == Answer::Deferred {
+            self.in_flight += 1;
+        }
+    }
+
+    /// Sends each other shard the requests gathered for it; a shard without room gets none,
+    /// and its requests are answered busy into `answers`.
+    pub(crate) fn flush(&mut self, answers: &mut Vec<u8>) {
+        for owner in 0..self.batches.len() {
+            if self.batches[owner].ids.is_empty() {
+                continue;
+            }
+            let frames = Zeroizing::new(std::mem::take(&mut self.batches[owner].frames));
+            let count = self.batches[owner].ids.len();
+            let request = ShardRequest::Frames {
+                conn: self.conn,
+                frames,
+            };
+            if self.shard.forward(owner as u32, request).is_ok() {
+                self.in_flight += count;
+                bump(&self.shard.counters.forwarded, count as u64);
+            } else {
+                bump(&self.shard.counters.busy, count as u64);
+                let message = format!("shard {owner} is busy, retry");
+                for &id in &self.batches[owner].ids {
+                    respond_error(answers, id, ErrorCode::Busy, 0, &message);
+                }
+            }
+            self.batches[owner].ids.clear();
+        }
+    }
+
+    /// Asks every other shard for its counters (answered as [`Inbound::Stats`] with
+    /// `request_id`); returns how many were asked, or `None` when one had no room (those
+    /// asked still answer).
+    pub(crate) fn ask_stats(&mut self, request_id: u64) -> Option<usize> {
+        let shard = self.shard;
+        let mut asked = 0;
+        for other in (0..shard.count).filter(|&s| s != shard.id) {
+            let request = ShardRequest::Stats {
+                conn: self.conn,
+                request_id,
+            };
+            if shard.forward(other, request).is_err() {
+                self.in_flight += asked;
+                return None;
+            }
+            asked += 1;
+        }
+        self.in_flight += asked;
+        Some(asked)
+    }
+
+    /// Records `count` answers received (from an [`Inbound`]).
+    pub(crate) fn answered(&mut self, count: usize) {
+        self.in_flight = self.in_flight.saturating_sub(count);
+    }
+}
+
+/// Calls `each(id, reply)` for every native response frame in `frames`.
+pub(crate) fn each_answer(frames: &[u8], mut each: impl FnMut(u64, &ArchivedReply<'_>)) {
+    let mut at = 0;
+    while let Ok(Some(len)) = wire::frame_len(&frames[at..], usize::MAX) {
+        let end = at + wire::FRAME_HEADER_BYTES + len;
+        let Some(payload) = frames.get(at + wire::FRAME_HEADER_BYTES..end) else {
+            break;
+        };
+        if let Ok(response) = wire::decode_response(payload) {
+            each(response.id.to_native(), &response.reply);
+        }
+        at = end;
+    }
+}
+
+/// Wipes a local answer buffer once taken, keeping its allocation unless it grew large.
+pub(crate) fn clear_answers(answers: &mut Vec<u8>) {
+    wipe_and_clear(answers, ANSWERS_KEEP_BYTES);
+}
