@@ -27,6 +27,7 @@ pub const WRITE_COPIES_MAX: u8 = 8;
 pub const WRITE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
 pub const REBALANCE_INTERVAL_DEFAULT: Duration = Duration::from_secs(30);
 pub const RESP_LISTEN_DEFAULT: &str = "127.0.0.1:6379";
+pub const HTTP_LISTEN_DEFAULT: &str = "127.0.0.1:8080";
 /// A write that gives no TTL (Redis's `SET` without `EX`/`PX`) lives this long, as REPRAM's
 /// HTTP API does; clamped to the longest TTL.
 pub const DEFAULT_TTL_DEFAULT: Duration = Duration::from_secs(3_600);
@@ -108,6 +109,10 @@ pub struct ServeArgs {
     /// off [default: 127.0.0.1:6379, or a free port when the client port is 0].
     #[arg(long, value_name = "ADDR|off")]
     pub resp_listen: Option<String>,
+    /// Address of the REPRAM HTTP API, shared by every shard; `off` turns it off
+    /// [default: 127.0.0.1:8080, or a free port when the client port is 0].
+    #[arg(long, value_name = "ADDR|off")]
+    pub http_listen: Option<String>,
     /// TTL of a write that gives none (Redis's `SET` without `EX`/`PX`) [default: 1h, at most
     /// --max-ttl].
     #[arg(long, value_name = "DURATION")]
@@ -143,6 +148,7 @@ struct FileConfig {
     write_timeout: Option<String>,
     rebalance_interval: Option<String>,
     resp_listen: Option<String>,
+    http_listen: Option<String>,
     default_ttl: Option<String>,
 }
 
@@ -165,6 +171,8 @@ pub struct NodeConfig {
     pub peer: PeerConfig,
     /// The RESP front end's address; `None`: off.
     pub resp_listen: Option<SocketAddr>,
+    /// The HTTP API's address; `None`: off.
+    pub http_listen: Option<SocketAddr>,
     /// TTL of writes that give none (front ends whose protocol lets them).
     pub default_ttl_ms: u64,
 }
@@ -393,6 +401,12 @@ impl ServeArgs {
             None if listen.port() == 0 => Some(SocketAddr::new(listen.ip(), 0)),
             None => Some(resolve("resp-listen", RESP_LISTEN_DEFAULT)?),
         };
+        let http_listen = match pick!(http_listen) {
+            Some(text) if text.eq_ignore_ascii_case("off") => None,
+            Some(text) => Some(resolve("http-listen", &text)?),
+            None if listen.port() == 0 => Some(SocketAddr::new(listen.ip(), 0)),
+            None => Some(resolve("http-listen", HTTP_LISTEN_DEFAULT)?),
+        };
         let default_ttl = match pick!(default_ttl) {
             Some(text) => parse_duration("default-ttl", &text)?,
             None => DEFAULT_TTL_DEFAULT,
@@ -424,6 +438,7 @@ impl ServeArgs {
                 rebalance_interval,
             },
             resp_listen,
+            http_listen,
             default_ttl_ms,
         })
     }

@@ -27,6 +27,7 @@ pub mod config;
 mod coordinator;
 pub mod doctor;
 mod frontend;
+pub mod http;
 pub mod limits;
 pub mod node;
 pub mod resp;

@@ -415,13 +415,15 @@ fn serve(args: &ServeArgs) -> ExitCode {
     let shard_list: Vec<String> = node.shard_addrs.iter().map(|a| a.to_string()).collect();
     // One line on stdout, stable for scripts and tests: what the node bound.
     println!(
-        "repram listening client={} shards={} node_id={:016x} peer={} peer_listen={} resp={}",
+        "repram listening client={} shards={} node_id={:016x} peer={} peer_listen={} resp={} http={}",
         node.client_addr,
         shard_list.join(","),
         node.node_id,
         node.peer_addr,
         node.peer_listen,
         node.resp_addr
+            .map_or_else(|| "off".to_string(), |a| a.to_string()),
+        node.http_addr
             .map_or_else(|| "off".to_string(), |a| a.to_string())
     );
     tracing::info!(

@@ -24,6 +24,8 @@ use zeroize::Zeroizing;
 
 use crate::config::NodeConfig;
 use crate::coordinator::{Coordinator, CoordinatorPlan, FromShard, NetworkCounters, ToShard};
+use crate::http::request::HttpLimits;
+use crate::http::HttpTtls;
 use crate::resp::parse::RespLimits;
 use crate::store::{Store, StoreConfig};
 use crate::wire::ErrorCode;
@@ -63,6 +65,8 @@ pub struct RunningNode {
     pub peer_listen: SocketAddr,
     /// The Redis-protocol front end's address, when it is on.
     pub resp_addr: Option<SocketAddr>,
+    /// The HTTP API's address, when it is on.
+    pub http_addr: Option<SocketAddr>,
     pub shard_addrs: Vec<SocketAddr>,
     pub node_id: u64,
     stopper: Stopper,
@@ -151,6 +155,12 @@ pub fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     };
     let resp_addr = resp.first().map(local).transpose()?;
     resp.reverse();
+    let mut http = match config.http_listen {
+        Some(addr) => listeners::bind_shared(addr, shards)?,
+        None => Vec::new(),
+    };
+    let http_addr = http.first().map(local).transpose()?;
+    http.reverse();
     let mut peer_listener = listeners::bind_each(&[config.peer.listen])?;
     let peer_listener = peer_listener.pop().ok_or_else(|| NodeError::Start {
         shard: 0,
@@ -214,6 +224,7 @@ pub fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
             shard_ports: shard_ports.clone(),
             listeners: [shared, own],
             resp_listener: resp.pop(),
+            http_listener: http.pop(),
             requests: requests.clone(),
             replies: replies.clone(),
             stopped,
@@ -272,6 +283,7 @@ pub fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         peer_addr,
         peer_listen: peer_bound,
         resp_addr,
+        http_addr,
         shard_addrs,
         node_id: config.node_id,
         stopper: Stopper { stops },
@@ -329,6 +341,8 @@ struct ShardPlan {
     listeners: [std::net::TcpListener; 2],
     /// This shard's share of the RESP port, when that front end is on.
     resp_listener: Option<std::net::TcpListener>,
+    /// This shard's share of the HTTP port, when that front end is on.
+    http_listener: Option<std::net::TcpListener>,
     requests: MeshBuilder<ShardRequest, glommio::channels::channel_mesh::Full>,
     replies: MeshBuilder<ShardReply, glommio::channels::channel_mesh::Full>,
     stopped: flume::Receiver<()>,
@@ -471,6 +485,21 @@ async fn start_shard(
         ))
         .detach();
     }
+    if let Some(listener) = plan.http_listener {
+        // SAFETY: as for the client listeners below.
+        let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
+        let limits = &plan.config.shard_limits;
+        let http_limits = HttpLimits {
+            head_bytes_max: HTTP_HEAD_BYTES_MAX,
+            body_bytes_max: limits.value_bytes_max,
+        };
+        let ttls = HttpTtls {
+            default_ms: plan.config.default_ttl_ms,
+            min_ms: limits.ttl_ms_min,
+            max_ms: limits.ttl_ms_max,
+        };
+        glommio::spawn_local(http_accept_loop(shard.clone(), listener, http_limits, ttls)).detach();
+    }
     for listener in plan.listeners {
         // SAFETY: the descriptor comes from `into_raw_fd` of a socket we bound and put in
         // listening mode; ownership moves to glommio's listener, which alone closes it.
@@ -573,6 +602,41 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                     continue;
                 }
                 glommio::spawn_local(connection::serve(shard.clone(), stream)).detach();
+            }
+            Err(error) => {
+                tracing::warn!(shard = shard.id, %error, "accept failed");
+                glommio::timer::sleep(ACCEPT_RETRY_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// Bytes of an HTTP request line and headers at most.
+const HTTP_HEAD_BYTES_MAX: usize = 16 * 1024;
+
+async fn http_accept_loop(
+    shard: Rc<Shard>,
+    listener: TcpListener,
+    limits: HttpLimits,
+    ttls: HttpTtls,
+) {
+    loop {
+        match listener.accept().await {
+            Ok(mut stream) => {
+                if shard.counters.connections_open.get() as usize >= shard.connections_max_per_shard
+                {
+                    bump(&shard.counters.connections_refused, 1);
+                    glommio::spawn_local(async move {
+                        use futures_lite::AsyncWriteExt;
+                        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                        let refusal = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+                        let _ = stream.write_all(refusal).await;
+                    })
+                    .detach();
+                    continue;
+                }
+                glommio::spawn_local(crate::http::serve(shard.clone(), stream, limits, ttls))
+                    .detach();
             }
             Err(error) => {
                 tracing::warn!(shard = shard.id, %error, "accept failed");

@@ -23,6 +23,8 @@ pub struct NodeProcess {
     pub peer_listen: SocketAddr,
     /// Its Redis-protocol port, when on.
     pub resp: Option<SocketAddr>,
+    /// Its HTTP API port, when on.
+    pub http: Option<SocketAddr>,
 }
 
 impl NodeProcess {
@@ -66,6 +68,7 @@ impl NodeProcess {
         let peer = field("peer=").parse().expect("peer address");
         let peer_listen = field("peer_listen=").parse().expect("peer listen address");
         let resp = field("resp=").parse().ok();
+        let http = field("http=").parse().ok();
         Ok(NodeProcess {
             child,
             client,
@@ -73,6 +76,7 @@ impl NodeProcess {
             peer,
             peer_listen,
             resp,
+            http,
         })
     }
 

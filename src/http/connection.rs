@@ -1,0 +1,595 @@
+//! One HTTP/1.1 connection (keep-alive, pipelined): each request is routed; requests on a key
+//! become native requests run by the key's owner shard (see `frontend`), and the answers are
+//! written back in request order.
+//!
+//! Owns the routes, the status codes and headers of the REPRAM API, and the per-connection
+//! limits. It never opens the store.
+
+use std::collections::VecDeque;
+use std::io;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::LocalReceiver;
+use glommio::net::TcpStream;
+use zeroize::{Zeroize, Zeroizing};
+
+use super::request::{decode, parse_head, query_value, Head, HttpLimits, Method};
+use crate::buffers::{reserve_wiping, wipe_and_clear, RecvBuffer};
+use crate::frontend::{clear_answers, each_answer, NativeRequests, Registration};
+use crate::node::shard::{bump, Inbound, Shard};
+use crate::wire::{ArchivedReply, ErrorCode, Op, ShardStats, PUT_ALWAYS};
+
+const RECV_BUFFER_INITIAL_BYTES: usize = 4 * 1024;
+const RECV_BUFFER_STREAMING_BYTES: usize = 64 * 1024;
+const SEND_BUFFER_KEEP_BYTES: usize = 64 * 1024;
+/// Requests read ahead of their answers at most; past it the connection stops reading.
+const PIPELINE_MAX: usize = 1_024;
+
+/// TTLs of the HTTP API: a write without a usable one takes `default_ms`; others are clamped
+/// into `min_ms..=max_ms`, as REPRAM's API does.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HttpTtls {
+    pub default_ms: u64,
+    pub min_ms: u64,
+    pub max_ms: u64,
+}
+
+/// Serves one accepted HTTP connection until the client leaves or closes, idles out or sends
+/// something unreadable.
+pub(crate) async fn serve(
+    shard: Rc<Shard>,
+    mut stream: TcpStream,
+    limits: HttpLimits,
+    ttls: HttpTtls,
+) {
+    let registration = Registration::new(&shard);
+    let _ = stream.set_nodelay(true);
+    if let Some(idle) = shard.idle_timeout {
+        let _ = stream.set_read_timeout(Some(idle));
+    }
+    let mut connection = HttpConnection {
+        shard: &shard,
+        limits,
+        ttls,
+        rx: RecvBuffer::new(RECV_BUFFER_INITIAL_BYTES, RECV_BUFFER_STREAMING_BYTES),
+        out: Zeroizing::new(Vec::new()),
+        slots: VecDeque::new(),
+        first_seq: 0,
+        next_seq: 0,
+        native: NativeRequests::new(&shard, registration.conn),
+        answers: Zeroizing::new(Vec::new()),
+        next_bytes: 0,
+        closing: false,
+        draining: false,
+    };
+    if let Err(error) = connection.run(&mut stream, &registration.inbox).await {
+        tracing::debug!(conn = registration.conn, %error, "http connection ended");
+    }
+}
+
+enum Slot {
+    Done(Zeroizing<Vec<u8>>),
+    Waiting { pending: Pending, keep_alive: bool },
+}
+
+enum Pending {
+    Put,
+    Get { head_only: bool },
+    Delete,
+    Status(ShardStats, usize),
+    Topology,
+}
+
+enum Event {
+    Read(io::Result<usize>),
+    Inbound(Option<Inbound>),
+}
+
+struct HttpConnection<'s> {
+    shard: &'s Shard,
+    limits: HttpLimits,
+    ttls: HttpTtls,
+    rx: RecvBuffer,
+    out: Zeroizing<Vec<u8>>,
+    slots: VecDeque<Slot>,
+    first_seq: u64,
+    next_seq: u64,
+    native: NativeRequests<'s>,
+    answers: Zeroizing<Vec<u8>>,
+    /// Bytes the next request needs in the buffer (its head and body, once the head is read).
+    next_bytes: usize,
+    /// `Connection: close`, or an unreadable request: answer what is due, then close.
+    closing: bool,
+    draining: bool,
+}
+
+/// Headers on every answer: CORS as a browser client needs it, and the usual hardening.
+const COMMON_HEADERS: &str = "Access-Control-Allow-Origin: *\r\n\
+Access-Control-Expose-Headers: X-Created-At, X-Original-TTL, X-Remaining-TTL\r\n\
+X-Content-Type-Options: nosniff\r\n\
+X-Frame-Options: DENY\r\n\
+Referrer-Policy: no-referrer\r\n\
+Cache-Control: no-store\r\n";
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        413 => "Payload Too Large",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        507 => "Insufficient Storage",
+        _ => "Unknown",
+    }
+}
+
+/// One whole answer: status line, common and extra headers, the body (left out for `HEAD`,
+/// its length still told).
+fn answer(
+    status: u16,
+    extra: &[(&str, String)],
+    content_type: &str,
+    body: &[u8],
+    head_only: bool,
+    keep_alive: bool,
+) -> Zeroizing<Vec<u8>> {
+    let mut head = format!("HTTP/1.1 {status} {}\r\n{COMMON_HEADERS}", reason(status));
+    for (name, value) in extra {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if status != 204 {
+        head.push_str(&format!(
+            "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    if !keep_alive {
+        head.push_str("Connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    let mut out = Zeroizing::new(Vec::new());
+    reserve_wiping(&mut out, head.len() + body.len());
+    out.extend_from_slice(head.as_bytes());
+    if !head_only {
+        out.extend_from_slice(body);
+    }
+    out
+}
+
+fn json(status: u16, body: &serde_json::Value, keep_alive: bool) -> Zeroizing<Vec<u8>> {
+    let text = body.to_string();
+    answer(
+        status,
+        &[],
+        "application/json",
+        text.as_bytes(),
+        false,
+        keep_alive,
+    )
+}
+
+fn error_json(status: u16, message: &str, keep_alive: bool) -> Zeroizing<Vec<u8>> {
+    json(status, &serde_json::json!({ "error": message }), keep_alive)
+}
+
+/// The status a native error maps to, as REPRAM's API answers.
+fn status_of(code: ErrorCode) -> u16 {
+    match code {
+        ErrorCode::ValueTooLarge => 413,
+        ErrorCode::StoreFull => 507,
+        ErrorCode::BadKey | ErrorCode::BadTtl | ErrorCode::BadCopies => 400,
+        ErrorCode::Busy | ErrorCode::Unavailable => 503,
+        _ => 500,
+    }
+}
+
+/// Latest instant RFC 3339 can write (9999-12-31T23:59:59Z); a time from a lying peer is cut
+/// to it rather than failing to format.
+const RFC3339_MS_MAX: u64 = 253_402_300_799_000;
+
+fn rfc3339(ms: u64) -> String {
+    let at = UNIX_EPOCH + Duration::from_millis(ms.min(RFC3339_MS_MAX));
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+impl HttpConnection<'_> {
+    async fn run(
+        &mut self,
+        stream: &mut TcpStream,
+        inbox: &LocalReceiver<Inbound>,
+    ) -> io::Result<()> {
+        loop {
+            self.flush_ready();
+            if !self.out.is_empty() {
+                stream.write_all(&self.out).await?;
+                wipe_and_clear(&mut self.out, SEND_BUFFER_KEEP_BYTES);
+            }
+            if (self.closing || self.draining) && self.slots.is_empty() {
+                return Ok(());
+            }
+            let readable = !self.closing
+                && !self.draining
+                && self.native.in_flight() < self.shard.in_flight_max
+                && self.slots.len() < PIPELINE_MAX;
+            let event = if readable {
+                self.rx
+                    .make_room(self.next_bytes.max(RECV_BUFFER_INITIAL_BYTES));
+                let spare = self.rx.spare_mut();
+                future::or(async { Event::Read(stream.read(spare).await) }, async {
+                    Event::Inbound(inbox.recv().await)
+                })
+                .await
+            } else {
+                Event::Inbound(inbox.recv().await)
+            };
+            match event {
+                Event::Read(Ok(0)) => self.draining = true,
+                Event::Read(Ok(n)) => {
+                    let filled_spare = n == self.rx.spare_mut().len();
+                    self.rx.advance(n);
+                    self.process_requests();
+                    if filled_spare {
+                        self.rx.grow_toward(RECV_BUFFER_STREAMING_BYTES);
+                    }
+                }
+                Event::Read(Err(error)) => return Err(error),
+                Event::Inbound(Some(inbound)) => {
+                    self.accept_inbound(inbound);
+                    while let Some(Some(inbound)) = future::poll_once(inbox.recv()).await {
+                        self.accept_inbound(inbound);
+                    }
+                }
+                Event::Inbound(None) => return Ok(()),
+            }
+        }
+    }
+
+    /// Handles every complete request in the receive buffer.
+    fn process_requests(&mut self) {
+        while !self.closing && self.slots.len() < PIPELINE_MAX {
+            let head = match parse_head(self.rx.filled(), &self.limits) {
+                Ok(Some(head)) => head,
+                Ok(None) => {
+                    self.next_bytes = self.rx.filled().len() + 1;
+                    break;
+                }
+                Err(error) => {
+                    bump(&self.shard.counters.bad_frames, 1);
+                    self.done(error_json(error.status(), error.message(), false));
+                    self.closing = true;
+                    break;
+                }
+            };
+            let total = head.len + head.content_length;
+            if self.rx.filled().len() < total {
+                // The body is still coming: room for all of it (the head checked its size).
+                self.next_bytes = total;
+                break;
+            }
+            self.next_bytes = 0;
+            if !head.keep_alive {
+                self.closing = true;
+            }
+            self.route(&head);
+            // A value was copied into its native frame: wipe it here before the bytes go.
+            self.rx.filled_mut()[..total].zeroize();
+            self.rx.consume(total);
+        }
+        self.native.flush(&mut self.answers);
+        self.take_answers();
+        self.rx.shrink_when_empty();
+    }
+
+    fn done(&mut self, bytes: Zeroizing<Vec<u8>>) {
+        self.next_seq += 1;
+        self.slots.push_back(Slot::Done(bytes));
+    }
+
+    fn wait(&mut self, pending: Pending, keep_alive: bool) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.slots.push_back(Slot::Waiting {
+            pending,
+            keep_alive,
+        });
+        seq
+    }
+
+    fn route(&mut self, head: &Head) {
+        let keep = head.keep_alive;
+        let path = decode(&head.path);
+        if head.method == Method::Options {
+            let extra = [
+                (
+                    "Access-Control-Allow-Methods",
+                    "GET, HEAD, PUT, POST, DELETE, OPTIONS".to_string(),
+                ),
+                (
+                    "Access-Control-Allow-Headers",
+                    "Content-Type, X-TTL, Authorization".to_string(),
+                ),
+                ("Access-Control-Max-Age", "600".to_string()),
+            ];
+            return self.done(answer(204, &extra, "", b"", false, keep));
+        }
+        if let Some(key) = path.strip_prefix("/v1/data/") {
+            if key.is_empty() {
+                return self.done(error_json(400, "empty key", keep));
+            }
+            return self.data(head, key.as_bytes());
+        }
+        match (head.method, path.as_str()) {
+            (Method::Get, "/v1/health") => {
+                let body = serde_json::json!({
+                    "status": "healthy",
+                    "node_id": format!("{:016x}", self.shard.node_id),
+                    "version": env!("CARGO_PKG_VERSION"),
+                });
+                self.done(json(200, &body, keep));
+            }
+            (Method::Get, "/v1/status") => self.status(keep),
+            (Method::Get, "/v1/topology") => {
+                let seq = self.wait(Pending::Topology, keep);
+                self.native.send(seq, Op::Topology, &mut self.answers);
+                self.take_answers();
+            }
+            (_, "/v1/health" | "/v1/status" | "/v1/topology") => {
+                self.done(error_json(405, "method not allowed", keep))
+            }
+            _ => self.done(error_json(404, "not found", keep)),
+        }
+    }
+
+    /// `PUT`/`POST`, `GET`/`HEAD` and `DELETE` of `/v1/data/{key}`.
+    fn data(&mut self, head: &Head, key: &[u8]) {
+        let keep = head.keep_alive;
+        match head.method {
+            Method::Put | Method::Post => {
+                let ttl_ms = self.ttl_ms(head);
+                let seq = self.wait(Pending::Put, keep);
+                let body = head.len..head.len + head.content_length;
+                let op = Op::Put {
+                    key,
+                    value: &self.rx.filled()[body],
+                    ttl_ms,
+                    copies: 0,
+                    only_if: PUT_ALWAYS,
+                };
+                self.native.send(seq, op, &mut self.answers);
+            }
+            Method::Get | Method::Head => {
+                let head_only = head.method == Method::Head;
+                let seq = self.wait(Pending::Get { head_only }, keep);
+                let op = Op::Get {
+                    key,
+                    local_only: false,
+                };
+                self.native.send(seq, op, &mut self.answers);
+            }
+            Method::Delete => {
+                let seq = self.wait(Pending::Delete, keep);
+                self.native.send(seq, Op::Delete { key }, &mut self.answers);
+            }
+            Method::Options | Method::Other => {
+                return self.done(error_json(405, "method not allowed", keep))
+            }
+        }
+        self.take_answers();
+    }
+
+    /// `?ttl=` first, then `X-TTL`, in seconds; missing, unreadable or not positive takes the
+    /// default; otherwise clamped to the node's range (the HTTP API's documented behaviour).
+    fn ttl_ms(&self, head: &Head) -> u64 {
+        let given = query_value(&head.query, "ttl")
+            .or_else(|| head.x_ttl.clone())
+            .and_then(|t| t.trim().parse::<i64>().ok())
+            .filter(|&s| s > 0);
+        match given {
+            Some(seconds) => (seconds as u64)
+                .saturating_mul(1_000)
+                .clamp(self.ttls.min_ms, self.ttls.max_ms),
+            None => self.ttls.default_ms,
+        }
+    }
+
+    fn status(&mut self, keep: bool) {
+        let mut total = self.shard.snapshot();
+        total.live_set_xor = 0;
+        let others = self.shard.count as usize - 1;
+        let seq = self.wait(Pending::Status(total, others), keep);
+        if others == 0 {
+            return self.complete_status(seq);
+        }
+        if self.native.ask_stats(seq).is_none() {
+            self.finish(seq, error_json(503, "a shard is busy, retry", keep));
+        }
+    }
+
+    fn complete_status(&mut self, seq: u64) {
+        let Some((Pending::Status(total, 0), keep)) = self.waiting(seq) else {
+            return;
+        };
+        let (total, keep) = (*total, keep);
+        let uptime = self.shard.now_ms().saturating_sub(self.shard.started_ms) / 1_000;
+        let body = serde_json::json!({
+            "status": "ok",
+            "node_id": format!("{:016x}", self.shard.node_id),
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_seconds": uptime,
+            "shards": self.shard.count,
+            "keys": total.keys,
+            "memory": { "used_bytes": total.used_bytes, "budget_bytes": total.budget_bytes },
+            "connections": total.connections_open,
+        });
+        self.finish(seq, json(200, &body, keep));
+    }
+
+    fn waiting(&mut self, seq: u64) -> Option<(&mut Pending, bool)> {
+        let at = seq.checked_sub(self.first_seq)? as usize;
+        match self.slots.get_mut(at)? {
+            Slot::Waiting {
+                pending,
+                keep_alive,
+            } => Some((pending, *keep_alive)),
+            Slot::Done(_) => None,
+        }
+    }
+
+    fn finish(&mut self, seq: u64, done: Zeroizing<Vec<u8>>) {
+        if let Some(at) = seq.checked_sub(self.first_seq) {
+            if let Some(slot) = self.slots.get_mut(at as usize) {
+                *slot = Slot::Done(done);
+            }
+        }
+    }
+
+    fn take_answers(&mut self) {
+        let mut answers = std::mem::take(&mut self.answers);
+        each_answer(&answers, |seq, reply| self.take_one(seq, reply));
+        clear_answers(&mut answers);
+        self.answers = answers;
+    }
+
+    fn accept_inbound(&mut self, inbound: Inbound) {
+        match inbound {
+            Inbound::Responses { responses, count } => {
+                self.native.answered(count as usize);
+                each_answer(&responses, |seq, reply| self.take_one(seq, reply));
+            }
+            Inbound::Stats {
+                request_id, stats, ..
+            } => {
+                self.native.answered(1);
+                if let Some((Pending::Status(total, remaining), _)) = self.waiting(request_id) {
+                    total.add(&stats);
+                    *remaining = remaining.saturating_sub(1);
+                    self.complete_status(request_id);
+                }
+            }
+        }
+    }
+
+    /// The native answer to request `seq`.
+    fn take_one(&mut self, seq: u64, reply: &ArchivedReply<'_>) {
+        let now_ms = self.shard.now_ms();
+        let Some((pending, keep)) = self.waiting(seq) else {
+            return;
+        };
+        let done = match (pending, reply) {
+            (Pending::Put, ArchivedReply::Stored { pending, .. }) => {
+                let status = if *pending { 202 } else { 201 };
+                json(status, &serde_json::json!({ "status": "stored" }), keep)
+            }
+            (
+                Pending::Get { head_only },
+                ArchivedReply::Value {
+                    value,
+                    expires_ms,
+                    version_clock,
+                    ..
+                },
+            ) => {
+                let created = crate::Version {
+                    clock: version_clock.to_native(),
+                    node: 0,
+                }
+                .physical_ms();
+                let expires = expires_ms.to_native();
+                let extra = [
+                    ("X-Created-At", rfc3339(created)),
+                    (
+                        "X-Original-TTL",
+                        (expires.saturating_sub(created) / 1_000).to_string(),
+                    ),
+                    (
+                        "X-Remaining-TTL",
+                        (expires.saturating_sub(now_ms) / 1_000).to_string(),
+                    ),
+                ];
+                let head_only = *head_only;
+                answer(
+                    200,
+                    &extra,
+                    "application/octet-stream",
+                    value.get(),
+                    head_only,
+                    keep,
+                )
+            }
+            (Pending::Get { head_only }, ArchivedReply::NotFound) => {
+                answer(404, &[], "text/plain", b"", *head_only, keep)
+            }
+            (Pending::Delete, ArchivedReply::Deleted) => answer(204, &[], "", b"", false, keep),
+            (Pending::Delete, ArchivedReply::NotFound) => error_json(404, "not found", keep),
+            (Pending::Topology, ArchivedReply::Topology(topology)) => {
+                let peer = |p: &crate::wire::ArchivedPeerView| {
+                    serde_json::json!({
+                        "node_id": format!("{:016x}", p.node_id.to_native()),
+                        "address": p.addr.as_str(),
+                        "role": role_name(p.role),
+                        "children": p.children.to_native(),
+                        "capacity": p.capacity.to_native(),
+                        "last_heard_ms": p.silent_ms.to_native(),
+                    })
+                };
+                let body = serde_json::json!({
+                    "node": peer(&topology.node),
+                    "attached": topology.attached,
+                    "path": topology.path.iter().map(|id| format!("{:016x}", id.to_native())).collect::<Vec<_>>(),
+                    "parent": topology.parent.as_ref().map(peer),
+                    "parent_rtt_ms": topology.parent_rtt_ms.as_ref().map(|ms| ms.to_native()),
+                    "children": topology.children.iter().map(peer).collect::<Vec<_>>(),
+                    "root_peers": topology.root_peers.iter().map(peer).collect::<Vec<_>>(),
+                });
+                json(200, &body, keep)
+            }
+            (_, ArchivedReply::Error { code, message, .. }) => {
+                let code = ErrorCode::from(code);
+                error_json(status_of(code), message.get(), keep)
+            }
+            (_, _) => error_json(500, "unexpected answer from the store", keep),
+        };
+        self.finish(seq, done);
+    }
+
+    fn flush_ready(&mut self) {
+        while let Some(Slot::Done(_)) = self.slots.front() {
+            if let Some(Slot::Done(bytes)) = self.slots.pop_front() {
+                reserve_wiping(&mut self.out, bytes.len());
+                self.out.extend_from_slice(&bytes);
+            }
+            self.first_seq += 1;
+        }
+    }
+}
+
+fn role_name(role: u8) -> &'static str {
+    match role {
+        0 => "root",
+        1 => "trunk",
+        2 => "branch",
+        3 => "leaf",
+        _ => "unattached",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_format_as_rfc3339_and_never_fail() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_795_000_000_000), "2026-11-18T11:06:40Z");
+        assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59Z");
+    }
+}

@@ -1,0 +1,303 @@
+//! The REPRAM HTTP API of a real node, spoken to with a plain HTTP/1.1 client over a socket:
+//! every route and status, keep-alive with pipelining, CORS, and malformed requests.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use common::NodeProcess;
+
+/// A node of two shards (keys land on both) with its HTTP port on a free port.
+fn node(extra: &[&str]) -> (NodeProcess, SocketAddr) {
+    let mut args = vec![
+        "--shards",
+        "2",
+        "--max-ttl",
+        "2h",
+        "--value-bytes-max",
+        "1KiB",
+    ];
+    args.extend_from_slice(extra);
+    let node = NodeProcess::start(&args);
+    let http = node.http.expect("the HTTP API is on");
+    (node, http)
+}
+
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads one response from `stream` (`buf` keeps what came after it); `head_only` for a
+/// response to HEAD, which has no body whatever its length says.
+fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>, head_only: bool) -> Response {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let mut lines = head.split("\r\n");
+            let status: u16 = lines
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|s| s.parse().ok())
+                .expect("a status line");
+            let headers: Vec<(String, String)> = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+                .collect();
+            let length: usize = headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                .map_or(0, |(_, v)| v.parse().expect("length"));
+            let body_len = if head_only { 0 } else { length };
+            while buf.len() < end + 4 + body_len {
+                read_more(stream, buf);
+            }
+            let body = buf[end + 4..end + 4 + body_len].to_vec();
+            buf.drain(..end + 4 + body_len);
+            return Response {
+                status,
+                headers,
+                body,
+            };
+        }
+        read_more(stream, buf);
+    }
+}
+
+fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) {
+    let mut chunk = [0u8; 16 * 1024];
+    let n = stream.read(&mut chunk).expect("read");
+    assert!(n > 0, "the node closed the connection");
+    buf.extend_from_slice(&chunk[..n]);
+}
+
+/// One request on a fresh connection.
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[&str],
+    body: &[u8],
+) -> Response {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut head = format!("{method} {target} HTTP/1.1\r\nHost: test\r\n");
+    for h in headers {
+        head.push_str(h);
+        head.push_str("\r\n");
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    stream.write_all(head.as_bytes()).expect("send");
+    stream.write_all(body).expect("send");
+    read_response(&mut stream, &mut Vec::new(), method == "HEAD")
+}
+
+#[test]
+fn data_routes_store_read_and_delete_with_the_ttl_headers() {
+    let (_node, addr) = node(&[]);
+    let put = request(addr, "PUT", "/v1/data/drop%3A1?ttl=120", &[], b"dead drop");
+    assert_eq!(put.status, 201, "{put:?}");
+    let got = request(addr, "GET", "/v1/data/drop%3A1", &[], b"");
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body, b"dead drop");
+    assert_eq!(got.header("Content-Type"), Some("application/octet-stream"));
+    assert_eq!(got.header("X-Original-TTL"), Some("120"));
+    let remaining: u64 = got.header("X-Remaining-TTL").unwrap().parse().unwrap();
+    assert!((118..=120).contains(&remaining), "{remaining}");
+    let created = got.header("X-Created-At").expect("created");
+    assert!(created.ends_with('Z') && created.len() == 20, "{created}");
+    let head = request(addr, "HEAD", "/v1/data/drop%3A1", &[], b"");
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("Content-Length"), Some("9"));
+    assert!(head.body.is_empty());
+    // The key is the decoded path: the same value over the other protocols' key.
+    assert_eq!(
+        request(addr, "GET", "/v1/data/drop:1", &[], b"").body,
+        b"dead drop"
+    );
+
+    assert_eq!(
+        request(addr, "DELETE", "/v1/data/drop:1", &[], b"").status,
+        204
+    );
+    let gone = request(addr, "GET", "/v1/data/drop:1", &[], b"");
+    assert_eq!((gone.status, gone.body.len()), (404, 0));
+    assert_eq!(
+        request(addr, "DELETE", "/v1/data/drop:1", &[], b"").status,
+        404
+    );
+    assert_eq!(
+        request(addr, "HEAD", "/v1/data/drop:1", &[], b"").status,
+        404
+    );
+}
+
+#[test]
+fn ttls_come_from_the_query_then_the_header_then_the_default_and_are_clamped() {
+    let (_node, addr) = node(&["--default-ttl", "1h"]);
+    let ttl_of = |key: &str| -> u64 {
+        let got = request(addr, "GET", &format!("/v1/data/{key}"), &[], b"");
+        got.header("X-Original-TTL")
+            .expect("ttl")
+            .parse()
+            .expect("number")
+    };
+    let put = |target: &str, headers: &[&str]| request(addr, "PUT", target, headers, b"v").status;
+    assert_eq!(put("/v1/data/q?ttl=60", &["X-TTL: 90"]), 201);
+    assert_eq!(ttl_of("q"), 60, "the query wins");
+    assert_eq!(put("/v1/data/h", &["X-TTL: 90"]), 201);
+    assert_eq!(ttl_of("h"), 90);
+    assert_eq!(put("/v1/data/d", &[]), 201);
+    assert_eq!(ttl_of("d"), 3_600, "no TTL: the default");
+    assert_eq!(put("/v1/data/bad?ttl=soon", &[]), 201);
+    assert_eq!(ttl_of("bad"), 3_600, "unreadable: the default");
+    assert_eq!(put("/v1/data/neg?ttl=-5", &[]), 201);
+    assert_eq!(ttl_of("neg"), 3_600, "not positive: the default");
+    assert_eq!(put("/v1/data/long?ttl=999999", &[]), 201);
+    assert_eq!(ttl_of("long"), 7_200, "clamped to --max-ttl");
+}
+
+#[test]
+fn health_status_topology_cors_and_errors_answer_as_documented() {
+    let (_node, addr) = node(&[]);
+    let health = request(addr, "GET", "/v1/health", &[], b"");
+    assert_eq!(health.status, 200);
+    let body: serde_json::Value = serde_json::from_slice(&health.body).expect("json");
+    assert_eq!(body["status"], "healthy");
+    assert!(body["node_id"].is_string());
+
+    for i in 0..10 {
+        let put = request(addr, "PUT", &format!("/v1/data/k{i}"), &[], b"v");
+        assert_eq!(put.status, 201);
+    }
+    let status = request(addr, "GET", "/v1/status", &[], b"");
+    let body: serde_json::Value = serde_json::from_slice(&status.body).expect("json");
+    assert_eq!(body["keys"], 10, "{body}");
+    assert_eq!(body["shards"], 2);
+    assert!(body["uptime_seconds"].is_u64() && body["memory"]["used_bytes"].is_u64());
+
+    let topology = request(addr, "GET", "/v1/topology", &[], b"");
+    let body: serde_json::Value = serde_json::from_slice(&topology.body).expect("json");
+    assert_eq!(body["node"]["role"], "root", "{body}");
+    assert!(body["children"].is_array());
+
+    // CORS: a preflight, and the TTL headers exposed to scripts.
+    let preflight = request(addr, "OPTIONS", "/v1/data/x", &[], b"");
+    assert_eq!(preflight.status, 204);
+    assert!(preflight
+        .header("Access-Control-Allow-Methods")
+        .is_some_and(|m| m.contains("PUT")));
+    assert_eq!(preflight.header("Access-Control-Allow-Origin"), Some("*"));
+    let got = request(addr, "GET", "/v1/data/k1", &[], b"");
+    assert!(got
+        .header("Access-Control-Expose-Headers")
+        .is_some_and(|h| h.contains("X-Remaining-TTL")));
+    assert_eq!(got.header("X-Content-Type-Options"), Some("nosniff"));
+
+    // Errors: a body over the value limit, an unknown route, a wrong method.
+    let big = vec![b'x'; 2_000];
+    assert_eq!(request(addr, "PUT", "/v1/data/big", &[], &big).status, 413);
+    assert_eq!(request(addr, "GET", "/v2/nothing", &[], b"").status, 404);
+    assert_eq!(request(addr, "DELETE", "/v1/health", &[], b"").status, 405);
+}
+
+#[test]
+fn keep_alive_connections_answer_pipelined_requests_in_order() {
+    let (_node, addr) = node(&[]);
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut all = Vec::new();
+    for i in 0..100 {
+        let body = format!("value-{i}");
+        all.extend_from_slice(
+            format!(
+                "PUT /v1/data/key-{i} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        all.extend_from_slice(
+            format!("GET /v1/data/key-{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+        );
+    }
+    stream.write_all(&all).expect("send");
+    let mut buf = Vec::new();
+    for i in 0..100 {
+        assert_eq!(read_response(&mut stream, &mut buf, false).status, 201);
+        let got = read_response(&mut stream, &mut buf, false);
+        assert_eq!(got.status, 200);
+        assert_eq!(got.body, format!("value-{i}").as_bytes());
+    }
+}
+
+#[test]
+fn malformed_requests_are_answered_and_close_only_their_connection() {
+    let (_node, addr) = node(&[]);
+    let cases: [(&[u8], u16); 3] = [
+        (b"NOT A REQUEST\x00\r\n\r\n", 400),
+        (
+            b"PUT /v1/data/k HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            501,
+        ),
+        (
+            b"PUT /v1/data/k HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n",
+            413,
+        ),
+    ];
+    for (bytes, status) in cases {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        stream.write_all(bytes).expect("send");
+        let response = read_response(&mut stream, &mut Vec::new(), false);
+        assert_eq!(
+            response.status,
+            status,
+            "{:?}",
+            String::from_utf8_lossy(bytes)
+        );
+        assert_eq!(response.header("Connection"), Some("close"));
+    }
+    // A header flood is refused (431) and the node keeps serving others.
+    let mut flood = TcpStream::connect(addr).expect("connect");
+    flood
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut head = b"GET /v1/health HTTP/1.1\r\n".to_vec();
+    for i in 0..2_000 {
+        head.extend_from_slice(format!("X-Flood-{i}: yes\r\n").as_bytes());
+    }
+    let _ = flood.write_all(&head);
+    assert_eq!(
+        read_response(&mut flood, &mut Vec::new(), false).status,
+        431
+    );
+    assert_eq!(request(addr, "GET", "/v1/health", &[], b"").status, 200);
+}
+
+#[test]
+fn a_write_whose_copies_are_not_confirmed_in_time_is_accepted_202() {
+    // Two copies by default, and no peer to hold the second: accepted, pending.
+    let (_node, addr) = node(&["--write-copies", "2", "--write-timeout", "200ms"]);
+    let put = request(addr, "PUT", "/v1/data/alone", &[], b"v");
+    assert_eq!(put.status, 202, "{put:?}");
+    assert_eq!(request(addr, "GET", "/v1/data/alone", &[], b"").body, b"v");
+}
