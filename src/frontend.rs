@@ -12,7 +12,10 @@ use glommio::channels::local_channel::{self, LocalReceiver};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::buffers::{reserve_wiping, wipe_and_clear};
-use crate::node::shard::{bump, respond_error, Answer, ConnId, Inbound, Shard, ShardRequest};
+use crate::node::shard::{
+    bump, list_keys, respond_error, Answer, ConnId, Inbound, Shard, ShardRequest,
+};
+use crate::store::KeyQuery;
 use crate::wire::{self, ArchivedReply, ErrorCode, Op, Request};
 
 /// A local answer buffer grown past this is released once taken.
@@ -60,6 +63,8 @@ struct Batch {
 /// One connection's native requests: sent to their owners, counted until answered.
 pub(crate) struct NativeRequests<'s> {
     shard: &'s Shard,
+    /// The same shard, owned (for the tasks a listing spawns).
+    shard_rc: Rc<Shard>,
     conn: ConnId,
     /// The frame being built.
     frame: Zeroizing<Vec<u8>>,
@@ -68,9 +73,10 @@ pub(crate) struct NativeRequests<'s> {
 }
 
 impl<'s> NativeRequests<'s> {
-    pub(crate) fn new(shard: &'s Shard, conn: ConnId) -> Self {
+    pub(crate) fn new(shard: &'s Rc<Shard>, conn: ConnId) -> Self {
         NativeRequests {
             shard,
+            shard_rc: shard.clone(),
             conn,
             frame: Zeroizing::new(Vec::new()),
             batches: (0..shard.count).map(|_| Batch::default()).collect(),
@@ -164,6 +170,36 @@ impl<'s> NativeRequests<'s> {
             }
             asked += 1;
         }
+        self.in_flight += asked;
+        Some(asked)
+    }
+
+    /// Asks every shard, this one included, for a page of its live keys (answered as
+    /// [`Inbound::Keys`] with `request_id`); returns how many were asked, or `None` when one
+    /// had no room (those asked still answer).
+    pub(crate) fn ask_keys(&mut self, request_id: u64, query: &KeyQuery) -> Option<usize> {
+        let shard = self.shard;
+        let mut asked = 0;
+        for other in (0..shard.count).filter(|&s| s != shard.id) {
+            let request = ShardRequest::Keys {
+                conn: self.conn,
+                request_id,
+                query: query.clone(),
+            };
+            if shard.forward(other, request).is_err() {
+                self.in_flight += asked;
+                return None;
+            }
+            asked += 1;
+        }
+        // This shard's own part: a task of its own, delivered like the others'.
+        let (own, conn, query) = (self.shard_rc.clone(), self.conn, query.clone());
+        glommio::spawn_local(async move {
+            let page = list_keys(&own, &query).await;
+            own.deliver(conn, Inbound::Keys { request_id, page });
+        })
+        .detach();
+        asked += 1;
         self.in_flight += asked;
         Some(asked)
     }

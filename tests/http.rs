@@ -301,3 +301,67 @@ fn a_write_whose_copies_are_not_confirmed_in_time_is_accepted_202() {
     assert_eq!(put.status, 202, "{put:?}");
     assert_eq!(request(addr, "GET", "/v1/data/alone", &[], b"").body, b"v");
 }
+
+#[test]
+fn keys_are_listed_sorted_in_pages_with_a_cursor_and_only_live_ones() {
+    let (_node, addr) = node(&[]);
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    // Written in one pipelined burst over both shards.
+    let mut burst = Vec::new();
+    for i in (0..250).rev() {
+        for key in [format!("k:{i:03}"), format!("other:{i:03}")] {
+            burst.extend_from_slice(
+                format!("PUT /v1/data/{key} HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\nv")
+                    .as_bytes(),
+            );
+        }
+    }
+    stream.write_all(&burst).expect("send");
+    let mut buf = Vec::new();
+    for _ in 0..500 {
+        assert_eq!(read_response(&mut stream, &mut buf, false).status, 201);
+    }
+    assert_eq!(
+        request(addr, "DELETE", "/v1/data/k:150", &[], b"").status,
+        204
+    );
+
+    let page = |target: &str| -> serde_json::Value {
+        let got = request(addr, "GET", target, &[], b"");
+        assert_eq!(got.status, 200);
+        serde_json::from_slice(&got.body).expect("json")
+    };
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        v["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .map(|k| k.as_str().expect("string").to_string())
+            .collect()
+    };
+    let mut all = Vec::new();
+    let mut target = "/v1/keys?prefix=k:&limit=100".to_string();
+    for _ in 0..5 {
+        let body = page(&target);
+        all.extend(names(&body));
+        match body["next_cursor"].as_str() {
+            Some(cursor) => target = format!("/v1/keys?prefix=k%3A&limit=100&cursor={cursor}"),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..250)
+        .filter(|&i| i != 150)
+        .map(|i| format!("k:{i:03}"))
+        .collect();
+    assert_eq!(all, expected, "sorted, each once, the deleted one left out");
+    let empty = page("/v1/keys?prefix=nothing-here");
+    assert_eq!(empty["keys"], serde_json::json!([]));
+    assert!(empty.get("next_cursor").is_none());
+    // A limit past the cap (1,000) is cut to it: all 499 live keys fit in one page.
+    let everything = page("/v1/keys?limit=100000");
+    assert_eq!(names(&everything).len(), 499);
+    assert!(everything.get("next_cursor").is_none());
+}

@@ -18,7 +18,8 @@ use zeroize::{Zeroize, Zeroizing};
 use super::request::{decode, parse_head, query_value, Head, HttpLimits, Method};
 use crate::buffers::{reserve_wiping, wipe_and_clear, RecvBuffer};
 use crate::frontend::{clear_answers, each_answer, NativeRequests, Registration};
-use crate::node::shard::{bump, Inbound, Shard};
+use crate::node::shard::{bump, Inbound, KeyPage, Shard};
+use crate::store::KeyQuery;
 use crate::wire::{ArchivedReply, ErrorCode, Op, ShardStats, PUT_ALWAYS};
 
 const RECV_BUFFER_INITIAL_BYTES: usize = 4 * 1024;
@@ -76,11 +77,24 @@ enum Slot {
 
 enum Pending {
     Put,
-    Get { head_only: bool },
+    Get {
+        head_only: bool,
+    },
     Delete,
     Status(ShardStats, usize),
     Topology,
+    /// A key listing: pages still to come, and the smallest `limit` keys so far.
+    Keys {
+        remaining: usize,
+        limit: usize,
+        keys: Vec<Vec<u8>>,
+        more: bool,
+    },
 }
+
+/// Keys in one `/v1/keys` page by default and at most.
+const KEYS_PAGE_DEFAULT: usize = 100;
+const KEYS_PAGE_MAX: usize = 1_000;
 
 enum Event {
     Read(io::Result<usize>),
@@ -337,12 +351,13 @@ impl HttpConnection<'_> {
                 self.done(json(200, &body, keep));
             }
             (Method::Get, "/v1/status") => self.status(keep),
+            (Method::Get, "/v1/keys") => self.keys(head, keep),
             (Method::Get, "/v1/topology") => {
                 let seq = self.wait(Pending::Topology, keep);
                 self.native.send(seq, Op::Topology, &mut self.answers);
                 self.take_answers();
             }
-            (_, "/v1/health" | "/v1/status" | "/v1/topology") => {
+            (_, "/v1/health" | "/v1/status" | "/v1/topology" | "/v1/keys") => {
                 self.done(error_json(405, "method not allowed", keep))
             }
             _ => self.done(error_json(404, "not found", keep)),
@@ -399,6 +414,69 @@ impl HttpConnection<'_> {
                 .clamp(self.ttls.min_ms, self.ttls.max_ms),
             None => self.ttls.default_ms,
         }
+    }
+
+    /// `GET /v1/keys?prefix=&limit=&cursor=`: every shard scans its keys once, in slices,
+    /// keeping its smallest `limit` after the cursor; the pages are merged here.
+    fn keys(&mut self, head: &Head, keep: bool) {
+        let limit = query_value(&head.query, "limit")
+            .and_then(|l| l.parse::<usize>().ok())
+            .unwrap_or(KEYS_PAGE_DEFAULT)
+            .clamp(1, KEYS_PAGE_MAX);
+        let query = KeyQuery {
+            prefix: query_value(&head.query, "prefix")
+                .unwrap_or_default()
+                .into_bytes(),
+            after: query_value(&head.query, "cursor")
+                .filter(|c| !c.is_empty())
+                .map(String::into_bytes),
+            limit,
+        };
+        let pending = Pending::Keys {
+            remaining: self.shard.count as usize,
+            limit,
+            keys: Vec::new(),
+            more: false,
+        };
+        let seq = self.wait(pending, keep);
+        if self.native.ask_keys(seq, &query).is_none() {
+            self.finish(seq, error_json(503, "a shard is busy, retry", keep));
+        }
+    }
+
+    fn take_keys(&mut self, seq: u64, page: KeyPage) {
+        let Some((
+            Pending::Keys {
+                remaining,
+                limit,
+                keys,
+                more,
+            },
+            keep,
+        )) = self.waiting(seq)
+        else {
+            return;
+        };
+        keys.extend(page.keys);
+        keys.sort_unstable();
+        if keys.len() > *limit {
+            keys.truncate(*limit);
+            *more = true;
+        }
+        *more |= page.more;
+        *remaining = remaining.saturating_sub(1);
+        if *remaining > 0 {
+            return;
+        }
+        let names: Vec<String> = keys
+            .iter()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        let mut body = serde_json::json!({ "keys": names });
+        if *more {
+            body["next_cursor"] = serde_json::Value::from(names.last().cloned());
+        }
+        self.finish(seq, json(200, &body, keep));
     }
 
     fn status(&mut self, keep: bool) {
@@ -464,6 +542,10 @@ impl HttpConnection<'_> {
             Inbound::Responses { responses, count } => {
                 self.native.answered(count as usize);
                 each_answer(&responses, |seq, reply| self.take_one(seq, reply));
+            }
+            Inbound::Keys { request_id, page } => {
+                self.native.answered(1);
+                self.take_keys(request_id, page);
             }
             Inbound::Stats {
                 request_id, stats, ..

@@ -323,6 +323,8 @@ impl<'s> Connection<'s> {
                 self.out.extend_from_slice(&responses);
                 self.in_flight = self.in_flight.saturating_sub(count as usize);
             }
+            // The native protocol lists no keys (yet): nothing asks, nothing to take.
+            Inbound::Keys { .. } => {}
             Inbound::Stats {
                 request_id,
                 shard,

@@ -546,6 +546,28 @@ async fn serve_shard_requests(
                 shard: shard.id,
                 stats: shard.snapshot(),
             },
+            ShardRequest::Keys {
+                conn,
+                request_id,
+                query,
+            } => {
+                // A scan in slices: its own task, answered on the reply mesh when done (the
+                // asker's credit bounds how many run at once).
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    let page = shard::list_keys(&shard, &query).await;
+                    if let Some(mesh) = shard.mesh.as_ref() {
+                        let reply = ShardReply::Keys {
+                            conn,
+                            request_id,
+                            page,
+                        };
+                        let _ = mesh.replies.send_to(from, reply).await;
+                    }
+                })
+                .detach();
+                continue;
+            }
         };
         let Some(mesh) = shard.mesh.as_ref() else {
             return;
@@ -587,6 +609,11 @@ async fn take_shard_replies(
                     stats,
                 },
             ),
+            ShardReply::Keys {
+                conn,
+                request_id,
+                page,
+            } => shard.deliver(conn, shard::Inbound::Keys { request_id, page }),
         }
     }
 }

@@ -17,7 +17,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::config::{NodeConfig, WRITE_COPIES_MAX};
 use crate::coordinator::{CopiesWaiter, NetworkCounters};
-use crate::store::{OwnedEntry, Store, StoreError};
+use crate::store::{KeyHeap, KeyQuery, OwnedEntry, Store, StoreError};
 
 use super::replica::Replication;
 use crate::wire::{
@@ -45,6 +45,12 @@ pub(crate) enum ShardRequest {
         conn: ConnId,
         request_id: u64,
     },
+    /// A page of this shard's live keys (a scan in slices, answered when done).
+    Keys {
+        conn: ConnId,
+        request_id: u64,
+        query: KeyQuery,
+    },
 }
 
 /// The answer to a [`ShardRequest`], on the separate reply mesh.
@@ -60,6 +66,44 @@ pub(crate) enum ShardReply {
         shard: u32,
         stats: ShardStats,
     },
+    Keys {
+        conn: ConnId,
+        request_id: u64,
+        page: KeyPage,
+    },
+}
+
+/// Keys of one shard for a listing: sorted, and whether more matched than the page holds.
+#[derive(Debug, Default)]
+pub(crate) struct KeyPage {
+    pub keys: Vec<Vec<u8>>,
+    pub more: bool,
+}
+
+/// Slab slots a key listing walks before it lets other work in.
+const KEY_SCAN_SLOTS_PER_SLICE: usize = 16_384;
+
+/// A page of `shard`'s live keys for `query`, one slice of the slab at a time: a listing never
+/// holds the shard longer than a slice, and keeps `query.limit` keys at most.
+pub(crate) async fn list_keys(shard: &Shard, query: &KeyQuery) -> KeyPage {
+    let mut heap = KeyHeap::default();
+    let mut at = 0;
+    loop {
+        {
+            let store = shard.store.borrow();
+            if at >= store.sync_slots() {
+                break;
+            }
+            let slots = at..at + KEY_SCAN_SLOTS_PER_SLICE;
+            store.keys_in(query, shard.now_ms(), slots, &mut heap);
+        }
+        at += KEY_SCAN_SLOTS_PER_SLICE;
+        glommio::yield_if_needed().await;
+    }
+    KeyPage {
+        keys: heap.keys.into_sorted_vec(),
+        more: heap.more,
+    }
 }
 
 /// A Put stored.
@@ -98,6 +142,10 @@ pub(crate) enum Inbound {
         request_id: u64,
         shard: u32,
         stats: ShardStats,
+    },
+    Keys {
+        request_id: u64,
+        page: KeyPage,
     },
 }
 

@@ -20,7 +20,7 @@ use hashbrown::HashTable;
 use zeroize::Zeroize;
 
 pub use keyring::KeySeed;
-pub use sync::{LackingQuery, OwnedEntry};
+pub use sync::{KeyHeap, KeyQuery, LackingQuery, OwnedEntry};
 
 use crate::limits::{InvalidLimits, StoreLimits, TICK_WORK_MAX_DEFAULT};
 use crate::version::{HybridClock, Version};

@@ -22,6 +22,23 @@ use zeroize::Zeroizing;
 use super::record::SealedRecord;
 use super::{Applied, ReplicaEntry, Store, StoreError};
 
+/// A page of keys asked for: live keys starting with `prefix`, sorting strictly after
+/// `after`, `limit` at most.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyQuery {
+    pub prefix: Vec<u8>,
+    pub after: Option<Vec<u8>>,
+    pub limit: usize,
+}
+
+/// The smallest keys found so far (a max-heap of `limit` at most), and whether any was left
+/// out.
+#[derive(Debug, Default)]
+pub struct KeyHeap {
+    pub keys: std::collections::BinaryHeap<Vec<u8>>,
+    pub more: bool,
+}
+
 /// What a peer's filters ask of a store: the entries of the filtered buckets (sorted by
 /// bucket) that the filters, salted with `round_seed`, definitely lack.
 pub struct LackingQuery<'a> {
@@ -156,6 +173,38 @@ impl Store {
         let mut out = vec![Vec::new(); buckets.len()];
         self.sync_bucket_hashes_in(buckets, settled_before_ms, 0..self.sync_slots(), &mut out);
         out
+    }
+
+    /// Live keys (not tombstones, not expired) starting with `query.prefix` and sorting after
+    /// `query.after`, over the slab slots `slots`: the smallest `query.limit` of them are kept
+    /// in `page` (a bounded max-heap: memory never exceeds the page), and `page.more` is set
+    /// once one is left out.
+    pub fn keys_in(&self, query: &KeyQuery, now_ms: u64, slots: Range<usize>, page: &mut KeyHeap) {
+        let now = self.now_ms.max(now_ms);
+        let slab = &self.entries.slab;
+        let slots = slots.start.min(slab.len())..slots.end.min(slab.len());
+        for record in slab[slots].iter().flatten() {
+            if record.is_tombstone() || record.expires_ms() <= now {
+                continue;
+            }
+            let key = record.key();
+            if !key.starts_with(&query.prefix) || query.after.as_deref().is_some_and(|a| key <= a) {
+                continue;
+            }
+            if page.keys.len() < query.limit {
+                page.keys.push(key.to_vec());
+            } else if page
+                .keys
+                .peek()
+                .is_some_and(|largest| key < largest.as_slice())
+            {
+                page.keys.pop();
+                page.keys.push(key.to_vec());
+                page.more = true;
+            } else {
+                page.more = true;
+            }
+        }
     }
 
     /// Slots of the slab: scans for sync walk it in slices (`*_in`), so a caller can let
@@ -441,6 +490,37 @@ mod tests {
         // A bucket not asked about sends nothing.
         let other = s.sync_lacking(&[], seed, u64::MAX, 100, now);
         assert!(other.is_empty());
+    }
+
+    #[test]
+    fn a_key_page_is_the_smallest_live_keys_after_the_cursor_with_the_prefix() {
+        let mut s = store();
+        for i in 0..50 {
+            put(&mut s, &format!("user:{i:02}"), "v", 60_000, T0);
+            put(&mut s, &format!("other:{i:02}"), "v", 60_000, T0);
+        }
+        s.delete(b"user:03", T0).expect("delete");
+        put(&mut s, "user:015", "v", 1_000, T0);
+        let now = T0 + 1_500;
+        let query = KeyQuery {
+            prefix: b"user:".to_vec(),
+            after: Some(b"user:01".to_vec()),
+            limit: 4,
+        };
+        let mut page = KeyHeap::default();
+        // In slices of 7 slots, as the shard walks it.
+        let mut at = 0;
+        while at < s.sync_slots() {
+            s.keys_in(&query, now, at..at + 7, &mut page);
+            at += 7;
+        }
+        assert!(page.more);
+        let keys: Vec<Vec<u8>> = page.keys.into_sorted_vec();
+        let expected: Vec<Vec<u8>> = ["user:02", "user:04", "user:05", "user:06"]
+            .iter()
+            .map(|k| k.as_bytes().to_vec())
+            .collect();
+        assert_eq!(keys, expected, "deleted and expired keys are left out");
     }
 
     #[test]
