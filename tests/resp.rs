@@ -305,3 +305,63 @@ fn writes_through_resp_replicate_like_native_ones() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_rust_redis_client_library_works_unchanged() {
+    let (_node, addr) = node();
+    let client = redis::Client::open(format!("redis://{addr}/")).expect("client");
+    let mut con = client.get_connection().expect("connect");
+    let set: String = redis::cmd("SET")
+        .arg("lib")
+        .arg("value")
+        .arg("EX")
+        .arg(60)
+        .query(&mut con)
+        .expect("set");
+    assert_eq!(set, "OK");
+    let got: Option<String> = redis::cmd("GET").arg("lib").query(&mut con).expect("get");
+    assert_eq!(got.as_deref(), Some("value"));
+    let missing: Option<String> = redis::cmd("GET").arg("nope").query(&mut con).expect("get");
+    assert_eq!(missing, None);
+    // A pipeline, answered in order.
+    let (value, exists, many): (String, i64, Vec<Option<String>>) = redis::pipe()
+        .cmd("SET")
+        .arg("p")
+        .arg("1")
+        .ignore()
+        .cmd("GET")
+        .arg("p")
+        .cmd("EXISTS")
+        .arg("p")
+        .arg("lib")
+        .arg("nope")
+        .cmd("MGET")
+        .arg("p")
+        .arg("nope")
+        .arg("lib")
+        .query(&mut con)
+        .expect("pipeline");
+    assert_eq!((value.as_str(), exists), ("1", 2));
+    assert_eq!(
+        many,
+        vec![Some("1".to_string()), None, Some("value".to_string())]
+    );
+    let ttl: i64 = redis::cmd("TTL").arg("lib").query(&mut con).expect("ttl");
+    assert!((59..=60).contains(&ttl), "{ttl}");
+    let deleted: i64 = redis::cmd("DEL")
+        .arg("lib")
+        .arg("p")
+        .query(&mut con)
+        .expect("del");
+    assert_eq!(deleted, 2);
+    // An error reply is an error, and the connection goes on.
+    let refused: redis::RedisResult<String> = redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .arg("EX")
+        .arg(0)
+        .query(&mut con);
+    assert!(refused.is_err());
+    let pong: String = redis::cmd("PING").query(&mut con).expect("ping");
+    assert_eq!(pong, "PONG");
+}
