@@ -365,3 +365,83 @@ fn keys_are_listed_sorted_in_pages_with_a_cursor_and_only_live_ones() {
     assert_eq!(names(&everything).len(), 499);
     assert!(everything.get("next_cursor").is_none());
 }
+
+/// The samples of a scraped metrics page, parsed by a Prometheus text parser.
+fn scrape(addr: SocketAddr) -> Vec<prometheus_parse::Sample> {
+    let page = request(addr, "GET", "/metrics", &[], b"");
+    assert_eq!(page.status, 200);
+    assert!(page
+        .header("Content-Type")
+        .is_some_and(|t| t.starts_with("application/openmetrics-text")));
+    let text = String::from_utf8(page.body).expect("utf-8");
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines)
+        .expect("a Prometheus text parser reads the page")
+        .samples
+}
+
+fn sample(samples: &[prometheus_parse::Sample], name: &str, label: Option<(&str, &str)>) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+        .sum()
+}
+
+#[test]
+fn the_metrics_page_parses_and_its_counters_move_with_traffic() {
+    let (_node, addr) = node(&[]);
+    let before = scrape(addr);
+    for i in 0..20 {
+        assert_eq!(
+            request(addr, "PUT", &format!("/v1/data/m{i}"), &[], b"v").status,
+            201
+        );
+        assert_eq!(
+            request(addr, "GET", &format!("/v1/data/m{i}"), &[], b"").status,
+            200
+        );
+    }
+    assert_eq!(
+        request(addr, "GET", "/v1/data/absent", &[], b"").status,
+        404
+    );
+    let after = scrape(addr);
+    let moved = |name: &str, label: Option<(&str, &str)>| {
+        sample(&after, name, label) - sample(&before, name, label)
+    };
+    assert_eq!(moved("repram_operations_total", Some(("op", "put"))), 20.0);
+    assert_eq!(moved("repram_operations_total", Some(("op", "get"))), 21.0);
+    assert_eq!(moved("repram_reads_total", Some(("outcome", "hit"))), 20.0);
+    assert_eq!(moved("repram_reads_total", Some(("outcome", "miss"))), 1.0);
+    // Keys by shard, summed: the 20 written (over both shards).
+    assert_eq!(sample(&after, "repram_keys", None), 20.0);
+    let shards: std::collections::HashSet<String> = after
+        .iter()
+        .filter(|s| s.metric == "repram_keys")
+        .filter_map(|s| s.labels.get("shard").map(str::to_string))
+        .collect();
+    assert_eq!(shards.len(), 2);
+    for name in [
+        "repram_peers_active",
+        "repram_peer_joins_total",
+        "repram_peer_evictions_total",
+        "repram_ping_failures_total",
+        "repram_sync_rounds_total",
+        "repram_tree_depth",
+    ] {
+        assert!(after.iter().any(|s| s.metric == name), "{name} missing");
+    }
+    assert_eq!(
+        sample(&after, "repram_tree_depth", None),
+        0.0,
+        "a lone node is a root"
+    );
+    assert_eq!(request(addr, "GET", "/v1/metrics", &[], b"").status, 200);
+}

@@ -21,6 +21,7 @@ use crate::frontend::{clear_answers, each_answer, NativeRequests, Registration};
 use crate::node::shard::{bump, Inbound, KeyPage, Shard};
 use crate::store::KeyQuery;
 use crate::wire::{ArchivedReply, ErrorCode, Op, ShardStats, PUT_ALWAYS};
+use repram_cluster::Message;
 
 const RECV_BUFFER_INITIAL_BYTES: usize = 4 * 1024;
 const RECV_BUFFER_STREAMING_BYTES: usize = 64 * 1024;
@@ -82,6 +83,8 @@ enum Pending {
     },
     Delete,
     Status(ShardStats, usize),
+    /// `/metrics`: every shard's counters, by shard, and how many are still to come.
+    Metrics(Vec<ShardStats>, usize),
     Topology,
     /// A key listing: pages still to come, and the smallest `limit` keys so far.
     Keys {
@@ -352,14 +355,17 @@ impl HttpConnection<'_> {
             }
             (Method::Get, "/v1/status") => self.status(keep),
             (Method::Get, "/v1/keys") => self.keys(head, keep),
+            (Method::Get, "/metrics" | "/v1/metrics") => self.metrics(keep),
             (Method::Get, "/v1/topology") => {
                 let seq = self.wait(Pending::Topology, keep);
                 self.native.send(seq, Op::Topology, &mut self.answers);
                 self.take_answers();
             }
-            (_, "/v1/health" | "/v1/status" | "/v1/topology" | "/v1/keys") => {
-                self.done(error_json(405, "method not allowed", keep))
-            }
+            (
+                _,
+                "/v1/health" | "/v1/status" | "/v1/topology" | "/v1/keys" | "/metrics"
+                | "/v1/metrics",
+            ) => self.done(error_json(405, "method not allowed", keep)),
             _ => self.done(error_json(404, "not found", keep)),
         }
     }
@@ -479,6 +485,37 @@ impl HttpConnection<'_> {
         self.finish(seq, json(200, &body, keep));
     }
 
+    fn metrics(&mut self, keep: bool) {
+        let count = self.shard.count as usize;
+        let mut shards = vec![ShardStats::default(); count];
+        shards[self.shard.id as usize] = self.shard.snapshot();
+        let seq = self.wait(Pending::Metrics(shards, count - 1), keep);
+        if count == 1 {
+            return self.complete_metrics(seq);
+        }
+        if self.native.ask_stats(seq).is_none() {
+            self.finish(seq, error_json(503, "a shard is busy, retry", keep));
+        }
+    }
+
+    fn complete_metrics(&mut self, seq: u64) {
+        let Some((Pending::Metrics(shards, 0), keep)) = self.waiting(seq) else {
+            return;
+        };
+        let shards = std::mem::take(shards);
+        let network = self.shard.network.snapshot();
+        let page = super::metrics::render(&shards, &network, &Message::KINDS);
+        let done = answer(
+            200,
+            &[],
+            super::metrics::CONTENT_TYPE,
+            page.as_bytes(),
+            false,
+            keep,
+        );
+        self.finish(seq, done);
+    }
+
     fn status(&mut self, keep: bool) {
         let mut total = self.shard.snapshot();
         total.live_set_xor = 0;
@@ -548,13 +585,25 @@ impl HttpConnection<'_> {
                 self.take_keys(request_id, page);
             }
             Inbound::Stats {
-                request_id, stats, ..
+                request_id,
+                shard,
+                stats,
             } => {
                 self.native.answered(1);
-                if let Some((Pending::Status(total, remaining), _)) = self.waiting(request_id) {
-                    total.add(&stats);
-                    *remaining = remaining.saturating_sub(1);
-                    self.complete_status(request_id);
+                match self.waiting(request_id) {
+                    Some((Pending::Status(total, remaining), _)) => {
+                        total.add(&stats);
+                        *remaining = remaining.saturating_sub(1);
+                        self.complete_status(request_id);
+                    }
+                    Some((Pending::Metrics(shards, remaining), _)) => {
+                        if let Some(slot) = shards.get_mut(shard as usize) {
+                            *slot = stats;
+                        }
+                        *remaining = remaining.saturating_sub(1);
+                        self.complete_metrics(request_id);
+                    }
+                    _ => {}
                 }
             }
         }
