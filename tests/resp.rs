@@ -365,3 +365,25 @@ fn a_rust_redis_client_library_works_unchanged() {
     let pong: String = redis::cmd("PING").query(&mut con).expect("ping");
     assert_eq!(pong, "PONG");
 }
+
+#[test]
+fn a_command_bigger_than_the_node_takes_is_refused_before_it_is_all_read() {
+    let node = NodeProcess::start(&["--shards", "1", "--value-bytes-max", "1KiB"]);
+    let addr = node.resp.expect("resp");
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    // Arguments each within the 1 KiB limit, 100 KiB in all (the limit is 66 KiB).
+    let mut command = b"*1000\r\n$4\r\nMGET\r\n".to_vec();
+    for _ in 0..100 {
+        command.extend_from_slice(b"$1024\r\n");
+        command.extend(std::iter::repeat_n(b'k', 1024));
+        command.extend_from_slice(b"\r\n");
+    }
+    let _ = stream.write_all(&command);
+    let answer = "-ERR Protocol error: too big request\r\n";
+    let got = read_exactly(&mut stream, answer.len());
+    assert_eq!(String::from_utf8_lossy(&got), answer);
+    assert_eq!(cli(addr, &["PING"]), "PONG");
+}

@@ -471,10 +471,13 @@ async fn start_shard(
         // SAFETY: as for the client listeners below.
         let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
         let limits = &plan.config.shard_limits;
+        let bulk_bytes_max = limits.key_bytes_max.max(limits.value_bytes_max);
         let resp_limits = RespLimits {
             args_max: RESP_ARGS_MAX,
-            bulk_bytes_max: limits.key_bytes_max.max(limits.value_bytes_max),
+            bulk_bytes_max,
             inline_bytes_max: RESP_INLINE_BYTES_MAX,
+            // A SET of the largest key and value, or many small arguments.
+            command_bytes_max: 2 * bulk_bytes_max + 64 * 1024,
         };
         let default_ttl_ms = plan.config.default_ttl_ms;
         glommio::spawn_local(resp_accept_loop(

@@ -185,10 +185,11 @@ impl RespConnection<'_> {
             let command = match parsed {
                 Ok(Some(command)) => command,
                 Ok(None) => {
-                    // A bulk string longer than the buffer: make room for what is announced.
+                    // A command longer than the buffer: room for more, up to the command
+                    // limit (past it the parser refuses the command).
                     let wanted = self.rx.filled().len() + RECV_BUFFER_INITIAL_BYTES;
                     self.rx
-                        .make_room(wanted.min(self.limits.bulk_bytes_max + 1024));
+                        .make_room(wanted.min(self.limits.command_bytes_max + 1));
                     break;
                 }
                 Err(error) => {

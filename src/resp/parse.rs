@@ -16,6 +16,8 @@ pub struct RespLimits {
     pub bulk_bytes_max: usize,
     /// Bytes in one inline command line.
     pub inline_bytes_max: usize,
+    /// Bytes of one whole command (all its arguments): the receive buffer never grows past it.
+    pub command_bytes_max: usize,
 }
 
 /// A command read from the buffer: its arguments, and the bytes it took.
@@ -32,11 +34,17 @@ pub struct ProtocolError(pub &'static str);
 /// Reads one command from the front of `buf`: `Ok(None)` until it is complete. An empty
 /// inline line is a command of no arguments (skipped by the caller, as Redis does).
 pub fn parse_command(buf: &[u8], limits: &RespLimits) -> Result<Option<Command>, ProtocolError> {
-    match buf.first() {
-        None => Ok(None),
-        Some(b'*') => parse_array(buf, limits),
-        Some(_) => parse_inline(buf, limits),
+    let parsed = match buf.first() {
+        None => return Ok(None),
+        Some(b'*') => parse_array(buf, limits)?,
+        Some(_) => parse_inline(buf, limits)?,
+    };
+    // Still incomplete past the limit: the command alone is bigger than a node takes (many
+    // arguments, each within its own limit, can add up to far more).
+    if parsed.is_none() && buf.len() > limits.command_bytes_max {
+        return Err(ProtocolError("too big request"));
     }
+    Ok(parsed)
 }
 
 /// The line starting at `at`, without its `\r\n`, and where the next one starts.
@@ -148,6 +156,7 @@ mod tests {
         args_max: 1024,
         bulk_bytes_max: 1 << 20,
         inline_bytes_max: 64 * 1024,
+        command_bytes_max: 3 << 20,
     };
 
     fn args<'a>(buf: &'a [u8], command: &Command) -> Vec<&'a [u8]> {
@@ -212,6 +221,22 @@ mod tests {
             parse_command(&long_line, &LIMITS),
             Err(ProtocolError("too big request line"))
         );
+    }
+
+    #[test]
+    fn a_command_whose_arguments_add_up_past_the_limit_is_refused() {
+        // 1,000 arguments of 1 MiB each are each within their limit; together they are not.
+        let mut buf = b"*1000\r\n".to_vec();
+        for _ in 0..4 {
+            buf.extend_from_slice(format!("${}\r\n", 1 << 20).as_bytes());
+            buf.extend(std::iter::repeat_n(b'x', 1 << 20));
+            buf.extend_from_slice(b"\r\n");
+        }
+        assert_eq!(
+            parse_command(&buf, &LIMITS),
+            Err(ProtocolError("too big request"))
+        );
+        assert_eq!(parse_command(&buf[..2 << 20], &LIMITS), Ok(None));
     }
 
     #[test]
