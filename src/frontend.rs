@@ -6,12 +6,15 @@
 //! Owns a connection's registration with its shard and its native requests in flight. It
 //! never parses a front end's protocol and never opens the store (`Shard::execute` does).
 
+use std::io;
 use std::rc::Rc;
 
+use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver};
+use glommio::net::TcpStream;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::buffers::{reserve_wiping, wipe_and_clear};
+use crate::buffers::{reserve_wiping, wipe_and_clear, RecvBuffer};
 use crate::node::shard::{
     bump, list_keys, respond_error, Answer, ConnId, Inbound, Shard, ShardRequest,
 };
@@ -20,6 +23,86 @@ use crate::wire::{self, ArchivedReply, ErrorCode, Op, Request};
 
 /// A local answer buffer grown past this is released once taken.
 const ANSWERS_KEEP_BYTES: usize = 64 * 1024;
+/// A send buffer grown past this is released once written.
+const SEND_BUFFER_KEEP_BYTES: usize = 64 * 1024;
+/// A receive buffer grows toward this for a client that keeps it full (pipelining).
+const RECV_BUFFER_STREAMING_BYTES: usize = 64 * 1024;
+
+/// One text front end connection, as [`drive`] runs it: its protocol decides what to read and
+/// what a read means; the loop around is the same for all.
+pub(crate) trait FrontEnd {
+    /// Moves the answers that are due (in request order) into [`FrontEnd::output`].
+    fn flush_ready(&mut self);
+    fn output(&mut self) -> &mut Zeroizing<Vec<u8>>;
+    /// Nothing more to answer, and nothing more will be read.
+    fn finished(&self) -> bool;
+    /// Whether to read now (not closing, and within the limits of what waits).
+    fn wants_input(&self) -> bool;
+    /// The receive buffer, with room made for the next read.
+    fn receive_buffer(&mut self) -> &mut RecvBuffer;
+    /// Bytes arrived at the end of the receive buffer: handle every complete request.
+    fn received(&mut self);
+    /// The client closed its side: answer what is pending, then close.
+    fn closed_by_client(&mut self);
+    fn inbound(&mut self, inbound: Inbound);
+}
+
+/// Runs `connection` until its client leaves, it finishes, or the socket fails: write what is
+/// due, then wait for bytes from the client or answers from elsewhere on the shard.
+pub(crate) async fn drive(
+    connection: &mut impl FrontEnd,
+    stream: &mut TcpStream,
+    inbox: &LocalReceiver<Inbound>,
+) -> io::Result<()> {
+    enum Event {
+        Read(io::Result<usize>),
+        Inbound(Option<Inbound>),
+    }
+    loop {
+        connection.flush_ready();
+        let out = connection.output();
+        if !out.is_empty() {
+            stream.write_all(out).await?;
+            wipe_and_clear(out, SEND_BUFFER_KEEP_BYTES);
+        }
+        if connection.finished() {
+            return Ok(());
+        }
+        let event = if connection.wants_input() {
+            let spare = connection.receive_buffer().spare_mut();
+            future::or(async { Event::Read(stream.read(spare).await) }, async {
+                Event::Inbound(inbox.recv().await)
+            })
+            .await
+        } else {
+            Event::Inbound(inbox.recv().await)
+        };
+        match event {
+            Event::Read(Ok(0)) => connection.closed_by_client(),
+            Event::Read(Ok(n)) => {
+                let rx = connection.receive_buffer();
+                let filled_spare = n == rx.spare_mut().len();
+                rx.advance(n);
+                connection.received();
+                if filled_spare {
+                    // A pipelining client: read more per call.
+                    connection
+                        .receive_buffer()
+                        .grow_toward(RECV_BUFFER_STREAMING_BYTES);
+                }
+            }
+            Event::Read(Err(error)) => return Err(error),
+            Event::Inbound(Some(inbound)) => {
+                connection.inbound(inbound);
+                // Take everything already queued before writing once.
+                while let Some(Some(inbound)) = future::poll_once(inbox.recv()).await {
+                    connection.inbound(inbound);
+                }
+            }
+            Event::Inbound(None) => return Ok(()),
+        }
+    }
+}
 
 /// A connection of a front end, registered with its shard so that answers from other shards
 /// (and from the coordinator) reach it; unregistered on drop.

@@ -279,23 +279,13 @@ fn print_stats(stats: &repram::wire::NodeStats) {
     }
 }
 
-fn role_name(role: u8) -> &'static str {
-    match role {
-        0 => "root",
-        1 => "trunk",
-        2 => "branch",
-        3 => "leaf",
-        _ => "unattached",
-    }
-}
-
 fn print_topology(topology: &repram::wire::TopologyInfo) {
     let peer = |p: &repram::wire::PeerView| {
         format!(
             "{:<22} node {:016x}  {:<10} children {}/{}",
             p.addr,
             p.node_id,
-            role_name(p.role),
+            repram::wire::role_name(p.role),
             p.children,
             p.capacity
         )

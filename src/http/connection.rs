@@ -6,18 +6,15 @@
 //! limits. It never opens the store.
 
 use std::collections::VecDeque;
-use std::io;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
-use glommio::channels::local_channel::LocalReceiver;
 use glommio::net::TcpStream;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::request::{decode, parse_head, query_value, Head, HttpLimits, Method};
-use crate::buffers::{reserve_wiping, wipe_and_clear, RecvBuffer};
-use crate::frontend::{clear_answers, each_answer, NativeRequests, Registration};
+use crate::buffers::{reserve_wiping, RecvBuffer};
+use crate::frontend::{clear_answers, drive, each_answer, FrontEnd, NativeRequests, Registration};
 use crate::node::shard::{bump, Inbound, KeyPage, Shard};
 use crate::store::KeyQuery;
 use crate::wire::{ArchivedReply, ErrorCode, Op, ShardStats, PUT_ALWAYS};
@@ -25,7 +22,6 @@ use repram_cluster::Message;
 
 const RECV_BUFFER_INITIAL_BYTES: usize = 4 * 1024;
 const RECV_BUFFER_STREAMING_BYTES: usize = 64 * 1024;
-const SEND_BUFFER_KEEP_BYTES: usize = 64 * 1024;
 /// Requests read ahead of their answers at most; past it the connection stops reading.
 const PIPELINE_MAX: usize = 1_024;
 
@@ -66,7 +62,7 @@ pub(crate) async fn serve(
         closing: false,
         draining: false,
     };
-    if let Err(error) = connection.run(&mut stream, &registration.inbox).await {
+    if let Err(error) = drive(&mut connection, &mut stream, &registration.inbox).await {
         tracing::debug!(conn = registration.conn, %error, "http connection ended");
     }
 }
@@ -98,11 +94,6 @@ enum Pending {
 /// Keys in one `/v1/keys` page by default and at most.
 const KEYS_PAGE_DEFAULT: usize = 100;
 const KEYS_PAGE_MAX: usize = 1_000;
-
-enum Event {
-    Read(io::Result<usize>),
-    Inbound(Option<Inbound>),
-}
 
 struct HttpConnection<'s> {
     shard: &'s Shard,
@@ -218,58 +209,52 @@ fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_seconds(at).to_string()
 }
 
-impl HttpConnection<'_> {
-    async fn run(
-        &mut self,
-        stream: &mut TcpStream,
-        inbox: &LocalReceiver<Inbound>,
-    ) -> io::Result<()> {
-        loop {
-            self.flush_ready();
-            if !self.out.is_empty() {
-                stream.write_all(&self.out).await?;
-                wipe_and_clear(&mut self.out, SEND_BUFFER_KEEP_BYTES);
+impl FrontEnd for HttpConnection<'_> {
+    fn flush_ready(&mut self) {
+        while let Some(Slot::Done(_)) = self.slots.front() {
+            if let Some(Slot::Done(bytes)) = self.slots.pop_front() {
+                reserve_wiping(&mut self.out, bytes.len());
+                self.out.extend_from_slice(&bytes);
             }
-            if (self.closing || self.draining) && self.slots.is_empty() {
-                return Ok(());
-            }
-            let readable = !self.closing
-                && !self.draining
-                && self.native.in_flight() < self.shard.in_flight_max
-                && self.slots.len() < PIPELINE_MAX;
-            let event = if readable {
-                self.rx
-                    .make_room(self.next_bytes.max(RECV_BUFFER_INITIAL_BYTES));
-                let spare = self.rx.spare_mut();
-                future::or(async { Event::Read(stream.read(spare).await) }, async {
-                    Event::Inbound(inbox.recv().await)
-                })
-                .await
-            } else {
-                Event::Inbound(inbox.recv().await)
-            };
-            match event {
-                Event::Read(Ok(0)) => self.draining = true,
-                Event::Read(Ok(n)) => {
-                    let filled_spare = n == self.rx.spare_mut().len();
-                    self.rx.advance(n);
-                    self.process_requests();
-                    if filled_spare {
-                        self.rx.grow_toward(RECV_BUFFER_STREAMING_BYTES);
-                    }
-                }
-                Event::Read(Err(error)) => return Err(error),
-                Event::Inbound(Some(inbound)) => {
-                    self.accept_inbound(inbound);
-                    while let Some(Some(inbound)) = future::poll_once(inbox.recv()).await {
-                        self.accept_inbound(inbound);
-                    }
-                }
-                Event::Inbound(None) => return Ok(()),
-            }
+            self.first_seq += 1;
         }
     }
 
+    fn output(&mut self) -> &mut Zeroizing<Vec<u8>> {
+        &mut self.out
+    }
+
+    fn finished(&self) -> bool {
+        (self.closing || self.draining) && self.slots.is_empty()
+    }
+
+    fn wants_input(&self) -> bool {
+        !self.closing
+            && !self.draining
+            && self.native.in_flight() < self.shard.in_flight_max
+            && self.slots.len() < PIPELINE_MAX
+    }
+
+    fn receive_buffer(&mut self) -> &mut RecvBuffer {
+        self.rx
+            .make_room(self.next_bytes.max(RECV_BUFFER_INITIAL_BYTES));
+        &mut self.rx
+    }
+
+    fn received(&mut self) {
+        self.process_requests();
+    }
+
+    fn closed_by_client(&mut self) {
+        self.draining = true;
+    }
+
+    fn inbound(&mut self, inbound: Inbound) {
+        self.accept_inbound(inbound);
+    }
+}
+
+impl HttpConnection<'_> {
     /// Handles every complete request in the receive buffer.
     fn process_requests(&mut self) {
         while !self.closing && self.slots.len() < PIPELINE_MAX {
@@ -666,7 +651,7 @@ impl HttpConnection<'_> {
                     serde_json::json!({
                         "node_id": format!("{:016x}", p.node_id.to_native()),
                         "address": p.addr.as_str(),
-                        "role": role_name(p.role),
+                        "role": crate::wire::role_name(p.role),
                         "children": p.children.to_native(),
                         "capacity": p.capacity.to_native(),
                         "last_heard_ms": p.silent_ms.to_native(),
@@ -690,26 +675,6 @@ impl HttpConnection<'_> {
             (_, _) => error_json(500, "unexpected answer from the store", keep),
         };
         self.finish(seq, done);
-    }
-
-    fn flush_ready(&mut self) {
-        while let Some(Slot::Done(_)) = self.slots.front() {
-            if let Some(Slot::Done(bytes)) = self.slots.pop_front() {
-                reserve_wiping(&mut self.out, bytes.len());
-                self.out.extend_from_slice(&bytes);
-            }
-            self.first_seq += 1;
-        }
-    }
-}
-
-fn role_name(role: u8) -> &'static str {
-    match role {
-        0 => "root",
-        1 => "trunk",
-        2 => "branch",
-        3 => "leaf",
-        _ => "unattached",
     }
 }
 

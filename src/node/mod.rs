@@ -480,11 +480,14 @@ async fn start_shard(
             command_bytes_max: 2 * bulk_bytes_max + 64 * 1024,
         };
         let default_ttl_ms = plan.config.default_ttl_ms;
-        glommio::spawn_local(resp_accept_loop(
+        let serve =
+            move |shard, stream| crate::resp::serve(shard, stream, resp_limits, default_ttl_ms);
+        let refusal = b"-ERR max number of clients reached\r\n";
+        glommio::spawn_local(front_end_accept_loop(
             shard.clone(),
             listener,
-            resp_limits,
-            default_ttl_ms,
+            refusal,
+            serve,
         ))
         .detach();
     }
@@ -501,7 +504,16 @@ async fn start_shard(
             min_ms: limits.ttl_ms_min,
             max_ms: limits.ttl_ms_max,
         };
-        glommio::spawn_local(http_accept_loop(shard.clone(), listener, http_limits, ttls)).detach();
+        let serve = move |shard, stream| crate::http::serve(shard, stream, http_limits, ttls);
+        let refusal =
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        glommio::spawn_local(front_end_accept_loop(
+            shard.clone(),
+            listener,
+            refusal,
+            serve,
+        ))
+        .detach();
     }
     for listener in plan.listeners {
         // SAFETY: the descriptor comes from `into_raw_fd` of a socket we bound and put in
@@ -644,49 +656,22 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
 /// Bytes of an HTTP request line and headers at most.
 const HTTP_HEAD_BYTES_MAX: usize = 16 * 1024;
 
-async fn http_accept_loop(
-    shard: Rc<Shard>,
-    listener: TcpListener,
-    limits: HttpLimits,
-    ttls: HttpTtls,
-) {
-    loop {
-        match listener.accept().await {
-            Ok(mut stream) => {
-                if shard.counters.connections_open.get() as usize >= shard.connections_max_per_shard
-                {
-                    bump(&shard.counters.connections_refused, 1);
-                    glommio::spawn_local(async move {
-                        use futures_lite::AsyncWriteExt;
-                        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-                        let refusal = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-                        let _ = stream.write_all(refusal).await;
-                    })
-                    .detach();
-                    continue;
-                }
-                glommio::spawn_local(crate::http::serve(shard.clone(), stream, limits, ttls))
-                    .detach();
-            }
-            Err(error) => {
-                tracing::warn!(shard = shard.id, %error, "accept failed");
-                glommio::timer::sleep(ACCEPT_RETRY_PAUSE).await;
-            }
-        }
-    }
-}
-
 /// Arguments of one RESP command at most (an `MGET` of this many keys).
 const RESP_ARGS_MAX: usize = 16_384;
 /// Bytes of one inline RESP command at most.
 const RESP_INLINE_BYTES_MAX: usize = 64 * 1024;
 
-async fn resp_accept_loop(
+/// Accepts a text front end's connections and serves each with `serve`; past the connection
+/// limit a connection gets `refusal` (that protocol's way of saying so) and is closed.
+async fn front_end_accept_loop<F, Fut>(
     shard: Rc<Shard>,
     listener: TcpListener,
-    limits: RespLimits,
-    default_ttl_ms: u64,
-) {
+    refusal: &'static [u8],
+    serve: F,
+) where
+    F: Fn(Rc<Shard>, glommio::net::TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
     loop {
         match listener.accept().await {
             Ok(mut stream) => {
@@ -696,20 +681,12 @@ async fn resp_accept_loop(
                     glommio::spawn_local(async move {
                         use futures_lite::AsyncWriteExt;
                         let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-                        let _ = stream
-                            .write_all(b"-ERR max number of clients reached\r\n")
-                            .await;
+                        let _ = stream.write_all(refusal).await;
                     })
                     .detach();
                     continue;
                 }
-                glommio::spawn_local(crate::resp::serve(
-                    shard.clone(),
-                    stream,
-                    limits,
-                    default_ttl_ms,
-                ))
-                .detach();
+                glommio::spawn_local(serve(shard.clone(), stream)).detach();
             }
             Err(error) => {
                 tracing::warn!(shard = shard.id, %error, "accept failed");

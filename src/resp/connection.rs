@@ -6,18 +6,15 @@
 //! opens the store: [`Shard::execute`] does, on the owner.
 
 use std::collections::VecDeque;
-use std::io;
 use std::rc::Rc;
 
-use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
-use glommio::channels::local_channel::LocalReceiver;
 use glommio::net::TcpStream;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::parse::{parse_command, RespLimits};
 use super::reply;
-use crate::buffers::{reserve_wiping, wipe_and_clear, RecvBuffer};
-use crate::frontend::{clear_answers, each_answer, NativeRequests, Registration};
+use crate::buffers::{reserve_wiping, RecvBuffer};
+use crate::frontend::{clear_answers, drive, each_answer, FrontEnd, NativeRequests, Registration};
 use crate::node::shard::{bump, ConnId, Inbound, Shard};
 use crate::wire::{
     ArchivedReply, ErrorCode, Op, ShardStats, PUT_ALWAYS, PUT_IF_ABSENT, PUT_IF_PRESENT,
@@ -25,7 +22,6 @@ use crate::wire::{
 
 const RECV_BUFFER_INITIAL_BYTES: usize = 4 * 1024;
 const RECV_BUFFER_STREAMING_BYTES: usize = 64 * 1024;
-const SEND_BUFFER_KEEP_BYTES: usize = 64 * 1024;
 /// Commands read ahead of their replies at most; past it the connection stops reading.
 const PIPELINE_MAX: usize = 4_096;
 /// A native request id is the command's sequence number and the key's place in it.
@@ -60,7 +56,7 @@ pub(crate) async fn serve(
         closing: false,
         draining: false,
     };
-    if let Err(error) = connection.run(&mut stream, &registration.inbox).await {
+    if let Err(error) = drive(&mut connection, &mut stream, &registration.inbox).await {
         tracing::debug!(conn, %error, "resp connection ended");
     }
 }
@@ -102,11 +98,6 @@ enum Pending {
     },
 }
 
-enum Event {
-    Read(io::Result<usize>),
-    Inbound(Option<Inbound>),
-}
-
 struct RespConnection<'s> {
     shard: &'s Shard,
     conn: ConnId,
@@ -127,57 +118,51 @@ struct RespConnection<'s> {
     draining: bool,
 }
 
-impl RespConnection<'_> {
-    async fn run(
-        &mut self,
-        stream: &mut TcpStream,
-        inbox: &LocalReceiver<Inbound>,
-    ) -> io::Result<()> {
-        loop {
-            self.flush_ready();
-            if !self.out.is_empty() {
-                stream.write_all(&self.out).await?;
-                wipe_and_clear(&mut self.out, SEND_BUFFER_KEEP_BYTES);
+impl FrontEnd for RespConnection<'_> {
+    fn flush_ready(&mut self) {
+        while let Some(Slot::Done(_)) = self.slots.front() {
+            if let Some(Slot::Done(bytes)) = self.slots.pop_front() {
+                reserve_wiping(&mut self.out, bytes.len());
+                self.out.extend_from_slice(&bytes);
             }
-            if (self.closing || self.draining) && self.slots.is_empty() {
-                return Ok(());
-            }
-            let readable = !self.closing
-                && !self.draining
-                && self.native.in_flight() < self.shard.in_flight_max
-                && self.slots.len() < PIPELINE_MAX;
-            let event = if readable {
-                self.rx.make_room(RECV_BUFFER_INITIAL_BYTES);
-                let spare = self.rx.spare_mut();
-                future::or(async { Event::Read(stream.read(spare).await) }, async {
-                    Event::Inbound(inbox.recv().await)
-                })
-                .await
-            } else {
-                Event::Inbound(inbox.recv().await)
-            };
-            match event {
-                Event::Read(Ok(0)) => self.draining = true,
-                Event::Read(Ok(n)) => {
-                    let filled_spare = n == self.rx.spare_mut().len();
-                    self.rx.advance(n);
-                    self.process_commands();
-                    if filled_spare {
-                        self.rx.grow_toward(RECV_BUFFER_STREAMING_BYTES);
-                    }
-                }
-                Event::Read(Err(error)) => return Err(error),
-                Event::Inbound(Some(inbound)) => {
-                    self.accept_inbound(inbound);
-                    while let Some(Some(inbound)) = future::poll_once(inbox.recv()).await {
-                        self.accept_inbound(inbound);
-                    }
-                }
-                Event::Inbound(None) => return Ok(()),
-            }
+            self.first_seq += 1;
         }
     }
 
+    fn output(&mut self) -> &mut Zeroizing<Vec<u8>> {
+        &mut self.out
+    }
+
+    fn finished(&self) -> bool {
+        (self.closing || self.draining) && self.slots.is_empty()
+    }
+
+    fn wants_input(&self) -> bool {
+        !self.closing
+            && !self.draining
+            && self.native.in_flight() < self.shard.in_flight_max
+            && self.slots.len() < PIPELINE_MAX
+    }
+
+    fn receive_buffer(&mut self) -> &mut RecvBuffer {
+        self.rx.make_room(RECV_BUFFER_INITIAL_BYTES);
+        &mut self.rx
+    }
+
+    fn received(&mut self) {
+        self.process_commands();
+    }
+
+    fn closed_by_client(&mut self) {
+        self.draining = true;
+    }
+
+    fn inbound(&mut self, inbound: Inbound) {
+        self.accept_inbound(inbound);
+    }
+}
+
+impl RespConnection<'_> {
     /// Handles every complete command in the receive buffer.
     fn process_commands(&mut self) {
         while !self.closing && self.slots.len() < PIPELINE_MAX {
@@ -665,16 +650,5 @@ impl RespConnection<'_> {
             String::new(),
         ]
         .join("\r\n")
-    }
-
-    /// Moves finished replies at the front to the output, in order.
-    fn flush_ready(&mut self) {
-        while let Some(Slot::Done(_)) = self.slots.front() {
-            if let Some(Slot::Done(bytes)) = self.slots.pop_front() {
-                reserve_wiping(&mut self.out, bytes.len());
-                self.out.extend_from_slice(&bytes);
-            }
-            self.first_seq += 1;
-        }
     }
 }

@@ -158,6 +158,17 @@ pub struct TopologyInfo {
     pub root_peers: Vec<PeerView>,
 }
 
+/// The name of a tree role as [`PeerView::role`] and [`NetworkStats::role`] number it.
+pub fn role_name(role: u8) -> &'static str {
+    match role {
+        0 => "root",
+        1 => "trunk",
+        2 => "branch",
+        3 => "leaf",
+        _ => "unattached",
+    }
+}
+
 /// One node of the tree.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct PeerView {
