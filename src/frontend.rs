@@ -6,6 +6,7 @@
 //! Owns a connection's registration with its shard and its native requests in flight. It
 //! never parses a front end's protocol and never opens the store (`Shard::execute` does).
 
+use std::collections::VecDeque;
 use std::io;
 use std::rc::Rc;
 
@@ -133,6 +134,86 @@ impl Drop for Registration {
         self.shard.conns.borrow_mut().remove(&self.conn);
         let open = &self.shard.counters.connections_open;
         open.set(open.get().saturating_sub(1));
+    }
+}
+
+/// Answers in request order, as pipelining clients need them: one slot per request, in the
+/// order requests came, numbered from 0; a slot is done once its answer is encoded, and done
+/// slots at the front go out.
+pub(crate) struct OrderedReplies<W> {
+    slots: VecDeque<Slot<W>>,
+    /// Sequence number of `slots[0]`.
+    first_seq: u64,
+}
+
+enum Slot<W> {
+    Done(Zeroizing<Vec<u8>>),
+    /// What the answer still waits for.
+    Waiting(W),
+}
+
+impl<W> OrderedReplies<W> {
+    pub(crate) fn new() -> Self {
+        OrderedReplies {
+            slots: VecDeque::new(),
+            first_seq: 0,
+        }
+    }
+
+    /// Requests not yet written out.
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The number the next request's slot gets.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.first_seq + self.slots.len() as u64
+    }
+
+    /// Adds the next request's slot, already answered.
+    pub(crate) fn push_done(&mut self, answer: Zeroizing<Vec<u8>>) {
+        self.slots.push_back(Slot::Done(answer));
+    }
+
+    /// Adds the next request's slot, waiting; returns its number.
+    pub(crate) fn push_waiting(&mut self, waiting: W) -> u64 {
+        let seq = self.next_seq();
+        self.slots.push_back(Slot::Waiting(waiting));
+        seq
+    }
+
+    /// The slot of request `seq`, while it still waits.
+    pub(crate) fn waiting(&mut self, seq: u64) -> Option<&mut W> {
+        let at = seq.checked_sub(self.first_seq)?;
+        match self.slots.get_mut(usize::try_from(at).ok()?)? {
+            Slot::Waiting(waiting) => Some(waiting),
+            Slot::Done(_) => None,
+        }
+    }
+
+    /// Request `seq` is answered.
+    pub(crate) fn finish(&mut self, seq: u64, answer: Zeroizing<Vec<u8>>) {
+        let at = seq
+            .checked_sub(self.first_seq)
+            .and_then(|at| usize::try_from(at).ok());
+        if let Some(slot) = at.and_then(|at| self.slots.get_mut(at)) {
+            *slot = Slot::Done(answer);
+        }
+    }
+
+    /// Appends the answers that are due, in order, to `out`.
+    pub(crate) fn flush_into(&mut self, out: &mut Vec<u8>) {
+        while let Some(Slot::Done(_)) = self.slots.front() {
+            if let Some(Slot::Done(answer)) = self.slots.pop_front() {
+                reserve_wiping(out, answer.len());
+                out.extend_from_slice(&answer);
+            }
+            self.first_seq += 1;
+        }
     }
 }
 

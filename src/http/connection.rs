@@ -5,7 +5,6 @@
 //! Owns the routes, the status codes and headers of the REPRAM API, and the per-connection
 //! limits. It never opens the store.
 
-use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -14,7 +13,9 @@ use zeroize::{Zeroize, Zeroizing};
 
 use super::request::{decode, parse_head, query_value, Head, HttpLimits, Method};
 use crate::buffers::{reserve_wiping, RecvBuffer};
-use crate::frontend::{clear_answers, drive, each_answer, FrontEnd, NativeRequests, Registration};
+use crate::frontend::{
+    clear_answers, drive, each_answer, FrontEnd, NativeRequests, OrderedReplies, Registration,
+};
 use crate::node::shard::{bump, Inbound, KeyPage, Shard};
 use crate::store::KeyQuery;
 use crate::wire::{ArchivedReply, ErrorCode, Op, ShardStats, PUT_ALWAYS};
@@ -53,9 +54,7 @@ pub(crate) async fn serve(
         ttls,
         rx: RecvBuffer::new(RECV_BUFFER_INITIAL_BYTES, RECV_BUFFER_STREAMING_BYTES),
         out: Zeroizing::new(Vec::new()),
-        slots: VecDeque::new(),
-        first_seq: 0,
-        next_seq: 0,
+        replies: OrderedReplies::new(),
         native: NativeRequests::new(&shard, registration.conn),
         answers: Zeroizing::new(Vec::new()),
         next_bytes: 0,
@@ -67,9 +66,10 @@ pub(crate) async fn serve(
     }
 }
 
-enum Slot {
-    Done(Zeroizing<Vec<u8>>),
-    Waiting { pending: Pending, keep_alive: bool },
+/// A request waiting for its answer, and whether its connection stays open after it.
+struct Waiting {
+    pending: Pending,
+    keep_alive: bool,
 }
 
 enum Pending {
@@ -101,9 +101,7 @@ struct HttpConnection<'s> {
     ttls: HttpTtls,
     rx: RecvBuffer,
     out: Zeroizing<Vec<u8>>,
-    slots: VecDeque<Slot>,
-    first_seq: u64,
-    next_seq: u64,
+    replies: OrderedReplies<Waiting>,
     native: NativeRequests<'s>,
     answers: Zeroizing<Vec<u8>>,
     /// Bytes the next request needs in the buffer (its head and body, once the head is read).
@@ -211,13 +209,7 @@ fn rfc3339(ms: u64) -> String {
 
 impl FrontEnd for HttpConnection<'_> {
     fn flush_ready(&mut self) {
-        while let Some(Slot::Done(_)) = self.slots.front() {
-            if let Some(Slot::Done(bytes)) = self.slots.pop_front() {
-                reserve_wiping(&mut self.out, bytes.len());
-                self.out.extend_from_slice(&bytes);
-            }
-            self.first_seq += 1;
-        }
+        self.replies.flush_into(&mut self.out);
     }
 
     fn output(&mut self) -> &mut Zeroizing<Vec<u8>> {
@@ -225,14 +217,14 @@ impl FrontEnd for HttpConnection<'_> {
     }
 
     fn finished(&self) -> bool {
-        (self.closing || self.draining) && self.slots.is_empty()
+        (self.closing || self.draining) && self.replies.is_empty()
     }
 
     fn wants_input(&self) -> bool {
         !self.closing
             && !self.draining
             && self.native.in_flight() < self.shard.in_flight_max
-            && self.slots.len() < PIPELINE_MAX
+            && self.replies.len() < PIPELINE_MAX
     }
 
     fn receive_buffer(&mut self) -> &mut RecvBuffer {
@@ -257,7 +249,7 @@ impl FrontEnd for HttpConnection<'_> {
 impl HttpConnection<'_> {
     /// Handles every complete request in the receive buffer.
     fn process_requests(&mut self) {
-        while !self.closing && self.slots.len() < PIPELINE_MAX {
+        while !self.closing && self.replies.len() < PIPELINE_MAX {
             let head = match parse_head(self.rx.filled(), &self.limits) {
                 Ok(Some(head)) => head,
                 Ok(None) => {
@@ -292,18 +284,14 @@ impl HttpConnection<'_> {
     }
 
     fn done(&mut self, bytes: Zeroizing<Vec<u8>>) {
-        self.next_seq += 1;
-        self.slots.push_back(Slot::Done(bytes));
+        self.replies.push_done(bytes);
     }
 
     fn wait(&mut self, pending: Pending, keep_alive: bool) -> u64 {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.slots.push_back(Slot::Waiting {
+        self.replies.push_waiting(Waiting {
             pending,
             keep_alive,
-        });
-        seq
+        })
     }
 
     fn route(&mut self, head: &Head) {
@@ -534,22 +522,12 @@ impl HttpConnection<'_> {
     }
 
     fn waiting(&mut self, seq: u64) -> Option<(&mut Pending, bool)> {
-        let at = seq.checked_sub(self.first_seq)? as usize;
-        match self.slots.get_mut(at)? {
-            Slot::Waiting {
-                pending,
-                keep_alive,
-            } => Some((pending, *keep_alive)),
-            Slot::Done(_) => None,
-        }
+        let waiting = self.replies.waiting(seq)?;
+        Some((&mut waiting.pending, waiting.keep_alive))
     }
 
     fn finish(&mut self, seq: u64, done: Zeroizing<Vec<u8>>) {
-        if let Some(at) = seq.checked_sub(self.first_seq) {
-            if let Some(slot) = self.slots.get_mut(at as usize) {
-                *slot = Slot::Done(done);
-            }
-        }
+        self.replies.finish(seq, done);
     }
 
     fn take_answers(&mut self) {

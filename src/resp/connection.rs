@@ -5,7 +5,6 @@
 //! Owns the command table, the ordering of replies and the per-connection limits. It never
 //! opens the store: [`Shard::execute`] does, on the owner.
 
-use std::collections::VecDeque;
 use std::rc::Rc;
 
 use glommio::net::TcpStream;
@@ -13,8 +12,10 @@ use zeroize::{Zeroize, Zeroizing};
 
 use super::parse::{parse_command, RespLimits};
 use super::reply;
-use crate::buffers::{reserve_wiping, RecvBuffer};
-use crate::frontend::{clear_answers, drive, each_answer, FrontEnd, NativeRequests, Registration};
+use crate::buffers::RecvBuffer;
+use crate::frontend::{
+    clear_answers, drive, each_answer, FrontEnd, NativeRequests, OrderedReplies, Registration,
+};
 use crate::node::shard::{bump, ConnId, Inbound, Shard};
 use crate::wire::{
     ArchivedReply, ErrorCode, Op, ShardStats, PUT_ALWAYS, PUT_IF_ABSENT, PUT_IF_PRESENT,
@@ -48,9 +49,7 @@ pub(crate) async fn serve(
         default_ttl_ms,
         rx: RecvBuffer::new(RECV_BUFFER_INITIAL_BYTES, RECV_BUFFER_STREAMING_BYTES),
         out: Zeroizing::new(Vec::new()),
-        slots: VecDeque::new(),
-        first_seq: 0,
-        next_seq: 0,
+        replies: OrderedReplies::new(),
         native: NativeRequests::new(&shard, conn),
         answers: Zeroizing::new(Vec::new()),
         closing: false,
@@ -73,12 +72,11 @@ fn redis_error(code: ErrorCode, message: &str) -> String {
     }
 }
 
-/// One command's reply, in the order commands came.
-enum Slot {
-    /// Encoded, waiting for the replies before it.
-    Done(Zeroizing<Vec<u8>>),
-    /// Waiting for native answers.
-    Waiting { pending: Pending, remaining: usize },
+/// A command waiting for native answers.
+struct Waiting {
+    pending: Pending,
+    /// Answers still to come.
+    remaining: usize,
 }
 
 enum Pending {
@@ -105,10 +103,7 @@ struct RespConnection<'s> {
     default_ttl_ms: u64,
     rx: RecvBuffer,
     out: Zeroizing<Vec<u8>>,
-    slots: VecDeque<Slot>,
-    /// Sequence number of `slots[0]`.
-    first_seq: u64,
-    next_seq: u64,
+    replies: OrderedReplies<Waiting>,
     native: NativeRequests<'s>,
     /// Native answers of requests run here, taken after each send.
     answers: Zeroizing<Vec<u8>>,
@@ -120,13 +115,7 @@ struct RespConnection<'s> {
 
 impl FrontEnd for RespConnection<'_> {
     fn flush_ready(&mut self) {
-        while let Some(Slot::Done(_)) = self.slots.front() {
-            if let Some(Slot::Done(bytes)) = self.slots.pop_front() {
-                reserve_wiping(&mut self.out, bytes.len());
-                self.out.extend_from_slice(&bytes);
-            }
-            self.first_seq += 1;
-        }
+        self.replies.flush_into(&mut self.out);
     }
 
     fn output(&mut self) -> &mut Zeroizing<Vec<u8>> {
@@ -134,14 +123,14 @@ impl FrontEnd for RespConnection<'_> {
     }
 
     fn finished(&self) -> bool {
-        (self.closing || self.draining) && self.slots.is_empty()
+        (self.closing || self.draining) && self.replies.is_empty()
     }
 
     fn wants_input(&self) -> bool {
         !self.closing
             && !self.draining
             && self.native.in_flight() < self.shard.in_flight_max
-            && self.slots.len() < PIPELINE_MAX
+            && self.replies.len() < PIPELINE_MAX
     }
 
     fn receive_buffer(&mut self) -> &mut RecvBuffer {
@@ -165,7 +154,7 @@ impl FrontEnd for RespConnection<'_> {
 impl RespConnection<'_> {
     /// Handles every complete command in the receive buffer.
     fn process_commands(&mut self) {
-        while !self.closing && self.slots.len() < PIPELINE_MAX {
+        while !self.closing && self.replies.len() < PIPELINE_MAX {
             let parsed = parse_command(self.rx.filled(), &self.limits);
             let command = match parsed {
                 Ok(Some(command)) => command,
@@ -181,8 +170,7 @@ impl RespConnection<'_> {
                     bump(&self.shard.counters.bad_frames, 1);
                     let mut done = Zeroizing::new(Vec::new());
                     reply::error(&mut done, &format!("ERR Protocol error: {}", error.0));
-                    self.slots.push_back(Slot::Done(done));
-                    self.next_seq += 1;
+                    self.replies.push_done(done);
                     self.closing = true;
                     break;
                 }
@@ -201,8 +189,8 @@ impl RespConnection<'_> {
 
     /// Runs one command (its arguments are ranges of the receive buffer).
     fn command(&mut self, args: &[std::ops::Range<usize>]) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
+        // Every command adds exactly one slot: this number.
+        let seq = self.replies.next_seq();
         let buf = self.rx.filled();
         let arg = |i: usize| &buf[args[i].clone()];
         let name = arg(0).to_ascii_uppercase();
@@ -289,7 +277,7 @@ impl RespConnection<'_> {
                     .and_then(|t| t.parse::<i64>().ok());
                 let Some(amount) = amount else {
                     reply::error(&mut done, "ERR value is not an integer or out of range");
-                    self.slots.push_back(Slot::Done(done));
+                    self.replies.push_done(done);
                     return;
                 };
                 let key = arg(1).to_vec();
@@ -323,7 +311,7 @@ impl RespConnection<'_> {
                 reply::error(&mut done, &text);
             }
         }
-        self.slots.push_back(Slot::Done(done));
+        self.replies.push_done(done);
     }
 
     fn hello(&self, done: &mut Vec<u8>) {
@@ -400,14 +388,11 @@ impl RespConnection<'_> {
         if let Some(message) = error {
             let mut done = Zeroizing::new(Vec::new());
             reply::error(&mut done, message);
-            self.slots.push_back(Slot::Done(done));
+            self.replies.push_done(done);
             return;
         }
         let ttl_ms = ttl_ms.unwrap_or(self.default_ttl_ms);
-        self.slots.push_back(Slot::Waiting {
-            pending: Pending::Set,
-            remaining: 1,
-        });
+        self.push_waiting(Pending::Set, 1);
         // Encoded straight from the receive buffer, whose copy is wiped once consumed.
         let buf = self.rx.filled();
         let op = Op::Put {
@@ -473,7 +458,7 @@ impl RespConnection<'_> {
 
     /// Adds the slot of the command being read, waiting for `remaining` answers.
     fn push_waiting(&mut self, pending: Pending, remaining: usize) {
-        self.slots.push_back(Slot::Waiting { pending, remaining });
+        self.replies.push_waiting(Waiting { pending, remaining });
     }
 
     fn accept_inbound(&mut self, inbound: Inbound) {
@@ -499,11 +484,8 @@ impl RespConnection<'_> {
 
     /// The waiting slot of command `seq`, if it is still waiting.
     fn waiting(&mut self, seq: u64) -> Option<(&mut Pending, &mut usize)> {
-        let at = seq.checked_sub(self.first_seq)? as usize;
-        match self.slots.get_mut(at)? {
-            Slot::Waiting { pending, remaining } => Some((pending, remaining)),
-            Slot::Done(_) => None,
-        }
+        let waiting = self.replies.waiting(seq)?;
+        Some((&mut waiting.pending, &mut waiting.remaining))
     }
 
     /// Takes native answers (a run of response frames) into their commands' slots.
@@ -592,11 +574,7 @@ impl RespConnection<'_> {
 
     /// Command `seq` is answered: its slot holds the reply.
     fn finish(&mut self, seq: u64, done: Zeroizing<Vec<u8>>) {
-        if let Some(at) = seq.checked_sub(self.first_seq) {
-            if let Some(slot) = self.slots.get_mut(at as usize) {
-                *slot = Slot::Done(done);
-            }
-        }
+        self.replies.finish(seq, done);
     }
 
     /// Encodes `DBSIZE` or `INFO` once every shard answered.
