@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::rc::Rc;
+use std::time::Instant;
 
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver};
@@ -105,24 +106,41 @@ pub(crate) async fn drive(
     }
 }
 
+/// The text front ends, for counting their connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FrontEndKind {
+    Resp,
+    Http,
+}
+
 /// A connection of a front end, registered with its shard so that answers from other shards
 /// (and from the coordinator) reach it; unregistered on drop.
 pub(crate) struct Registration {
     shard: Rc<Shard>,
+    kind: FrontEndKind,
     pub conn: ConnId,
     pub inbox: LocalReceiver<Inbound>,
 }
 
 impl Registration {
-    pub(crate) fn new(shard: &Rc<Shard>) -> Registration {
+    fn open_counter(shard: &Shard, kind: FrontEndKind) -> &std::cell::Cell<u64> {
+        match kind {
+            FrontEndKind::Resp => &shard.counters.resp_connections_open,
+            FrontEndKind::Http => &shard.counters.http_connections_open,
+        }
+    }
+
+    pub(crate) fn new(shard: &Rc<Shard>, kind: FrontEndKind) -> Registration {
         let conn = shard.next_conn.get();
         shard.next_conn.set(conn + 1);
         let (sender, inbox) = local_channel::new_unbounded();
         shard.conns.borrow_mut().insert(conn, sender);
         bump(&shard.counters.connections_open, 1);
         bump(&shard.counters.connections_accepted, 1);
+        bump(Self::open_counter(shard, kind), 1);
         Registration {
             shard: shard.clone(),
+            kind,
             conn,
             inbox,
         }
@@ -132,8 +150,12 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.shard.conns.borrow_mut().remove(&self.conn);
-        let open = &self.shard.counters.connections_open;
-        open.set(open.get().saturating_sub(1));
+        for open in [
+            &self.shard.counters.connections_open,
+            Self::open_counter(&self.shard, self.kind),
+        ] {
+            open.set(open.get().saturating_sub(1));
+        }
     }
 }
 
@@ -234,6 +256,8 @@ pub(crate) struct NativeRequests<'s> {
     frame: Zeroizing<Vec<u8>>,
     batches: Vec<Batch>,
     in_flight: usize,
+    /// When the read that brought the current requests returned (see [`Shard::execute`]).
+    read_at: Instant,
 }
 
 impl<'s> NativeRequests<'s> {
@@ -245,7 +269,13 @@ impl<'s> NativeRequests<'s> {
             frame: Zeroizing::new(Vec::new()),
             batches: (0..shard.count).map(|_| Batch::default()).collect(),
             in_flight: 0,
+            read_at: Instant::now(),
         }
+    }
+
+    /// Bytes just arrived: the requests sent from now on came with them.
+    pub(crate) fn read_arrived(&mut self) {
+        self.read_at = Instant::now();
     }
 
     /// Requests (and stats questions) sent elsewhere and not answered yet.
@@ -283,7 +313,13 @@ impl<'s> NativeRequests<'s> {
                 return;
             }
         }
-        let answer = shard.execute(&mut self.frame[payload_at..], &view, self.conn, answers);
+        let answer = shard.execute(
+            &mut self.frame[payload_at..],
+            &view,
+            self.conn,
+            answers,
+            self.read_at,
+        );
         self.frame.zeroize();
         if answer == Answer::Deferred {
             self.in_flight += 1;
@@ -302,6 +338,7 @@ impl<'s> NativeRequests<'s> {
             let request = ShardRequest::Frames {
                 conn: self.conn,
                 frames,
+                read_at: self.read_at,
             };
             if self.shard.forward(owner as u32, request).is_ok() {
                 self.in_flight += count;

@@ -443,5 +443,50 @@ fn the_metrics_page_parses_and_its_counters_move_with_traffic() {
         0.0,
         "a lone node is a root"
     );
+    // Latency by op: one count per request answered at once, in cumulative buckets.
+    let latency_count = |samples: &[prometheus_parse::Sample], op: &str| {
+        sample(
+            samples,
+            "repram_request_latency_seconds_count",
+            Some(("op", op)),
+        )
+    };
+    assert_eq!(
+        latency_count(&after, "put") - latency_count(&before, "put"),
+        20.0
+    );
+    assert!(latency_count(&after, "get") - latency_count(&before, "get") >= 20.0);
+    let buckets = after
+        .iter()
+        .find(|s| s.metric == "repram_request_latency_seconds" && s.labels.get("op") == Some("put"))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Histogram(buckets) => buckets.clone(),
+            other => panic!("not a histogram: {other:?}"),
+        })
+        .expect("the put latency histogram");
+    assert!(buckets
+        .windows(2)
+        .all(|w| w[0].count <= w[1].count && w[0].less_than < w[1].less_than));
+    assert_eq!(
+        buckets.last().map(|b| b.count),
+        Some(latency_count(&after, "put")),
+        "the last bucket (+Inf) holds every request"
+    );
+    // This scrape's own connection is open on the HTTP front end.
+    assert!(
+        sample(
+            &after,
+            "repram_connections_open",
+            Some(("front_end", "http"))
+        ) >= 1.0
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "repram_connections_open",
+            Some(("front_end", "resp"))
+        ),
+        0.0
+    );
     assert_eq!(request(addr, "GET", "/v1/metrics", &[], b"").status, 200);
 }

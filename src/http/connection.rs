@@ -14,7 +14,8 @@ use zeroize::{Zeroize, Zeroizing};
 use super::request::{decode, parse_head, query_value, Head, HttpLimits, Method};
 use crate::buffers::{reserve_wiping, RecvBuffer};
 use crate::frontend::{
-    clear_answers, drive, each_answer, FrontEnd, NativeRequests, OrderedReplies, Registration,
+    clear_answers, drive, each_answer, FrontEnd, FrontEndKind, NativeRequests, OrderedReplies,
+    Registration,
 };
 use crate::node::shard::{bump, Inbound, KeyPage, Shard};
 use crate::store::KeyQuery;
@@ -43,7 +44,7 @@ pub(crate) async fn serve(
     limits: HttpLimits,
     ttls: HttpTtls,
 ) {
-    let registration = Registration::new(&shard);
+    let registration = Registration::new(&shard, FrontEndKind::Http);
     let _ = stream.set_nodelay(true);
     if let Some(idle) = shard.idle_timeout {
         let _ = stream.set_read_timeout(Some(idle));
@@ -234,6 +235,7 @@ impl FrontEnd for HttpConnection<'_> {
     }
 
     fn received(&mut self) {
+        self.native.read_arrived();
         self.process_requests();
     }
 
@@ -506,7 +508,7 @@ impl HttpConnection<'_> {
         let Some((Pending::Status(total, 0), keep)) = self.waiting(seq) else {
             return;
         };
-        let (total, keep) = (*total, keep);
+        let (total, keep) = (std::mem::take(total), keep);
         let uptime = self.shard.now_ms().saturating_sub(self.shard.started_ms) / 1_000;
         let body = serde_json::json!({
             "status": "ok",

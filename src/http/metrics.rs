@@ -6,12 +6,14 @@
 //! Owns metric names and labels; it never reads a counter itself (it is handed them).
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::wire::{NetworkStats, ShardStats};
+use crate::wire::{NetworkStats, OpLatency, ShardStats, LATENCY_BOUNDS_US, LATENCY_OPS};
 
 /// The media type of the page.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -50,6 +52,36 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, values: &[(Labels, u64
     registry.register(name, help, family);
 }
 
+/// Latency histograms by op, already counted by the shards (prometheus-client's `Histogram`
+/// only observes one value at a time).
+#[derive(Debug)]
+struct OpLatencies(Vec<(Labels, OpLatency)>);
+
+impl EncodeMetric for OpLatencies {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, latency) in &self.0 {
+            let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS_US
+                .iter()
+                .map(|&us| us as f64 / 1e6)
+                .chain([f64::MAX])
+                .zip(latency.counts)
+                .collect();
+            let sum = latency.sum_us as f64 / 1e6;
+            encoder.encode_family(labels)?.encode_histogram::<Labels>(
+                sum,
+                latency.count(),
+                &buckets,
+                None,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
 fn plain(value: u64) -> Vec<(Labels, u64)> {
     vec![(Vec::new(), value)]
 }
@@ -80,6 +112,17 @@ pub fn render(shards: &[ShardStats], network: &NetworkStats, kinds: &[&str]) -> 
     .map(|(op, n)| (vec![("op", op.to_string())], n))
     .collect();
     counter(&mut registry, "operations", "Requests by operation", &ops);
+    let latencies = LATENCY_OPS
+        .iter()
+        .zip(total.latency.iter().copied())
+        .map(|(op, latency)| (vec![("op", op.to_string())], latency))
+        .collect();
+    registry.register_with_unit(
+        "request_latency",
+        "From the read that brought a request to its answer (answers deferred to the network excluded)",
+        prometheus_client::registry::Unit::Seconds,
+        OpLatencies(latencies),
+    );
     let reads = vec![
         (vec![("outcome", "hit".to_string())], total.hits),
         (vec![("outcome", "miss".to_string())], total.misses),
@@ -139,11 +182,25 @@ pub fn render(shards: &[ShardStats], network: &NetworkStats, kinds: &[&str]) -> 
         "Memory budget, by shard",
         &per_shard(|s| s.budget_bytes),
     );
+    let native = total
+        .connections_open
+        .saturating_sub(total.resp_connections_open + total.http_connections_open);
+    let by_front_end = vec![
+        (vec![("front_end", "native".to_string())], native),
+        (
+            vec![("front_end", "resp".to_string())],
+            total.resp_connections_open,
+        ),
+        (
+            vec![("front_end", "http".to_string())],
+            total.http_connections_open,
+        ),
+    ];
     gauge(
         &mut registry,
         "connections_open",
-        "Client connections open",
-        &plain(total.connections_open),
+        "Client connections open, by front end",
+        &by_front_end,
     );
     counter(
         &mut registry,

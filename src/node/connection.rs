@@ -7,6 +7,7 @@
 
 use std::io;
 use std::rc::Rc;
+use std::time::Instant;
 
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver};
@@ -87,6 +88,8 @@ struct Connection<'s> {
     draining: bool,
     /// The client sent something unreadable: send the error, then close.
     fatal: bool,
+    /// When the last read returned (the start of its requests' latency).
+    read_at: Instant,
 }
 
 impl<'s> Connection<'s> {
@@ -103,6 +106,7 @@ impl<'s> Connection<'s> {
             next_frame_bytes: wire::FRAME_HEADER_BYTES,
             draining: false,
             fatal: false,
+            read_at: Instant::now(),
         }
     }
 
@@ -133,6 +137,7 @@ impl<'s> Connection<'s> {
             match event {
                 Event::Read(Ok(0)) => self.draining = true,
                 Event::Read(Ok(n)) => {
+                    self.read_at = Instant::now();
                     let filled_spare = n == self.rx.spare_mut().len();
                     self.rx.advance(n);
                     self.process_frames();
@@ -223,9 +228,14 @@ impl<'s> Connection<'s> {
         if view.kind == OpKind::Stats {
             return self.start_stats(view.id);
         }
-        if shard.execute(&mut frame[payload_at..], view, self.conn, &mut self.out)
-            == Answer::Deferred
-        {
+        let answer = shard.execute(
+            &mut frame[payload_at..],
+            view,
+            self.conn,
+            &mut self.out,
+            self.read_at,
+        );
+        if answer == Answer::Deferred {
             self.in_flight += 1;
         }
     }
@@ -242,6 +252,7 @@ impl<'s> Connection<'s> {
             let request = ShardRequest::Frames {
                 conn: self.conn,
                 frames,
+                read_at: self.read_at,
             };
             if self.shard.forward(owner as u32, request).is_ok() {
                 self.in_flight += count;

@@ -546,9 +546,13 @@ async fn serve_shard_requests(
 ) {
     while let Some(request) = receiver.recv().await {
         let reply = match request {
-            ShardRequest::Frames { conn, mut frames } => {
+            ShardRequest::Frames {
+                conn,
+                mut frames,
+                read_at,
+            } => {
                 let mut responses = Zeroizing::new(Vec::with_capacity(frames.len() / 2 + 64));
-                let count = shard.execute_forwarded(&mut frames, conn, &mut responses);
+                let count = shard.execute_forwarded(&mut frames, conn, &mut responses, read_at);
                 ShardReply::Frames {
                     conn,
                     responses,

@@ -8,7 +8,7 @@
 use std::cell::{Cell, RefCell};
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use ahash::AHashMap;
 use glommio::channels::channel_mesh::Senders;
@@ -21,7 +21,8 @@ use crate::store::{KeyHeap, KeyQuery, OwnedEntry, Store, StoreError};
 
 use super::replica::Replication;
 use crate::wire::{
-    self, ErrorCode, HelloInfo, OpKind, Reply, RequestView, Response, ShardStats, PROTOCOL_VERSION,
+    self, ErrorCode, HelloInfo, OpKind, OpLatency, Reply, RequestView, Response, ShardStats,
+    PROTOCOL_VERSION,
 };
 
 use crate::buffers::reserve_wiping;
@@ -40,6 +41,8 @@ pub(crate) enum ShardRequest {
     Frames {
         conn: ConnId,
         frames: Zeroizing<Vec<u8>>,
+        /// When the read that brought them returned (for their latency).
+        read_at: Instant,
     },
     Stats {
         conn: ConnId,
@@ -167,6 +170,31 @@ pub(crate) struct Counters {
     pub forwarded: Cell<u64>,
     pub busy: Cell<u64>,
     pub bad_frames: Cell<u64>,
+    pub resp_connections_open: Cell<u64>,
+    pub http_connections_open: Cell<u64>,
+    /// By op, in the order of [`wire::LATENCY_OPS`].
+    pub latency: [LatencyCells; wire::LATENCY_OPS.len()],
+}
+
+/// One op's latency histogram as a shard keeps it (see [`wire::OpLatency`]).
+#[derive(Default)]
+pub(crate) struct LatencyCells {
+    counts: [Cell<u64>; wire::LATENCY_BOUNDS_US.len() + 1],
+    sum_us: Cell<u64>,
+}
+
+impl LatencyCells {
+    fn record(&self, us: u64) {
+        bump(&self.counts[OpLatency::bucket_of(us)], 1);
+        bump(&self.sum_us, us);
+    }
+
+    fn snapshot(&self) -> OpLatency {
+        OpLatency {
+            counts: std::array::from_fn(|i| self.counts[i].get()),
+            sum_us: self.sum_us.get(),
+        }
+    }
 }
 
 pub(crate) fn bump(counter: &Cell<u64>, by: u64) {
@@ -286,7 +314,34 @@ impl Shard {
     /// its response to `out`, or hands a read that missed to the network
     /// ([`Answer::Deferred`]: the response reaches the connection later, by itself). A Put's
     /// value is wiped from `payload` whatever the outcome.
+    ///
+    /// `read_at` is when the read that brought the request returned: the op's latency is
+    /// counted from then to its answer being ready (forwarding included, the socket write
+    /// not). Answers deferred to the network are not counted here (see the pull figures).
     pub(crate) fn execute(
+        &self,
+        payload: &mut [u8],
+        view: &RequestView,
+        conn: ConnId,
+        out: &mut Vec<u8>,
+        read_at: Instant,
+    ) -> Answer {
+        let answer = self.execute_op(payload, view, conn, out);
+        let op = match view.kind {
+            OpKind::Put => 0,
+            OpKind::Get => 1,
+            OpKind::Delete => 2,
+            OpKind::Expire => 3,
+            _ => return answer,
+        };
+        if answer == Answer::Answered {
+            let us = u64::try_from(read_at.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.counters.latency[op].record(us);
+        }
+        answer
+    }
+
+    fn execute_op(
         &self,
         payload: &mut [u8],
         view: &RequestView,
@@ -564,6 +619,7 @@ impl Shard {
         frames: &mut [u8],
         conn: ConnId,
         out: &mut Vec<u8>,
+        read_at: Instant,
     ) -> u32 {
         let mut at = 0;
         let mut count = 0;
@@ -576,7 +632,7 @@ impl Shard {
                 break;
             };
             let answer = match wire::decode_request(payload) {
-                Ok(view) => self.execute(payload, &view, conn, out),
+                Ok(view) => self.execute(payload, &view, conn, out, read_at),
                 // The sending shard validated these frames: failing here is a bug, answered
                 // rather than dropped so the client is never left waiting.
                 Err(_) => {
@@ -621,6 +677,9 @@ impl Shard {
             bad_frames: c.bad_frames.get(),
             live_set_count,
             live_set_xor,
+            resp_connections_open: c.resp_connections_open.get(),
+            http_connections_open: c.http_connections_open.get(),
+            latency: Box::new(std::array::from_fn(|op| c.latency[op].snapshot())),
         }
     }
 

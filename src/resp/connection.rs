@@ -14,7 +14,8 @@ use super::parse::{parse_command, RespLimits};
 use super::reply;
 use crate::buffers::RecvBuffer;
 use crate::frontend::{
-    clear_answers, drive, each_answer, FrontEnd, NativeRequests, OrderedReplies, Registration,
+    clear_answers, drive, each_answer, FrontEnd, FrontEndKind, NativeRequests, OrderedReplies,
+    Registration,
 };
 use crate::node::shard::{bump, ConnId, Inbound, Shard};
 use crate::wire::{
@@ -36,7 +37,7 @@ pub(crate) async fn serve(
     limits: RespLimits,
     default_ttl_ms: u64,
 ) {
-    let registration = Registration::new(&shard);
+    let registration = Registration::new(&shard, FrontEndKind::Resp);
     let conn = registration.conn;
     let _ = stream.set_nodelay(true);
     if let Some(idle) = shard.idle_timeout {
@@ -139,6 +140,7 @@ impl FrontEnd for RespConnection<'_> {
     }
 
     fn received(&mut self) {
+        self.native.read_arrived();
         self.process_commands();
     }
 
@@ -580,7 +582,7 @@ impl RespConnection<'_> {
     /// Encodes `DBSIZE` or `INFO` once every shard answered.
     fn complete(&mut self, seq: u64) {
         let (total, info) = match self.waiting(seq) {
-            Some((Pending::Stats { total, info }, 0)) => (*total, *info),
+            Some((Pending::Stats { total, info }, 0)) => (std::mem::take(total), *info),
             _ => return,
         };
         let mut done = Zeroizing::new(Vec::new());

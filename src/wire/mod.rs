@@ -21,7 +21,7 @@ pub mod peer;
 mod tests;
 
 /// Protocol version spoken by this build; a Hello with another one is refused.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Bytes of the length prefix.
 pub const FRAME_HEADER_BYTES: usize = 4;
 /// Room a frame needs beyond its key and value (envelope, lengths, ids, ttl).
@@ -203,7 +203,7 @@ pub struct HelloInfo {
 }
 
 /// Counters of one shard, or their sum over a node.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct ShardStats {
     pub puts: u64,
     pub gets: u64,
@@ -234,11 +234,53 @@ pub struct ShardStats {
     /// xor of their stable hashes: two nodes holding the same entries show the same pair.
     pub live_set_count: u64,
     pub live_set_xor: u64,
+    /// Connections open on the Redis and HTTP front ends (the rest of `connections_open`
+    /// are native).
+    pub resp_connections_open: u64,
+    pub http_connections_open: u64,
+    /// Request latency by op, in the order of [`LATENCY_OPS`]. Boxed: the rest of the
+    /// counters travel in every stats message, this is most of their size.
+    pub latency: Box<[OpLatency; LATENCY_OPS.len()]>,
+}
+
+/// The ops whose latency a shard records.
+pub const LATENCY_OPS: [&str; 4] = ["put", "get", "delete", "expire"];
+
+/// Upper bounds (microseconds) of the latency buckets; a last bucket takes everything above.
+pub const LATENCY_BOUNDS_US: [u64; 16] = [
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+    500_000, 1_000_000,
+];
+
+/// A latency histogram of one op on fixed buckets: a count per bucket (not cumulative) and the
+/// sum, so histograms of shards and nodes add up and a scraper can take rates of them.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OpLatency {
+    pub counts: [u64; LATENCY_BOUNDS_US.len() + 1],
+    pub sum_us: u64,
+}
+
+impl OpLatency {
+    /// The bucket a latency of `us` microseconds falls in.
+    pub fn bucket_of(us: u64) -> usize {
+        LATENCY_BOUNDS_US.partition_point(|&bound| bound < us)
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().fold(0, |sum, &n| sum.saturating_add(n))
+    }
+
+    pub fn add(&mut self, other: &OpLatency) {
+        for (mine, theirs) in self.counts.iter_mut().zip(other.counts) {
+            *mine = mine.saturating_add(theirs);
+        }
+        self.sum_us = self.sum_us.saturating_add(other.sum_us);
+    }
 }
 
 impl ShardStats {
     /// Every counter with its name, in a fixed order (for printing and exporting).
-    pub fn fields(&self) -> [(&'static str, u64); 21] {
+    pub fn fields(&self) -> [(&'static str, u64); 23] {
         [
             ("keys", self.keys),
             ("tombstones", self.tombstones),
@@ -261,12 +303,14 @@ impl ShardStats {
             ("busy", self.busy),
             ("bad_frames", self.bad_frames),
             ("live_set_count", self.live_set_count),
+            ("resp_connections_open", self.resp_connections_open),
+            ("http_connections_open", self.http_connections_open),
         ]
     }
 
     /// Adds another shard's counters into these.
     pub fn add(&mut self, other: &ShardStats) {
-        let mine: [&mut u64; 21] = [
+        let mine: [&mut u64; 23] = [
             &mut self.keys,
             &mut self.tombstones,
             &mut self.used_bytes,
@@ -288,12 +332,17 @@ impl ShardStats {
             &mut self.busy,
             &mut self.bad_frames,
             &mut self.live_set_count,
+            &mut self.resp_connections_open,
+            &mut self.http_connections_open,
         ];
         for (mine, (_, theirs)) in mine.into_iter().zip(other.fields()) {
             *mine = mine.saturating_add(theirs);
         }
         // Sets combine by xor, not by sum.
         self.live_set_xor ^= other.live_set_xor;
+        for (mine, theirs) in self.latency.iter_mut().zip(other.latency.iter()) {
+            mine.add(theirs);
+        }
     }
 }
 

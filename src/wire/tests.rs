@@ -284,6 +284,14 @@ fn adding_stats_sums_every_counter_under_its_own_name() {
         bad_frames: 20,
         live_set_count: 21,
         live_set_xor: 0b1010,
+        resp_connections_open: 22,
+        http_connections_open: 23,
+        latency: Box::new(
+            [OpLatency {
+                counts: [1; LATENCY_BOUNDS_US.len() + 1],
+                sum_us: 100,
+            }; LATENCY_OPS.len()],
+        ),
     };
     let mut total = ShardStats::default();
     total.add(&one);
@@ -291,14 +299,29 @@ fn adding_stats_sums_every_counter_under_its_own_name() {
     assert_eq!(total.puts, 2);
     assert_eq!(total.bad_frames, 40);
     let names: std::collections::HashSet<_> = one.fields().iter().map(|(n, _)| *n).collect();
-    assert_eq!(names.len(), 21, "every counter listed once");
+    assert_eq!(names.len(), 23, "every counter listed once");
     for ((name, sum), (_, single)) in total.fields().into_iter().zip(one.fields()) {
         assert_eq!(sum, single * 2, "{name}");
     }
     let values: std::collections::HashSet<_> = one.fields().iter().map(|(_, v)| *v).collect();
-    assert_eq!(values.len(), 21, "fields() reads every counter, none twice");
+    assert_eq!(values.len(), 23, "fields() reads every counter, none twice");
+    for latency in total.latency.iter() {
+        assert_eq!(latency.count(), 2 * (LATENCY_BOUNDS_US.len() as u64 + 1));
+        assert_eq!(latency.sum_us, 200);
+    }
     assert_eq!(
         total.live_set_xor, 0,
         "sets combine by xor: the same set twice cancels"
     );
+}
+
+#[test]
+fn a_latency_falls_in_the_first_bucket_whose_bound_it_does_not_exceed() {
+    assert_eq!(OpLatency::bucket_of(0), 0);
+    assert_eq!(OpLatency::bucket_of(10), 0);
+    assert_eq!(OpLatency::bucket_of(11), 1);
+    assert_eq!(OpLatency::bucket_of(1_000), 6);
+    assert_eq!(OpLatency::bucket_of(1_000_000), LATENCY_BOUNDS_US.len() - 1);
+    assert_eq!(OpLatency::bucket_of(1_000_001), LATENCY_BOUNDS_US.len());
+    assert_eq!(OpLatency::bucket_of(u64::MAX), LATENCY_BOUNDS_US.len());
 }
