@@ -170,6 +170,14 @@ fn ttls_come_from_the_query_then_the_header_then_the_default_and_are_clamped() {
     assert_eq!(ttl_of("neg"), 3_600, "not positive: the default");
     assert_eq!(put("/v1/data/long?ttl=999999", &[]), 201);
     assert_eq!(ttl_of("long"), 7_200, "clamped to --max-ttl");
+    // The answer to a write says the TTL applied.
+    let stored = request(addr, "PUT", "/v1/data/said?ttl=999999", &[], b"v");
+    let body: serde_json::Value = serde_json::from_slice(&stored.body).expect("json");
+    assert_eq!(body["status"], "stored");
+    assert_eq!(body["ttl_seconds"], 7_200);
+    assert!(body["expires_at"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
 }
 
 #[test]

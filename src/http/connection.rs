@@ -581,9 +581,29 @@ impl HttpConnection<'_> {
             return;
         };
         let done = match (pending, reply) {
-            (Pending::Put, ArchivedReply::Stored { pending, .. }) => {
+            (
+                Pending::Put,
+                ArchivedReply::Stored {
+                    pending,
+                    expires_ms,
+                    version_clock,
+                    ..
+                },
+            ) => {
                 let status = if *pending { 202 } else { 201 };
-                json(status, &serde_json::json!({ "status": "stored" }), keep)
+                let created = crate::Version {
+                    clock: version_clock.to_native(),
+                    node: 0,
+                }
+                .physical_ms();
+                let expires = expires_ms.to_native();
+                // The TTL as applied (the API clamps it), so a client need not ask again.
+                let body = serde_json::json!({
+                    "status": "stored",
+                    "ttl_seconds": expires.saturating_sub(created) / 1_000,
+                    "expires_at": rfc3339(expires),
+                });
+                json(status, &body, keep)
             }
             (
                 Pending::Get { head_only },
