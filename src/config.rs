@@ -26,6 +26,7 @@ pub const WRITE_COPIES_DEFAULT: u8 = 1;
 pub const WRITE_COPIES_MAX: u8 = 8;
 pub const WRITE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
 pub const REBALANCE_INTERVAL_DEFAULT: Duration = Duration::from_secs(30);
+pub const HEARTBEAT_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
 pub const RESP_LISTEN_DEFAULT: &str = "127.0.0.1:6379";
 pub const HTTP_LISTEN_DEFAULT: &str = "127.0.0.1:8080";
 /// A write that gives no TTL (Redis's `SET` without `EX`/`PX`) lives this long, as REPRAM's
@@ -121,6 +122,10 @@ pub struct ServeArgs {
     /// a trunk four times [default: 30s].
     #[arg(long, value_name = "DURATION")]
     pub rebalance_interval: Option<String>,
+    /// How often a child tells its parent it is alive; three missed in a row and the other
+    /// side counts it as gone (a stopped node says goodbye at once) [default: 1s].
+    #[arg(long, value_name = "DURATION")]
+    pub heartbeat_interval: Option<String>,
 }
 
 /// The TOML file: the same options as the flags.
@@ -147,6 +152,7 @@ struct FileConfig {
     write_copies: Option<u8>,
     write_timeout: Option<String>,
     rebalance_interval: Option<String>,
+    heartbeat_interval: Option<String>,
     resp_listen: Option<String>,
     http_listen: Option<String>,
     default_ttl: Option<String>,
@@ -189,6 +195,7 @@ pub struct PeerConfig {
     pub write_copies: u8,
     pub write_timeout: Duration,
     pub rebalance_interval: Duration,
+    pub heartbeat_interval: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -395,6 +402,15 @@ impl ServeArgs {
         if rebalance_interval < Duration::from_millis(100) {
             return Err(invalid("rebalance-interval", "must be at least 100ms"));
         }
+        let heartbeat_interval = match pick!(heartbeat_interval) {
+            Some(text) => parse_duration("heartbeat-interval", &text)?,
+            None => HEARTBEAT_INTERVAL_DEFAULT,
+        };
+        if heartbeat_interval < Duration::from_millis(100)
+            || heartbeat_interval > Duration::from_secs(60)
+        {
+            return Err(invalid("heartbeat-interval", "must be within 100ms..=60s"));
+        }
         let resp_listen = match pick!(resp_listen) {
             Some(text) if text.eq_ignore_ascii_case("off") => None,
             Some(text) => Some(resolve("resp-listen", &text)?),
@@ -436,6 +452,7 @@ impl ServeArgs {
                 write_copies,
                 write_timeout,
                 rebalance_interval,
+                heartbeat_interval,
             },
             resp_listen,
             http_listen,

@@ -204,6 +204,46 @@ fn health_status_topology_cors_and_errors_answer_as_documented() {
     assert_eq!(body["node"]["role"], "root", "{body}");
     assert!(body["children"].is_array());
 
+    // The dashboard's figures: by shard, adding up to the total, with latency buckets.
+    let stats = request(addr, "GET", "/v1/stats", &[], b"");
+    let body: serde_json::Value = serde_json::from_slice(&stats.body).expect("json");
+    assert_eq!(body["total"]["keys"], 10, "{body}");
+    let shards = body["shards"].as_array().expect("shards");
+    assert_eq!(shards.len(), 2);
+    let keys: u64 = shards.iter().filter_map(|s| s["keys"].as_u64()).sum();
+    assert_eq!(keys, 10);
+    let bounds = body["latency"]["bounds_us"]
+        .as_array()
+        .expect("bounds")
+        .len();
+    let puts = &body["latency"]["ops"]["put"]["counts"];
+    assert_eq!(puts.as_array().map(Vec::len), Some(bounds + 1));
+    let timed: u64 = puts
+        .as_array()
+        .expect("counts")
+        .iter()
+        .filter_map(|c| c.as_u64())
+        .sum();
+    assert_eq!(timed, 10, "every put timed once");
+    assert_eq!(body["network"]["role"], "root");
+
+    // The dashboard: one page that may fetch from this node only.
+    let page = request(addr, "GET", "/", &[], b"");
+    assert_eq!(page.status, 200);
+    assert!(page
+        .header("Content-Type")
+        .is_some_and(|t| t.starts_with("text/html")));
+    let policy = page.header("Content-Security-Policy").expect("a policy");
+    assert!(policy.contains("connect-src 'self'") && policy.contains("default-src 'none'"));
+    let html = String::from_utf8(page.body).expect("utf-8");
+    assert!(html.contains("/v1/stats") && html.contains("/v1/topology"));
+    for outside in ["<script src", "<link", "@import", "url("] {
+        assert!(
+            !html.contains(outside),
+            "the page loads nothing ({outside})"
+        );
+    }
+
     // CORS: a preflight, and the TTL headers exposed to scripts.
     let preflight = request(addr, "OPTIONS", "/v1/data/x", &[], b"");
     assert_eq!(preflight.status, 204);

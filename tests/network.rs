@@ -354,11 +354,25 @@ fn node_behind_relay_with(root: Option<&NodeProcess>, args: &[&str]) -> (NodePro
     (node, relay)
 }
 
-/// Writes probes on `writer` until `reader` holds one: the two are in one network.
+/// Writes probes on `writer` until `reader` holds one: the two are in one network; then
+/// waits for `reader`'s first dump to finish (a dump still under way carries later writes
+/// too).
 fn wait_joined(writer: &BlockingClient, reader: &BlockingClient) {
     wait_spread(writer, &[reader], Duration::from_secs(15), &|| {
         "the nodes never formed a network".to_string()
     });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let network = reader.stats().expect("stats").network;
+        if network.dumps_completed >= 1 && network.dumping == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the joiner's dump never finished: {network:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]
@@ -387,7 +401,8 @@ fn a_read_that_misses_locally_pulls_the_value_from_a_neighbour() {
             "{key} arrived although pushes were dropped"
         );
     }
-    let before = reader.stats().expect("stats").network;
+    let before_stats = reader.stats().expect("stats");
+    let before = before_stats.network.clone();
     // A normal read asks the neighbours and gets the value; the next read is local.
     for i in 0..20 {
         let key = format!("pulled-{i}");
@@ -406,7 +421,12 @@ fn a_read_that_misses_locally_pulls_the_value_from_a_neighbour() {
         "a missing key took {:?}",
         started.elapsed()
     );
-    let after = reader.stats().expect("stats").network;
+    let after_stats = reader.stats().expect("stats");
+    let after = after_stats.network.clone();
+    // Every read has its latency counted, those the network answered too.
+    let gets = after_stats.total.gets - before_stats.total.gets;
+    let timed = after_stats.total.latency[1].count() - before_stats.total.latency[1].count();
+    assert_eq!(timed, gets, "reads timed against reads made");
     assert_eq!(after.pulls_hit - before.pulls_hit, 20, "{after:?}");
     assert_eq!(after.pulls_missed - before.pulls_missed, 1, "{after:?}");
     // `local_only` reads never asked.

@@ -128,7 +128,17 @@ pub(crate) enum ToShard {
     Responses {
         conn: ConnId,
         responses: Zeroizing<Vec<u8>>,
+        /// The client op it answers and when its read came in, for the op's latency.
+        timed: Option<TimedOp>,
     },
+}
+
+/// A client op answered by the network: which (in the order of `wire::LATENCY_OPS`), and
+/// when the read that brought it returned.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TimedOp {
+    pub op: usize,
+    pub read_at: std::time::Instant,
 }
 
 /// A client's write, on its way from its shard to the network.
@@ -144,6 +154,7 @@ pub(crate) struct CopiesWaiter {
     pub conn: ConnId,
     pub request_id: u64,
     pub copies: u8,
+    pub read_at: std::time::Instant,
 }
 
 /// A store request for one shard (owned and `Send`: it crosses threads).
@@ -191,6 +202,7 @@ pub(crate) enum FromShard {
         key: Vec<u8>,
         conn: ConnId,
         request_id: u64,
+        read_at: std::time::Instant,
     },
     Store {
         ticket: u64,
@@ -256,6 +268,7 @@ pub(crate) struct CoordinatorPlan {
     pub counters: Arc<NetworkCounters>,
     pub write_timeout: Duration,
     pub rebalance_interval: Duration,
+    pub heartbeat_interval: Duration,
 }
 
 pub(crate) struct Coordinator {
@@ -285,6 +298,7 @@ struct WriteWaiter {
 struct PullWaiter {
     conn: ConnId,
     request_id: u64,
+    read_at: std::time::Instant,
 }
 
 impl Coordinator {
@@ -305,6 +319,8 @@ impl Coordinator {
             is_root,
             cluster: ClusterConfig {
                 rebalance_interval_ms: u64::try_from(plan.rebalance_interval.as_millis())
+                    .unwrap_or(u64::MAX),
+                heartbeat_interval_ms: u64::try_from(plan.heartbeat_interval.as_millis())
                     .unwrap_or(u64::MAX),
                 ..ClusterConfig::default()
             },
@@ -465,12 +481,16 @@ impl Coordinator {
                     key,
                     conn,
                     request_id,
+                    read_at,
                 } => {
                     let request = self.next_request.get();
                     self.next_request.set(request + 1);
-                    self.pulls
-                        .borrow_mut()
-                        .insert(request, PullWaiter { conn, request_id });
+                    let waiter = PullWaiter {
+                        conn,
+                        request_id,
+                        read_at,
+                    };
+                    self.pulls.borrow_mut().insert(request, waiter);
                     self.handle(Input::LocalMiss {
                         request,
                         key: key.into(),
@@ -776,7 +796,11 @@ impl Coordinator {
             pending: !complete,
         };
         respond(&mut responses, write.waiter.request_id, reply);
-        self.answer_conn(write.waiter.conn, responses);
+        let timed = TimedOp {
+            op: 0,
+            read_at: write.waiter.read_at,
+        };
+        self.answer_conn(write.waiter.conn, responses, Some(timed));
     }
 
     fn answer_topology(&self, conn: ConnId, request_id: u64) {
@@ -805,14 +829,18 @@ impl Coordinator {
         };
         let mut responses = Zeroizing::new(Vec::new());
         respond(&mut responses, request_id, Reply::Topology(info));
-        self.answer_conn(conn, responses);
+        self.answer_conn(conn, responses, None);
     }
 
     /// Sends one encoded response to connection `conn`, through its shard.
-    fn answer_conn(&self, conn: ConnId, responses: Zeroizing<Vec<u8>>) {
+    fn answer_conn(&self, conn: ConnId, responses: Zeroizing<Vec<u8>>, timed: Option<TimedOp>) {
         let shard = shard_of_conn(conn) as usize;
         if let Some(sender) = self.to_shards.get(shard) {
-            let _ = sender.send(ToShard::Responses { conn, responses });
+            let _ = sender.send(ToShard::Responses {
+                conn,
+                responses,
+                timed,
+            });
         }
     }
 
@@ -839,7 +867,11 @@ impl Coordinator {
             _ => Reply::NotFound,
         };
         respond(&mut responses, waiter.request_id, reply);
-        self.answer_conn(waiter.conn, responses);
+        let timed = TimedOp {
+            op: 1,
+            read_at: waiter.read_at,
+        };
+        self.answer_conn(waiter.conn, responses, Some(timed));
     }
 
     /// Hands a finished reply to the node.

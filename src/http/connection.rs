@@ -80,8 +80,9 @@ enum Pending {
     },
     Delete,
     Status(ShardStats, usize),
-    /// `/metrics`: every shard's counters, by shard, and how many are still to come.
-    Metrics(Vec<ShardStats>, usize),
+    /// `/metrics` or `/v1/stats`: every shard's counters, by shard, how many are still to
+    /// come, and the page they make.
+    Metrics(Vec<ShardStats>, usize, FiguresPage),
     Topology,
     /// A key listing: pages still to come, and the smallest `limit` keys so far.
     Keys {
@@ -90,6 +91,15 @@ enum Pending {
         keys: Vec<Vec<u8>>,
         more: bool,
     },
+}
+
+/// The pages made of every shard's counters.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FiguresPage {
+    /// `/metrics`: Prometheus.
+    Prometheus,
+    /// `/v1/stats`: JSON, for the dashboard.
+    Json,
 }
 
 /// Keys in one `/v1/keys` page by default and at most.
@@ -330,7 +340,25 @@ impl HttpConnection<'_> {
             }
             (Method::Get, "/v1/status") => self.status(keep),
             (Method::Get, "/v1/keys") => self.keys(head, keep),
-            (Method::Get, "/metrics" | "/v1/metrics") => self.metrics(keep),
+            (Method::Get, "/metrics" | "/v1/metrics") => {
+                self.metrics(FiguresPage::Prometheus, keep)
+            }
+            (Method::Get, "/v1/stats") => self.metrics(FiguresPage::Json, keep),
+            (Method::Get, "/" | "/dashboard") => {
+                let extra = [(
+                    "Content-Security-Policy",
+                    super::dashboard::POLICY.to_string(),
+                )];
+                let page = super::dashboard::PAGE.as_bytes();
+                self.done(answer(
+                    200,
+                    &extra,
+                    "text/html; charset=utf-8",
+                    page,
+                    false,
+                    keep,
+                ));
+            }
             (Method::Get, "/v1/topology") => {
                 let seq = self.wait(Pending::Topology, keep);
                 self.native.send(seq, Op::Topology, &mut self.answers);
@@ -339,7 +367,7 @@ impl HttpConnection<'_> {
             (
                 _,
                 "/v1/health" | "/v1/status" | "/v1/topology" | "/v1/keys" | "/metrics"
-                | "/v1/metrics",
+                | "/v1/metrics" | "/v1/stats" | "/" | "/dashboard",
             ) => self.done(error_json(405, "method not allowed", keep)),
             _ => self.done(error_json(404, "not found", keep)),
         }
@@ -460,11 +488,11 @@ impl HttpConnection<'_> {
         self.finish(seq, json(200, &body, keep));
     }
 
-    fn metrics(&mut self, keep: bool) {
+    fn metrics(&mut self, page: FiguresPage, keep: bool) {
         let count = self.shard.count as usize;
         let mut shards = vec![ShardStats::default(); count];
         shards[self.shard.id as usize] = self.shard.snapshot();
-        let seq = self.wait(Pending::Metrics(shards, count - 1), keep);
+        let seq = self.wait(Pending::Metrics(shards, count - 1, page), keep);
         if count == 1 {
             return self.complete_metrics(seq);
         }
@@ -474,20 +502,33 @@ impl HttpConnection<'_> {
     }
 
     fn complete_metrics(&mut self, seq: u64) {
-        let Some((Pending::Metrics(shards, 0), keep)) = self.waiting(seq) else {
+        let Some((Pending::Metrics(shards, 0, page), keep)) = self.waiting(seq) else {
             return;
         };
-        let shards = std::mem::take(shards);
+        let (shards, page) = (std::mem::take(shards), *page);
         let network = self.shard.network.snapshot();
-        let page = super::metrics::render(&shards, &network, &Message::KINDS);
-        let done = answer(
-            200,
-            &[],
-            super::metrics::CONTENT_TYPE,
-            page.as_bytes(),
-            false,
-            keep,
-        );
+        let done = match page {
+            FiguresPage::Prometheus => {
+                let text = super::metrics::render(&shards, &network, &Message::KINDS);
+                answer(
+                    200,
+                    &[],
+                    super::metrics::CONTENT_TYPE,
+                    text.as_bytes(),
+                    false,
+                    keep,
+                )
+            }
+            FiguresPage::Json => {
+                let uptime_ms = self.shard.now_ms().saturating_sub(self.shard.started_ms);
+                let node = super::metrics::NodeFacts {
+                    node_id: self.shard.node_id,
+                    uptime_ms,
+                };
+                let body = super::metrics::render_json(&node, &shards, &network);
+                json(200, &body, keep)
+            }
+        };
         self.finish(seq, done);
     }
 
@@ -561,7 +602,7 @@ impl HttpConnection<'_> {
                         *remaining = remaining.saturating_sub(1);
                         self.complete_status(request_id);
                     }
-                    Some((Pending::Metrics(shards, remaining), _)) => {
+                    Some((Pending::Metrics(shards, remaining, _), _)) => {
                         if let Some(slot) = shards.get_mut(shard as usize) {
                             *slot = stats;
                         }

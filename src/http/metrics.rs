@@ -284,3 +284,64 @@ pub fn render(shards: &[ShardStats], network: &NetworkStats, kinds: &[&str]) -> 
     let _ = encode(&mut page, &registry);
     page
 }
+
+/// What a figures page says about the node itself.
+pub struct NodeFacts {
+    pub node_id: u64,
+    pub uptime_ms: u64,
+}
+
+/// `/v1/stats`: the same figures as JSON, by shard, for the dashboard (which takes rates of
+/// the counters and percentiles of the latency buckets between two reads).
+pub fn render_json(
+    node: &NodeFacts,
+    shards: &[ShardStats],
+    network: &NetworkStats,
+) -> serde_json::Value {
+    let mut total = ShardStats::default();
+    for shard in shards {
+        total.add(shard);
+    }
+    let counters = |s: &ShardStats| -> serde_json::Map<String, serde_json::Value> {
+        s.fields()
+            .into_iter()
+            .map(|(name, value)| (name.to_string(), value.into()))
+            .collect()
+    };
+    let latency: serde_json::Map<String, serde_json::Value> = LATENCY_OPS
+        .iter()
+        .zip(total.latency.iter())
+        .map(|(op, l)| {
+            let value = serde_json::json!({ "counts": l.counts.to_vec(), "sum_us": l.sum_us });
+            (op.to_string(), value)
+        })
+        .collect();
+    serde_json::json!({
+        "node_id": format!("{:016x}", node.node_id),
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_ms": node.uptime_ms,
+        "total": counters(&total),
+        "shards": shards.iter().map(counters).collect::<Vec<_>>(),
+        "latency": {
+            "bounds_us": LATENCY_BOUNDS_US.to_vec(),
+            "ops": latency,
+        },
+        "network": {
+            "role": crate::wire::role_name(network.role),
+            "children": network.children,
+            "joins": network.joins,
+            "parent_losses": network.parent_losses,
+            "rebalances": network.rebalances,
+            "dumping": network.dumping == 1,
+            "sync_rounds": network.sync_rounds,
+            "sync_rounds_in_sync": network.sync_rounds_in_sync,
+            "entries_received": network.entries_received,
+            "entries_sent": network.entries_sent,
+            "pulls_hit": network.pulls_hit,
+            "pulls_missed": network.pulls_missed,
+            "bytes_sent": network.bytes_sent,
+            "bytes_received": network.bytes_received,
+            "peers_cut_off": network.peers_cut_off,
+        },
+    })
+}

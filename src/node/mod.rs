@@ -198,6 +198,7 @@ pub fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         from_shards,
         write_timeout: config.peer.write_timeout,
         rebalance_interval: config.peer.rebalance_interval,
+        heartbeat_interval: config.peer.heartbeat_interval,
     });
     let mut shard_inboxes = shard_inboxes.into_iter();
 

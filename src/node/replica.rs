@@ -8,6 +8,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use glommio::channels::local_channel::{LocalReceiver, LocalSender};
 
@@ -49,11 +50,12 @@ impl Replication {
     /// A read of `key` by connection `conn` (request `request_id`) missed here: asks the
     /// coordinator to pull it from peers. `false` when the coordinator cannot take it now
     /// (its queue is full or it is gone): the caller answers not-found at once.
-    pub(crate) fn pull(&self, key: &[u8], conn: ConnId, request_id: u64) -> bool {
+    pub(crate) fn pull(&self, key: &[u8], conn: ConnId, request_id: u64, read_at: Instant) -> bool {
         let message = FromShard::Pull {
             key: key.to_vec(),
             conn,
             request_id,
+            read_at,
         };
         self.to_coordinator.try_send(message).is_ok()
     }
@@ -119,8 +121,15 @@ pub(crate) async fn serve_coordinator(shard: Rc<Shard>, requests: flume::Receive
     while let Ok(message) = requests.recv_async().await {
         let (ticket, request) = match message {
             ToShard::Store { ticket, request } => (ticket, request),
-            ToShard::Responses { conn, responses } => {
+            ToShard::Responses {
+                conn,
+                responses,
+                timed,
+            } => {
                 debug_assert_eq!(shard_of_conn(conn), shard.id);
+                if let Some(timed) = timed {
+                    shard.record_latency(timed.op, timed.read_at);
+                }
                 shard.deliver(
                     conn,
                     Inbound::Responses {

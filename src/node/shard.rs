@@ -317,7 +317,7 @@ impl Shard {
     ///
     /// `read_at` is when the read that brought the request returned: the op's latency is
     /// counted from then to its answer being ready (forwarding included, the socket write
-    /// not). Answers deferred to the network are not counted here (see the pull figures).
+    /// not); an answer deferred to the network is counted when it comes back.
     pub(crate) fn execute(
         &self,
         payload: &mut [u8],
@@ -326,7 +326,7 @@ impl Shard {
         out: &mut Vec<u8>,
         read_at: Instant,
     ) -> Answer {
-        let answer = self.execute_op(payload, view, conn, out);
+        let answer = self.execute_op(payload, view, conn, out, read_at);
         let op = match view.kind {
             OpKind::Put => 0,
             OpKind::Get => 1,
@@ -335,10 +335,18 @@ impl Shard {
             _ => return answer,
         };
         if answer == Answer::Answered {
-            let us = u64::try_from(read_at.elapsed().as_micros()).unwrap_or(u64::MAX);
-            self.counters.latency[op].record(us);
+            self.record_latency(op, read_at);
         }
         answer
+    }
+
+    /// Counts one answer to op `op` (in the order of [`wire::LATENCY_OPS`]) whose read
+    /// returned at `read_at`.
+    pub(crate) fn record_latency(&self, op: usize, read_at: Instant) {
+        let us = u64::try_from(read_at.elapsed().as_micros()).unwrap_or(u64::MAX);
+        if let Some(cells) = self.counters.latency.get(op) {
+            cells.record(us);
+        }
     }
 
     fn execute_op(
@@ -347,6 +355,7 @@ impl Shard {
         view: &RequestView,
         conn: ConnId,
         out: &mut Vec<u8>,
+        read_at: Instant,
     ) -> Answer {
         let id = view.id;
         match view.kind {
@@ -375,6 +384,7 @@ impl Shard {
                     conn,
                     request_id: id,
                     copies,
+                    read_at,
                 });
                 let reply = self.put(payload, view, waiter);
                 if reply.is_err() {
@@ -403,6 +413,7 @@ impl Shard {
             OpKind::Get => {
                 bump(&self.counters.gets, 1);
                 let pull = (!view.local_only).then_some(conn);
+                let pull = pull.map(|conn| (conn, read_at));
                 return self.get(&payload[view.key.clone()], id, pull, out);
             }
             OpKind::Delete => {
@@ -572,7 +583,15 @@ impl Shard {
 
     /// Answers a Get from the store; a miss with `pull` set (the asking connection) goes to
     /// the network instead, when the coordinator can take it.
-    fn get(&self, key: &[u8], id: u64, pull: Option<ConnId>, out: &mut Vec<u8>) -> Answer {
+    /// A read; one that misses and may `pull` (the connection, and when its read returned)
+    /// asks the network.
+    fn get(
+        &self,
+        key: &[u8],
+        id: u64,
+        pull: Option<(ConnId, Instant)>,
+        out: &mut Vec<u8>,
+    ) -> Answer {
         if key.is_empty() {
             respond_store_error(out, id, &StoreError::EmptyKey);
             return Answer::Answered;
@@ -598,7 +617,9 @@ impl Shard {
             Err(StoreError::NotFound) => {
                 bump(&self.counters.misses, 1);
                 let asked = match (pull, &self.replication) {
-                    (Some(conn), Some(replication)) => replication.pull(key, conn, id),
+                    (Some((conn, read_at)), Some(replication)) => {
+                        replication.pull(key, conn, id, read_at)
+                    }
                     _ => false,
                 };
                 if asked {

@@ -2,6 +2,7 @@
 //! memory scanner. Each test binary uses a different subset.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod memscan;
 pub mod relay;
 
