@@ -5,11 +5,13 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytesize::ByteSize;
 use serde::Deserialize;
 
+use crate::auth::{AuthToken, ClientAuth};
 use crate::limits::{self, StoreLimits};
 use crate::wire::FRAME_OVERHEAD_BYTES;
 
@@ -126,6 +128,17 @@ pub struct ServeArgs {
     /// side counts it as gone (a stopped node says goodbye at once) [default: 1s].
     #[arg(long, value_name = "DURATION")]
     pub heartbeat_interval: Option<String>,
+    /// File holding the client token (at least 16 characters): clients must give it (native
+    /// Hello, Redis `AUTH`, HTTP `Authorization: Bearer`) before anything but Hello/Ping.
+    #[arg(long, value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    /// Listen for clients on a non-loopback address without a token (protected mode refuses
+    /// that otherwise, as Redis does).
+    #[arg(long)]
+    pub unprotected: bool,
+    /// Turn off `GET /v1/keys` (key names are not secret: listing shows every dead drop).
+    #[arg(long)]
+    pub no_key_listing: bool,
 }
 
 /// The TOML file: the same options as the flags.
@@ -153,6 +166,9 @@ struct FileConfig {
     write_timeout: Option<String>,
     rebalance_interval: Option<String>,
     heartbeat_interval: Option<String>,
+    auth_token_file: Option<PathBuf>,
+    unprotected: Option<bool>,
+    no_key_listing: Option<bool>,
     resp_listen: Option<String>,
     http_listen: Option<String>,
     default_ttl: Option<String>,
@@ -181,6 +197,11 @@ pub struct NodeConfig {
     pub http_listen: Option<SocketAddr>,
     /// TTL of writes that give none (front ends whose protocol lets them).
     pub default_ttl_ms: u64,
+    /// The client token's check; `None`: clients need none (only on loopback, or
+    /// `--unprotected`).
+    pub auth: Option<Arc<ClientAuth>>,
+    /// Whether `GET /v1/keys` answers.
+    pub key_listing: bool,
 }
 
 /// Where the node meets the rest of the network.
@@ -430,6 +451,33 @@ impl ServeArgs {
         let default_ttl_ms = millis(default_ttl)
             .min(limits.ttl_ms_max)
             .max(limits.ttl_ms_min);
+        let auth = match pick!(auth_token_file) {
+            Some(path) => {
+                let token = AuthToken::read(&path).map_err(|e| invalid("auth-token-file", e))?;
+                Some(Arc::new(
+                    ClientAuth::new(&token).map_err(|e| invalid("auth-token-file", e))?,
+                ))
+            }
+            None => None,
+        };
+        let unprotected = self.unprotected || file.unprotected.unwrap_or(false);
+        if auth.is_none() && !unprotected {
+            let client_addrs = [Some(listen), resp_listen, http_listen]
+                .into_iter()
+                .flatten()
+                .chain(shard_listen.iter().copied());
+            for addr in client_addrs {
+                if !addr.ip().is_loopback() {
+                    return Err(invalid(
+                        "listen",
+                        format!(
+                            "protected mode: no client token is set, so this node serves                              clients on loopback only, and {addr} is not; give a token                              (--auth-token-file), listen on 127.0.0.1, or pass --unprotected                              if every client that can reach {addr} may read and write"
+                        ),
+                    ));
+                }
+            }
+        }
+        let key_listing = !(self.no_key_listing || file.no_key_listing.unwrap_or(false));
         let node_id = match pick!(node_id) {
             Some(id) => id,
             None => random_u64().map_err(|e| invalid("node-id", e))?,
@@ -457,6 +505,8 @@ impl ServeArgs {
             resp_listen,
             http_listen,
             default_ttl_ms,
+            auth,
+            key_listing,
         })
     }
 }
@@ -520,6 +570,43 @@ mod tests {
 
     fn args() -> ServeArgs {
         ServeArgs::default()
+    }
+
+    #[test]
+    fn protected_mode_holds_clients_to_loopback_unless_a_token_or_unprotected() {
+        let everywhere = ServeArgs {
+            listen: Some("0.0.0.0:7700".into()),
+            shards: Some(1),
+            ..args()
+        };
+        let refused = everywhere.resolve().expect_err("no token, not loopback");
+        assert!(refused.to_string().contains("protected mode"), "{refused}");
+        let unprotected = ServeArgs {
+            unprotected: true,
+            ..everywhere.clone()
+        };
+        let config = unprotected
+            .resolve()
+            .expect("--unprotected says it is meant");
+        assert!(config.auth.is_none());
+        // The front ends' ports count as client ports too; the peer port does not.
+        let resp_out = ServeArgs {
+            shards: Some(1),
+            resp_listen: Some("0.0.0.0:6379".into()),
+            ..args()
+        };
+        assert!(resp_out.resolve().is_err());
+        let peers_out = ServeArgs {
+            shards: Some(1),
+            peer_listen: Some("0.0.0.0:7800".into()),
+            ..args()
+        };
+        assert!(
+            peers_out
+                .resolve()
+                .expect("peers are not clients")
+                .key_listing
+        );
     }
 
     #[test]

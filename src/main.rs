@@ -115,6 +115,10 @@ struct Target {
     /// Send everything through the shared port instead of each key's own shard port.
     #[arg(long)]
     no_shard_aware: bool,
+    /// File holding the node's client token (for a node started with --auth-token-file);
+    /// else $REPRAM_TOKEN, if set.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -223,8 +227,13 @@ fn with_client(
     target: &Target,
     run: impl FnOnce(&BlockingClient) -> Result<ExitCode, ClientError>,
 ) -> ExitCode {
+    let token = match repram::auth::AuthToken::from_file_or_env(target.token_file.as_deref()) {
+        Ok(token) => token,
+        Err(e) => return fail(&e),
+    };
     let options = ClientOptions {
         shard_aware: !target.no_shard_aware,
+        token,
         ..ClientOptions::default()
     };
     let client = match BlockingClient::connect(&target.addr, &options) {

@@ -32,6 +32,8 @@ pub struct LagPlan {
     pub poll: Duration,
     /// Key prefix, so runs do not see each other's keys.
     pub prefix: String,
+    /// The nodes' client token, if they want one.
+    pub token: Option<repram::auth::AuthToken>,
 }
 
 /// What one reader saw.
@@ -66,6 +68,7 @@ async fn run(plan: LagPlan) -> Result<Vec<ReaderLag>, String> {
     let options = ClientOptions {
         shard_aware: true,
         request_timeout: Some(Duration::from_secs(2)),
+        token: plan.token.clone(),
         ..ClientOptions::default()
     };
     let writer = Client::connect(plan.writer, &options)

@@ -53,6 +53,10 @@ struct RunArgs {
     /// REPRAM: send everything through the shared port instead of each shard's own.
     #[arg(long)]
     no_shard_aware: bool,
+    /// File holding the server's client token (REPRAM's `--auth-token-file`; Redis's
+    /// password, sent with `AUTH`); else $REPRAM_TOKEN, if set.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// Loadgen threads, each one pinned glommio executor.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -147,6 +151,9 @@ struct LagArgs {
     /// Save each reader's histogram as PREFIX-N.hgrm.
     #[arg(long, value_name = "PREFIX")]
     out: Option<PathBuf>,
+    /// File holding the nodes' client token; else $REPRAM_TOKEN, if set.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
 }
 
 fn lag_command(args: LagArgs) -> Result<(), String> {
@@ -174,6 +181,7 @@ fn lag_command(args: LagArgs) -> Result<(), String> {
         give_up: args.give_up,
         poll: args.poll,
         prefix: format!("lag-{nanos:x}"),
+        token: repram::auth::AuthToken::from_file_or_env(args.token_file.as_deref())?,
     };
     let results = repram_loadgen::lag::measure_lag(&plan)?;
     println!(
@@ -242,6 +250,7 @@ fn run_command(args: RunArgs) -> Result<(), String> {
         Some(rate_per_second) => Pace::Open { rate_per_second },
         None => Pace::Closed,
     };
+    let token = repram::auth::AuthToken::from_file_or_env(args.token_file.as_deref())?;
     let plan = RunPlan {
         label: args.label.clone().unwrap_or_default(),
         target: TargetSpec {
@@ -249,6 +258,7 @@ fn run_command(args: RunArgs) -> Result<(), String> {
             addr,
             shard_aware: !args.no_shard_aware,
             connect_timeout: args.connect_timeout,
+            token,
         },
         workload: Workload {
             keys: args.keys,

@@ -14,34 +14,47 @@ const URL_DEFAULT: &str = "http://localhost:8080";
 
 fn usage() -> ! {
     eprintln!(
-        "usage: repram-mcp [--url URL]\n\n\
+        "usage: repram-mcp [--url URL] [--token-file FILE]\n\n\
          An MCP server (stdio) with the tools repram_store, repram_retrieve, repram_exists and\n\
          repram_list_keys, against a REPRAM node's HTTP API: --url, else $REPRAM_URL, else\n\
-         {URL_DEFAULT}."
+         {URL_DEFAULT}. A node with a client token wants it: --token-file, else $REPRAM_TOKEN."
     );
     std::process::exit(2)
 }
 
-fn node_url() -> String {
+/// The node's URL and client token, from the arguments, else the environment.
+fn settings() -> (String, Option<String>) {
     let mut args = std::env::args().skip(1);
-    let mut url = None;
+    let (mut url, mut token_file) = (None, None);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--url" => url = Some(args.next().unwrap_or_else(|| usage())),
+            "--token-file" => token_file = Some(args.next().unwrap_or_else(|| usage())),
             "-h" | "--help" => usage(),
-            _ if arg.starts_with("--url=") => url = Some(arg["--url=".len()..].to_string()),
             _ => usage(),
         }
     }
-    url.or_else(|| std::env::var("REPRAM_URL").ok())
+    let url = url
+        .or_else(|| std::env::var("REPRAM_URL").ok())
         .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| URL_DEFAULT.to_string())
+        .unwrap_or_else(|| URL_DEFAULT.to_string());
+    let token = match token_file {
+        Some(path) => match std::fs::read_to_string(&path) {
+            Ok(text) => Some(text.trim().to_string()),
+            Err(error) => {
+                eprintln!("repram-mcp: cannot read {path}: {error}");
+                std::process::exit(2)
+            }
+        },
+        None => std::env::var("REPRAM_TOKEN").ok(),
+    };
+    (url, token.filter(|t| !t.is_empty()))
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let url = node_url();
-    let server = tools::Repram::new(node_api::NodeApi::new(&url));
+    let (url, token) = settings();
+    let server = tools::Repram::new(node_api::NodeApi::new(&url, token.as_deref()));
     let service = match server.serve(stdio()).await {
         Ok(service) => service,
         Err(error) => {

@@ -68,11 +68,14 @@ pub struct KeyList {
 pub struct NodeApi {
     base: String,
     agent: ureq::Agent,
+    /// `Authorization` for a node with a client token.
+    authorization: Option<String>,
 }
 
 impl NodeApi {
-    /// `base` is the node's URL, e.g. `http://localhost:8080` (a trailing `/` is ignored).
-    pub fn new(base: &str) -> NodeApi {
+    /// `base` is the node's URL, e.g. `http://localhost:8080` (a trailing `/` is ignored);
+    /// `token` the node's client token, if it wants one.
+    pub fn new(base: &str, token: Option<&str>) -> NodeApi {
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(CALL_TIMEOUT))
             .http_status_as_error(false)
@@ -81,6 +84,14 @@ impl NodeApi {
         NodeApi {
             base: base.trim_end_matches('/').to_string(),
             agent,
+            authorization: token.map(|t| format!("Bearer {t}")),
+        }
+    }
+
+    fn authorized<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.authorization {
+            Some(value) => request.header("Authorization", value),
+            None => request,
         }
     }
 
@@ -98,12 +109,15 @@ impl NodeApi {
         data: &str,
         ttl_seconds: Option<u64>,
     ) -> Result<Stored, ApiError> {
-        let mut request = self.agent.put(self.data_url(key));
+        let mut request = self.authorized(self.agent.put(self.data_url(key)));
         if let Some(ttl) = ttl_seconds {
             request = request.header("X-TTL", ttl.to_string());
         }
         let mut response = request.send(data.as_bytes())?;
         let status = response.status().as_u16();
+        if status == 401 {
+            return Err(unauthorized());
+        }
         if status != 201 && status != 202 {
             let body = response.body_mut().read_to_string().unwrap_or_default();
             return Err(ApiError(format!(
@@ -126,10 +140,11 @@ impl NodeApi {
 
     /// The value of `key`, or `None` when it is missing or expired.
     pub fn retrieve(&self, key: &str) -> Result<Option<Retrieved>, ApiError> {
-        let mut response = self.agent.get(self.data_url(key)).call()?;
+        let mut response = self.authorized(self.agent.get(self.data_url(key))).call()?;
         match response.status().as_u16() {
             200 => {}
             404 => return Ok(None),
+            401 => return Err(unauthorized()),
             status => return Err(ApiError(format!("Retrieve failed with status {status}"))),
         }
         let created_at = header(&response, "x-created-at");
@@ -151,7 +166,9 @@ impl NodeApi {
 
     /// The remaining TTL of `key` in seconds, or `None` when it is missing or expired.
     pub fn exists(&self, key: &str) -> Result<Option<u64>, ApiError> {
-        let response = self.agent.head(self.data_url(key)).call()?;
+        let response = self
+            .authorized(self.agent.head(self.data_url(key)))
+            .call()?;
         match response.status().as_u16() {
             200 => Ok(Some(
                 header(&response, "x-remaining-ttl")
@@ -159,6 +176,7 @@ impl NodeApi {
                     .unwrap_or(0),
             )),
             404 => Ok(None),
+            401 => Err(unauthorized()),
             status => Err(ApiError(format!("Exists failed with status {status}"))),
         }
     }
@@ -174,8 +192,7 @@ impl NodeApi {
         let mut cursor: Option<String> = None;
         for _ in 0..KEYS_PAGES_MAX {
             let mut request = self
-                .agent
-                .get(format!("{}/v1/keys", self.base))
+                .authorized(self.agent.get(format!("{}/v1/keys", self.base)))
                 .query("limit", KEYS_PAGE.to_string());
             if let Some(prefix) = prefix {
                 request = request.query("prefix", prefix);
@@ -185,6 +202,9 @@ impl NodeApi {
             }
             let mut response = request.call()?;
             let status = response.status().as_u16();
+            if status == 401 {
+                return Err(unauthorized());
+            }
             if status != 200 {
                 return Err(ApiError(format!("List failed with status {status}")));
             }
@@ -203,6 +223,14 @@ impl NodeApi {
             next_cursor: cursor,
         })
     }
+}
+
+fn unauthorized() -> ApiError {
+    ApiError(
+        "the REPRAM node wants its client token: set REPRAM_TOKEN (or --token-file) for \
+         repram-mcp"
+            .to_string(),
+    )
 }
 
 fn header(response: &ureq::http::Response<ureq::Body>, name: &str) -> Option<String> {

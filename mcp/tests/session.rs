@@ -14,8 +14,15 @@ use serde_json::{json, Value};
 type Session = RunningService<RoleClient, ()>;
 
 async fn session(url: &str) -> Session {
+    session_with(url, None).await
+}
+
+async fn session_with(url: &str, token: Option<&str>) -> Session {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_repram-mcp"));
-    command.env("REPRAM_URL", url);
+    command.env("REPRAM_URL", url).env_remove("REPRAM_TOKEN");
+    if let Some(token) = token {
+        command.env("REPRAM_TOKEN", token);
+    }
     let transport = TokioChildProcess::new(command).expect("spawn repram-mcp");
     ().serve(transport).await.expect("MCP session")
 }
@@ -48,7 +55,12 @@ fn json_of(result: &CallToolResult) -> Value {
 }
 
 fn start_node() -> repram::node::RunningNode {
+    start_node_with(None)
+}
+
+fn start_node_with(token_file: Option<std::path::PathBuf>) -> repram::node::RunningNode {
     let config = ServeArgs {
+        auth_token_file: token_file,
         listen: Some("127.0.0.1:0".into()),
         shards: Some(2),
         memory_budget: Some("64MiB".into()),
@@ -220,4 +232,31 @@ fn uuid_v4(text: &str) -> bool {
             .all(|g| g.chars().all(|c| c.is_ascii_hexdigit()))
         && groups[2].starts_with('4')
         && groups[3].starts_with(['8', '9', 'a', 'b'])
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_node_with_a_client_token_serves_the_agent_that_has_it() {
+    let token = "an-agents-token-long-enough";
+    let file = std::env::temp_dir().join(format!("repram-mcp-token-{}", std::process::id()));
+    std::fs::write(&file, token).expect("token file");
+    let node = start_node_with(Some(file.clone()));
+    let url = format!("http://{}", node.http_addr.expect("http on"));
+
+    let without = session(&url).await;
+    let refused = call(&without, "repram_store", json!({"data": "x", "key": "k"})).await;
+    assert_eq!(refused.is_error, Some(true));
+    assert!(text_of(&refused).contains("REPRAM_TOKEN"), "{refused:?}");
+    without.cancel().await.expect("close session");
+
+    let with = session_with(&url, Some(token)).await;
+    let stored = json_of(&call(&with, "repram_store", json!({"data": "x", "key": "k"})).await);
+    assert_eq!(stored["key"], "k");
+    let found = json_of(&call(&with, "repram_retrieve", json!({"key": "k"})).await);
+    assert_eq!(found["data"], "x");
+    let listed = json_of(&call(&with, "repram_list_keys", json!({})).await);
+    assert_eq!(listed["keys"], json!(["k"]));
+    with.cancel().await.expect("close session");
+    node.stop();
+    node.wait().expect("node stops cleanly");
+    let _ = std::fs::remove_file(&file);
 }

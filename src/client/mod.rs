@@ -15,6 +15,7 @@ use std::time::Duration;
 
 pub use self::blocking::BlockingClient;
 use self::connection::Connection;
+use crate::auth::AuthToken;
 use crate::wire::{self, ErrorCode, HelloInfo, NodeStats, Op, TopologyInfo, PROTOCOL_VERSION};
 use crate::Version;
 
@@ -30,6 +31,9 @@ pub struct ClientOptions {
     /// How long any one call waits for its answer; `None` waits as long as the connection
     /// lives (for callers that keep their own deadlines, like the loadgen).
     pub request_timeout: Option<Duration>,
+    /// The node's client token, for a node started with `--auth-token-file`: every
+    /// connection says it in its Hello.
+    pub token: Option<AuthToken>,
 }
 
 impl Default for ClientOptions {
@@ -38,6 +42,7 @@ impl Default for ClientOptions {
             shard_aware: true,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Some(Duration::from_secs(30)),
+            token: None,
         }
     }
 }
@@ -146,25 +151,32 @@ pub fn resolve(addr: &str) -> Result<SocketAddr, ClientError> {
         .ok_or_else(|| ClientError::Io(format!("{addr:?} resolves to no address")))
 }
 
+/// Says Hello on `connection` (with the token, if any) and returns what the node said.
+async fn greet(connection: &Connection, options: &ClientOptions) -> Result<HelloInfo, ClientError> {
+    let token = options.token.as_ref().map_or(&[][..], AuthToken::as_bytes);
+    // A server that accepts but never says Hello must not hang us.
+    let hello = within(
+        Some(options.connect_timeout),
+        connection.call(|id| wire::Request {
+            id,
+            op: Op::Hello {
+                protocol_version: PROTOCOL_VERSION,
+                token,
+            },
+        }),
+    )
+    .await;
+    match hello? {
+        Answer::Hello(info) => Ok(info),
+        other => Err(unexpected(&other)),
+    }
+}
+
 impl Client {
     /// Connects, says Hello, and (shard-aware) connects to every shard's own port.
     pub async fn connect(addr: SocketAddr, options: &ClientOptions) -> Result<Client, ClientError> {
         let main = Connection::open(addr, options.connect_timeout).await?;
-        // A server that accepts but never says Hello must not hang us.
-        let hello = within(
-            Some(options.connect_timeout),
-            main.call(|id| wire::Request {
-                id,
-                op: Op::Hello {
-                    protocol_version: PROTOCOL_VERSION,
-                },
-            }),
-        )
-        .await;
-        let hello = match hello? {
-            Answer::Hello(info) => info,
-            other => return Err(unexpected(&other)),
-        };
+        let hello = greet(&main, options).await?;
         let mut shards = Vec::new();
         if options.shard_aware && hello.shard_count > 1 {
             if hello.shard_ports.len() != hello.shard_count as usize {
@@ -176,7 +188,12 @@ impl Client {
             }
             for &port in &hello.shard_ports {
                 let shard_addr = SocketAddr::new(addr.ip(), port);
-                shards.push(Connection::open(shard_addr, options.connect_timeout).await?);
+                let shard = Connection::open(shard_addr, options.connect_timeout).await?;
+                if options.token.is_some() {
+                    // Each connection is let in on its own.
+                    greet(&shard, options).await?;
+                }
+                shards.push(shard);
             }
         }
         Ok(Client {

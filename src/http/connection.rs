@@ -137,6 +137,8 @@ fn reason(status: u16) -> &'static str {
         202 => "Accepted",
         204 => "No Content",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         413 => "Payload Too Large",
@@ -323,6 +325,30 @@ impl HttpConnection<'_> {
             ];
             return self.done(answer(204, &extra, "", b"", false, keep));
         }
+        // With a token, everything but the health check and the dashboard's page itself (its
+        // figures need the token) wants `Authorization: Bearer`.
+        let open = matches!(path.as_str(), "/v1/health" | "/" | "/dashboard");
+        if let (Some(auth), false) = (&self.shard.auth, open) {
+            let given = head.bearer.clone().map(|at| &self.rx.filled()[at]);
+            let refusal = match given {
+                None => Some("authentication required: send Authorization: Bearer <token>"),
+                Some(token) if !auth.check(token) => Some("invalid token"),
+                Some(_) => None,
+            };
+            if let Some(message) = refusal {
+                let challenge = [("WWW-Authenticate", "Bearer realm=\"repram\"".to_string())];
+                let body = serde_json::json!({ "error": message }).to_string();
+                let refused = answer(
+                    401,
+                    &challenge,
+                    "application/json",
+                    body.as_bytes(),
+                    false,
+                    keep,
+                );
+                return self.done(refused);
+            }
+        }
         if let Some(key) = path.strip_prefix("/v1/data/") {
             if key.is_empty() {
                 return self.done(error_json(400, "empty key", keep));
@@ -339,6 +365,11 @@ impl HttpConnection<'_> {
                 self.done(json(200, &body, keep));
             }
             (Method::Get, "/v1/status") => self.status(keep),
+            (Method::Get, "/v1/keys") if !self.shard.key_listing => self.done(error_json(
+                403,
+                "key listing is turned off on this node (--no-key-listing)",
+                keep,
+            )),
             (Method::Get, "/v1/keys") => self.keys(head, keep),
             (Method::Get, "/metrics" | "/v1/metrics") => {
                 self.metrics(FiguresPage::Prometheus, keep)

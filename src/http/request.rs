@@ -35,6 +35,9 @@ pub struct Head {
     /// The query string after `?`, still encoded ("" when none).
     pub query: String,
     pub x_ttl: Option<String>,
+    /// Where the credentials of `Authorization: Bearer` are in the buffer (not copied out:
+    /// the buffer is wiped once the request is consumed).
+    pub bearer: Option<std::ops::Range<usize>>,
     pub content_length: usize,
     /// Whether the connection stays open after the answer.
     pub keep_alive: bool,
@@ -112,6 +115,7 @@ pub fn parse_head(buf: &[u8], limits: &HttpLimits) -> Result<Option<Head>, HeadE
         path: path.to_string(),
         query: query.to_string(),
         x_ttl: None,
+        bearer: None,
         content_length: 0,
         keep_alive: !http_10,
         len,
@@ -132,6 +136,14 @@ pub fn parse_head(buf: &[u8], limits: &HttpLimits) -> Result<Option<Head>, HeadE
             }
         } else if header.name.eq_ignore_ascii_case("x-ttl") {
             head.x_ttl = Some(value.to_string());
+        } else if header.name.eq_ignore_ascii_case("authorization") {
+            let raw = header.value;
+            let scheme = b"bearer ";
+            if raw.len() > scheme.len() && raw[..scheme.len()].eq_ignore_ascii_case(scheme) {
+                let credentials = raw[scheme.len()..].trim_ascii();
+                let start = credentials.as_ptr() as usize - buf.as_ptr() as usize;
+                head.bearer = Some(start..start + credentials.len());
+            }
         }
     }
     if head.content_length > limits.body_bytes_max {

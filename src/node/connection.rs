@@ -19,6 +19,7 @@ use crate::wire::{self, ErrorCode, FrameError, NodeStats, OpKind, Reply, Request
 use super::shard::{
     bump, respond, respond_error, Answer, ConnId, Inbound, Shard, ShardRequest, BUSY_RETRY_AFTER_MS,
 };
+use crate::auth::WRONG_TOKENS_MAX;
 use crate::buffers::{reserve_wiping, wipe_and_clear, RecvBuffer};
 
 /// A receive buffer starts this small: ten thousand idle connections cost 40 MiB, not more.
@@ -90,6 +91,9 @@ struct Connection<'s> {
     fatal: bool,
     /// When the last read returned (the start of its requests' latency).
     read_at: Instant,
+    /// A Hello carried the node's token (or the node has none).
+    authenticated: bool,
+    wrong_tokens: u32,
 }
 
 impl<'s> Connection<'s> {
@@ -107,6 +111,8 @@ impl<'s> Connection<'s> {
             draining: false,
             fatal: false,
             read_at: Instant::now(),
+            authenticated: shard.auth.is_none(),
+            wrong_tokens: 0,
         }
     }
 
@@ -213,6 +219,36 @@ impl<'s> Connection<'s> {
         let shard = self.shard;
         let frame = &mut self.rx.filled_mut()[..frame_len];
         let payload_at = wire::FRAME_HEADER_BYTES;
+        if view.kind == OpKind::Hello && shard.auth.is_none() {
+            // A token to a node that wants none: nothing to check, nothing to keep.
+            frame[payload_at..][view.value.clone()].zeroize();
+        }
+        if let Some(auth) = &shard.auth {
+            if view.kind == OpKind::Hello && !view.value.is_empty() {
+                let token = &mut frame[payload_at..][view.value.clone()];
+                let right = auth.check(token);
+                token.zeroize();
+                if right {
+                    self.authenticated = true;
+                } else {
+                    self.wrong_tokens += 1;
+                    // A few tries, then the connection goes: guessing costs a connection each.
+                    self.fatal = self.wrong_tokens >= WRONG_TOKENS_MAX;
+                    let message = "wrong token";
+                    return respond_error(
+                        &mut self.out,
+                        view.id,
+                        ErrorCode::AuthFailed,
+                        0,
+                        message,
+                    );
+                }
+            } else if !self.authenticated && !matches!(view.kind, OpKind::Hello | OpKind::Ping) {
+                frame[payload_at..][view.value.clone()].zeroize();
+                let message = "authentication required: say Hello with the node's token";
+                return respond_error(&mut self.out, view.id, ErrorCode::AuthRequired, 0, message);
+            }
+        }
         if view.has_key() && shard.count > 1 {
             let key = &frame[payload_at..][view.key.clone()];
             let owner = shard.owner_of(key);

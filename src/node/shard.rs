@@ -15,6 +15,7 @@ use glommio::channels::channel_mesh::Senders;
 use glommio::channels::local_channel::LocalSender;
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::auth::ClientAuth;
 use crate::config::{NodeConfig, WRITE_COPIES_MAX};
 use crate::coordinator::{CopiesWaiter, NetworkCounters};
 use crate::store::{KeyHeap, KeyQuery, OwnedEntry, Store, StoreError};
@@ -238,6 +239,10 @@ pub(crate) struct Shard {
     last_now_ms: Cell<u64>,
     /// When this shard started (wall-clock ms), for uptime.
     pub started_ms: u64,
+    /// The client token's check; `None`: clients need none.
+    pub auth: Option<Arc<ClientAuth>>,
+    /// Whether `GET /v1/keys` answers.
+    pub key_listing: bool,
 }
 
 impl Shard {
@@ -275,6 +280,8 @@ impl Shard {
             started_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            auth: config.auth.clone(),
+            key_listing: config.key_listing,
         }
     }
 

@@ -12,6 +12,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use super::parse::{parse_command, RespLimits};
 use super::reply;
+use crate::auth::WRONG_TOKENS_MAX;
 use crate::buffers::RecvBuffer;
 use crate::frontend::{
     clear_answers, drive, each_answer, FrontEnd, FrontEndKind, NativeRequests, OrderedReplies,
@@ -55,6 +56,8 @@ pub(crate) async fn serve(
         answers: Zeroizing::new(Vec::new()),
         closing: false,
         draining: false,
+        authenticated: shard.auth.is_none(),
+        wrong_tokens: 0,
     };
     if let Err(error) = drive(&mut connection, &mut stream, &registration.inbox).await {
         tracing::debug!(conn, %error, "resp connection ended");
@@ -112,6 +115,9 @@ struct RespConnection<'s> {
     closing: bool,
     /// The client closed its side: answer what is in flight, then close.
     draining: bool,
+    /// `AUTH` gave the node's token (or the node has none).
+    authenticated: bool,
+    wrong_tokens: u32,
 }
 
 impl FrontEnd for RespConnection<'_> {
@@ -193,9 +199,13 @@ impl RespConnection<'_> {
     fn command(&mut self, args: &[std::ops::Range<usize>]) {
         // Every command adds exactly one slot: this number.
         let seq = self.replies.next_seq();
+        let name = self.rx.filled()[args[0].clone()].to_ascii_uppercase();
+        if let Some(reply) = self.access(&name, args) {
+            self.replies.push_done(reply);
+            return;
+        }
         let buf = self.rx.filled();
         let arg = |i: usize| &buf[args[i].clone()];
-        let name = arg(0).to_ascii_uppercase();
         let argc = args.len();
         let mut done = Zeroizing::new(Vec::new());
         let wrong_args = |done: &mut Vec<u8>, name: &[u8]| {
@@ -314,6 +324,79 @@ impl RespConnection<'_> {
             }
         }
         self.replies.push_done(done);
+    }
+
+    /// The node's token rules: `AUTH [default] token` and `HELLO 2 AUTH default token` let a
+    /// connection in; until then only `AUTH`, `HELLO`, `PING` and `QUIT` are served. Answers
+    /// the command itself when the rules decide it, in Redis's words.
+    fn access(
+        &mut self,
+        name: &[u8],
+        args: &[std::ops::Range<usize>],
+    ) -> Option<Zeroizing<Vec<u8>>> {
+        let buf = self.rx.filled();
+        let arg = |i: usize| &buf[args[i].clone()];
+        let mut done = Zeroizing::new(Vec::new());
+        let given = match name {
+            b"AUTH" => match args.len() {
+                2 => Some((&b"default"[..], arg(1))),
+                3 => Some((arg(1), arg(2))),
+                _ => {
+                    reply::error(
+                        &mut done,
+                        "ERR wrong number of arguments for 'auth' command",
+                    );
+                    return Some(done);
+                }
+            },
+            b"HELLO" => {
+                (args.len() >= 5 && arg(2).eq_ignore_ascii_case(b"AUTH")).then(|| (arg(3), arg(4)))
+            }
+            _ => None,
+        };
+        let Some(auth) = &self.shard.auth else {
+            if name == b"AUTH" {
+                reply::error(
+                    &mut done,
+                    "ERR AUTH <password> called without any password configured for the default \
+                     user. Are you sure your configuration is correct?",
+                );
+                return Some(done);
+            }
+            return None;
+        };
+        if let Some((user, token)) = given {
+            if user == b"default" && auth.check(token) {
+                self.authenticated = true;
+                if name == b"AUTH" {
+                    reply::simple(&mut done, "OK");
+                    return Some(done);
+                }
+                return None;
+            }
+            self.wrong_tokens += 1;
+            // A few tries, then the connection goes: guessing costs a connection each.
+            self.closing |= self.wrong_tokens >= WRONG_TOKENS_MAX;
+            reply::error(
+                &mut done,
+                "WRONGPASS invalid username-password pair or user is disabled.",
+            );
+            return Some(done);
+        }
+        if self.authenticated || matches!(name, b"PING" | b"QUIT") {
+            return None;
+        }
+        if name == b"HELLO" {
+            reply::error(
+                &mut done,
+                "NOAUTH HELLO must be called with the client already authenticated, otherwise \
+                 the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the \
+                 client and select the RESP protocol version at the same time",
+            );
+        } else {
+            reply::error(&mut done, "NOAUTH Authentication required.");
+        }
+        Some(done)
     }
 
     fn hello(&self, done: &mut Vec<u8>) {

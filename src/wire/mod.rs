@@ -21,7 +21,7 @@ pub mod peer;
 mod tests;
 
 /// Protocol version spoken by this build; a Hello with another one is refused.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// Bytes of the length prefix.
 pub const FRAME_HEADER_BYTES: usize = 4;
 /// Room a frame needs beyond its key and value (envelope, lengths, ids, ttl).
@@ -52,6 +52,10 @@ struct RequestFrame<'a> {
 pub enum Op<'a> {
     Hello {
         protocol_version: u32,
+        /// The node's client token (`--auth-token-file`), or empty. A node with a token
+        /// refuses every op but Hello and Ping until a Hello on the connection carried it.
+        #[rkyv(with = InlineAsBox)]
+        token: &'a [u8],
     },
     Put {
         #[rkyv(with = InlineAsBox)]
@@ -459,6 +463,10 @@ pub enum ErrorCode {
     Internal = 12,
     /// A Put asked for more copies than the node allows.
     BadCopies = 13,
+    /// The node wants its client token first (in a Hello); the connection stays open.
+    AuthRequired = 14,
+    /// A Hello carried a wrong token; after a few the connection is closed.
+    AuthFailed = 15,
 }
 
 /// Why bytes are not a frame.
@@ -511,6 +519,7 @@ pub struct RequestView {
     pub kind: OpKind,
     pub protocol_version: u32,
     pub key: Range<usize>,
+    /// A Put's value, or a Hello's token: either is wiped from the buffer once used.
     pub value: Range<usize>,
     pub ttl_ms: u64,
     pub local_only: bool,
@@ -556,9 +565,13 @@ pub fn decode_request(payload: &[u8]) -> Result<RequestView, FrameError> {
         only_if: PUT_ALWAYS,
     };
     match &archived.op {
-        ArchivedOp::Hello { protocol_version } => {
+        ArchivedOp::Hello {
+            protocol_version,
+            token,
+        } => {
             view.kind = OpKind::Hello;
             view.protocol_version = protocol_version.to_native();
+            view.value = range_of(token.get());
         }
         ArchivedOp::Put {
             key,
@@ -684,6 +697,8 @@ impl From<&ArchivedErrorCode> for ErrorCode {
             ArchivedErrorCode::TooManyConnections => ErrorCode::TooManyConnections,
             ArchivedErrorCode::Internal => ErrorCode::Internal,
             ArchivedErrorCode::BadCopies => ErrorCode::BadCopies,
+            ArchivedErrorCode::AuthRequired => ErrorCode::AuthRequired,
+            ArchivedErrorCode::AuthFailed => ErrorCode::AuthFailed,
         }
     }
 }
@@ -705,6 +720,8 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => "too many connections",
             ErrorCode::Internal => "internal error",
             ErrorCode::BadCopies => "too many copies asked for",
+            ErrorCode::AuthRequired => "authentication required",
+            ErrorCode::AuthFailed => "wrong token",
         }
     }
 }

@@ -126,6 +126,7 @@ fn build_op<'a>(tag: u8, key: &'a [u8], value: &'a [u8], ttl: u64, local: bool, 
     match tag {
         0 => Op::Hello {
             protocol_version: pv,
+            token: value,
         },
         1 => Op::Put {
             key,
@@ -165,9 +166,10 @@ proptest! {
             let view = decode_request(payload).unwrap();
             prop_assert_eq!(view.id, ids[i]);
             match build_op(*tag, key, value, *ttl, *local, *pv) {
-                Op::Hello { protocol_version } => {
+                Op::Hello { protocol_version, token } => {
                     prop_assert_eq!(view.kind, OpKind::Hello);
                     prop_assert_eq!(view.protocol_version, protocol_version);
+                    prop_assert_eq!(&payload[view.value.clone()], token);
                 }
                 Op::Put { key, value, ttl_ms, copies, only_if } => {
                     prop_assert_eq!(view.only_if, only_if);

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod http_client;
 pub mod memscan;
 pub mod relay;
 

@@ -14,6 +14,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use repram::auth::AuthToken;
 use repram::client::{Client, ClientError, ClientOptions};
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +51,8 @@ pub struct TargetSpec {
     /// REPRAM only: connect to every shard's own port and send each key to its owner.
     pub shard_aware: bool,
     pub connect_timeout: Duration,
+    /// The server's client token: REPRAM's Hello carries it, Redis gets `AUTH`.
+    pub token: Option<AuthToken>,
 }
 
 /// What a request came to.
@@ -151,6 +154,7 @@ impl TargetConnection {
                     shard_aware: spec.shard_aware,
                     connect_timeout: spec.connect_timeout,
                     request_timeout: None,
+                    token: spec.token.clone(),
                 };
                 Client::connect(spec.addr, &options)
                     .await
@@ -158,9 +162,18 @@ impl TargetConnection {
                     .map_err(OpError::from_client)
             }
             TargetKind::Redis => {
-                TextConnection::open(TextProtocol::Resp, spec.addr, spec.connect_timeout)
-                    .await
-                    .map(TargetConnection::Text)
+                let connection =
+                    TextConnection::open(TextProtocol::Resp, spec.addr, spec.connect_timeout)
+                        .await?;
+                if let Some(token) = &spec.token {
+                    let reply = connection
+                        .call(|out| resp::encode_command(out, &[b"AUTH", token.as_bytes()]))
+                        .await?;
+                    if let Reply::Error { code, message } = reply {
+                        return Err(OpError::Server { code, message });
+                    }
+                }
+                Ok(TargetConnection::Text(connection))
             }
             TargetKind::Memcached => {
                 TextConnection::open(TextProtocol::Memcache, spec.addr, spec.connect_timeout)

@@ -147,6 +147,7 @@ pub fn spec(kind: TargetKind, addr: SocketAddr) -> TargetSpec {
         addr,
         shard_aware: true,
         connect_timeout: Duration::from_secs(2),
+        token: None,
     }
 }
 
