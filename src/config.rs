@@ -12,6 +12,7 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 
 use crate::auth::{AuthToken, ClientAuth};
+use crate::coordinator::sealed::{read_key_file, ClusterKeys};
 use crate::limits::{self, StoreLimits};
 use crate::wire::FRAME_OVERHEAD_BYTES;
 
@@ -139,6 +140,18 @@ pub struct ServeArgs {
     /// Turn off `GET /v1/keys` (key names are not secret: listing shows every dead drop).
     #[arg(long)]
     pub no_key_listing: bool,
+    /// The network's pre-shared key (64 hex digits; `repram keygen --cluster FILE`): peer
+    /// links start with a Noise handshake on it and every frame is sealed. Nodes without it
+    /// cannot join, read or write anything.
+    #[arg(long, value_name = "FILE")]
+    pub cluster_key_file: Option<PathBuf>,
+    /// This node's private key for sealed links (`repram keygen --node FILE`) [default: a new
+    /// one each start].
+    #[arg(long, value_name = "FILE")]
+    pub node_key_file: Option<PathBuf>,
+    /// Public keys (hex, one a line) of the only nodes let in over sealed links.
+    #[arg(long, value_name = "FILE")]
+    pub trusted_peers: Option<PathBuf>,
 }
 
 /// The TOML file: the same options as the flags.
@@ -169,6 +182,9 @@ struct FileConfig {
     auth_token_file: Option<PathBuf>,
     unprotected: Option<bool>,
     no_key_listing: Option<bool>,
+    cluster_key_file: Option<PathBuf>,
+    node_key_file: Option<PathBuf>,
+    trusted_peers: Option<PathBuf>,
     resp_listen: Option<String>,
     http_listen: Option<String>,
     default_ttl: Option<String>,
@@ -217,6 +233,8 @@ pub struct PeerConfig {
     pub write_timeout: Duration,
     pub rebalance_interval: Duration,
     pub heartbeat_interval: Duration,
+    /// A private network's keys (`--cluster-key-file`): every peer link is sealed.
+    pub keys: Option<Arc<ClusterKeys>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -478,6 +496,38 @@ impl ServeArgs {
             }
         }
         let key_listing = !(self.no_key_listing || file.no_key_listing.unwrap_or(false));
+        let (node_key_file, trusted_peers) = (pick!(node_key_file), pick!(trusted_peers));
+        let keys = match pick!(cluster_key_file) {
+            None if node_key_file.is_some() || trusted_peers.is_some() => {
+                return Err(invalid(
+                    "cluster-key-file",
+                    "--node-key-file and --trusted-peers need --cluster-key-file (a private \
+                     network)",
+                ))
+            }
+            None => None,
+            Some(path) => {
+                let cluster = read_key_file(&path).map_err(|e| invalid("cluster-key-file", e))?;
+                let private = match node_key_file {
+                    Some(path) => {
+                        Some(read_key_file(&path).map_err(|e| invalid("node-key-file", e))?)
+                    }
+                    None => None,
+                };
+                let trusted = match trusted_peers {
+                    Some(path) => Some(std::fs::read_to_string(&path).map_err(|e| {
+                        invalid(
+                            "trusted-peers",
+                            format!("cannot read {}: {e}", path.display()),
+                        )
+                    })?),
+                    None => None,
+                };
+                let keys = ClusterKeys::new(cluster, private, trusted.as_deref())
+                    .map_err(|e| invalid("trusted-peers", e))?;
+                Some(Arc::new(keys))
+            }
+        };
         let node_id = match pick!(node_id) {
             Some(id) => id,
             None => random_u64().map_err(|e| invalid("node-id", e))?,
@@ -501,6 +551,7 @@ impl ServeArgs {
                 write_timeout,
                 rebalance_interval,
                 heartbeat_interval,
+                keys,
             },
             resp_listen,
             http_listen,

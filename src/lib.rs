@@ -36,6 +36,8 @@ pub mod store;
 pub use repram_cluster as cluster;
 pub use repram_cluster::version;
 pub mod wire;
+/// Keys of a private network (sealed peer links), for the CLI and tests.
+pub use coordinator::sealed as peer_keys;
 
 pub use limits::StoreLimits;
 pub use store::{

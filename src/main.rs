@@ -74,6 +74,16 @@ enum Command {
     /// Simulate a network of nodes (the peer protocol, deterministic from --seed) and report
     /// convergence, traffic and tree shape.
     Sim(SimArgs),
+    /// Write keys for a private network: a node key pair (FILE, and its public key in
+    /// FILE.pub, for other nodes' --trusted-peers) and/or a cluster key (shared by every node).
+    Keygen {
+        /// Write a node's private key here (and its public key to this path + `.pub`).
+        #[arg(long, value_name = "FILE")]
+        node: Option<std::path::PathBuf>,
+        /// Write a new cluster key here.
+        #[arg(long, value_name = "FILE")]
+        cluster: Option<std::path::PathBuf>,
+    },
     /// Check that this machine can run a node: io_uring, locked-memory limit.
     Doctor {
         /// Shards to check for [default: the CPUs this process may run on].
@@ -127,6 +137,7 @@ fn main() -> ExitCode {
         Some(Command::Serve(args)) => serve(&args),
         None | Some(Command::Limits) => limits(),
         Some(Command::Sim(args)) => simulate(&args),
+        Some(Command::Keygen { node, cluster }) => keygen(node.as_deref(), cluster.as_deref()),
         Some(Command::Doctor { shards }) => {
             let shards = shards.unwrap_or_else(repram::config::available_cpus);
             let findings = repram::doctor::check(shards);
@@ -215,6 +226,62 @@ fn main() -> ExitCode {
             println!("PONG");
             Ok(ExitCode::SUCCESS)
         }),
+    }
+}
+
+/// Writes `text` to a new file readable by its owner only (never over an existing one).
+fn write_secret(path: &std::path::Path, text: &str, private: bool) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if private { 0o600 } else { 0o644 })
+        .open(path)
+        .map_err(|e| {
+            format!(
+                "{}: {e} (an existing key is never overwritten)",
+                path.display()
+            )
+        })?;
+    file.write_all(text.as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn keygen(node: Option<&std::path::Path>, cluster: Option<&std::path::Path>) -> ExitCode {
+    use repram::peer_keys::{public_key_of, random_key};
+    if node.is_none() && cluster.is_none() {
+        return fail("say what to write: --node FILE, --cluster FILE, or both");
+    }
+    let result = (|| -> Result<(), String> {
+        if let Some(path) = cluster {
+            let key = random_key()?;
+            write_secret(path, &format!("{}\n", hex::encode(&key[..])), true)?;
+            println!(
+                "cluster key written to {} (give it to every node)",
+                path.display()
+            );
+        }
+        if let Some(path) = node {
+            let key = random_key()?;
+            let public = public_key_of(&key)?;
+            let mut public_path = path.as_os_str().to_owned();
+            public_path.push(".pub");
+            let public_path = std::path::PathBuf::from(public_path);
+            write_secret(path, &format!("{}\n", hex::encode(&key[..])), true)?;
+            write_secret(&public_path, &format!("{}\n", hex::encode(public)), false)?;
+            println!(
+                "node key written to {}, its public key {} to {}",
+                path.display(),
+                hex::encode(public),
+                public_path.display()
+            );
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => fail(&message),
     }
 }
 

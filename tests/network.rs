@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::relay::Relay;
+use common::relay::{node_behind_relay_with, Relay};
 use common::NodeProcess;
 use repram::client::{BlockingClient, ClientOptions};
 use repram::cluster::message::Message;
@@ -338,20 +338,6 @@ fn node_behind_relay(root: Option<&NodeProcess>, extra: &[&str]) -> (NodeProcess
     let mut args = vec!["--shards", "2"];
     args.extend_from_slice(extra);
     node_behind_relay_with(root, &args)
-}
-
-fn node_behind_relay_with(root: Option<&NodeProcess>, args: &[&str]) -> (NodeProcess, Relay) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind relay");
-    let advertise = listener.local_addr().expect("relay address").to_string();
-    let mut all = vec!["--peer-advertise", advertise.as_str()];
-    let root_addr = root.map(|r| r.peer.to_string());
-    if let Some(root_addr) = &root_addr {
-        all.extend(["--root", root_addr.as_str()]);
-    }
-    all.extend_from_slice(args);
-    let node = NodeProcess::start(&all);
-    let relay = Relay::on(listener, node.peer_listen);
-    (node, relay)
 }
 
 /// Writes probes on `writer` until `reader` holds one: the two are in one network; then

@@ -9,6 +9,7 @@
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ahash::AHashMap;
@@ -18,6 +19,7 @@ use glommio::net::{TcpListener, TcpStream};
 use repram_cluster::message::{Message, PEER_PROTOCOL_MAJOR};
 use zeroize::Zeroizing;
 
+use super::sealed::{self, ClusterKeys, HandshakeGuard, SealedSession, TAG_BYTES};
 use crate::buffers::{reserve_wiping, wipe_and_clear};
 use crate::wire::peer::{decode_peer, decode_peer_hello, encode_peer, encode_peer_hello};
 use crate::wire::peer::{PeerHello, PeerLimits};
@@ -71,11 +73,17 @@ pub(crate) struct LinkCounters {
     pub frames_refused: Cell<u64>,
     pub connections_refused: Cell<u64>,
     pub peers_cut_off: Cell<u64>,
+    /// Handshakes of a private network that failed (a wrong cluster key, a stranger, an
+    /// untrusted node, a frame that would not open), either side.
+    pub handshakes_failed: Cell<u64>,
 }
 
 pub(crate) struct PeerLinks {
     hello: PeerHello,
     limits: PeerLimits,
+    /// A private network's keys: every connection is sealed. `None`: open links.
+    keys: Option<Arc<ClusterKeys>>,
+    guard: HandshakeGuard,
     outbound: RefCell<AHashMap<SocketAddr, Outbound>>,
     next_id: Cell<u64>,
     inbound: Cell<usize>,
@@ -90,11 +98,14 @@ impl PeerLinks {
     pub(crate) fn new(
         hello: PeerHello,
         limits: PeerLimits,
+        keys: Option<Arc<ClusterKeys>>,
     ) -> (Rc<PeerLinks>, LocalReceiver<LinkEvent>) {
         let (events, receiver) = local_channel::new_bounded(1_024);
         let links = PeerLinks {
             hello,
             limits,
+            keys,
+            guard: HandshakeGuard::default(),
             outbound: RefCell::new(AHashMap::new()),
             next_id: Cell::new(0),
             inbound: Cell::new(0),
@@ -114,6 +125,9 @@ impl PeerLinks {
         // Room first, so encoding does not reallocate and leave a copy behind.
         reserve_wiping(&mut pending, msg.wire_bytes() * 2 + 1_024);
         encode_peer(&mut pending, msg);
+        if self.keys.is_some() {
+            add_tag_room(&mut pending, before);
+        }
         let added = pending.len() - before;
         if pending.len() > OUTBOUND_BYTES_MAX {
             drop(pending);
@@ -223,8 +237,34 @@ impl PeerLinks {
         stream
             .set_read_timeout(Some(HELLO_TIMEOUT))
             .map_err(|e| e.to_string())?;
-        let payload = read_frame(&mut stream, 256).await?;
-        let hello = decode_peer_hello(&payload).map_err(|e| format!("bad hello: {e}"))?;
+        let mut session = match &self.keys {
+            None => None,
+            Some(keys) => {
+                let ip = stream.peer_addr().map_err(|e| e.to_string())?.ip();
+                let now = std::time::Instant::now();
+                if !self.guard.admits(ip, now) {
+                    bump(&self.counters.connections_refused);
+                    return Err(format!("{ip}: too many failed handshakes, refused for now"));
+                }
+                match sealed::handshake(&mut stream, keys, false).await {
+                    Ok(session) => {
+                        tracing::debug!(%ip, key = %hex::encode(session.remote), "sealed peer link");
+                        Some(session)
+                    }
+                    Err(error) => {
+                        bump(&self.counters.handshakes_failed);
+                        if self.guard.failed(ip, now) {
+                            tracing::warn!(%ip, %error, "peer handshake failed: connection refused");
+                        }
+                        return Err(error);
+                    }
+                }
+            }
+        };
+        let tag = if session.is_some() { TAG_BYTES } else { 0 };
+        let mut payload = read_frame(&mut stream, 256 + tag).await?;
+        let plain = open(&mut session, &mut payload)?;
+        let hello = decode_peer_hello(plain).map_err(|e| format!("bad hello: {e}"))?;
         if hello.major != PEER_PROTOCOL_MAJOR {
             tracing::warn!(
                 peer = %hello.addr,
@@ -238,12 +278,20 @@ impl PeerLinks {
             .set_read_timeout(Some(INBOUND_IDLE))
             .map_err(|e| e.to_string())?;
         loop {
-            let payload = read_frame(&mut stream, self.limits.frame_bytes_max).await?;
+            let mut payload = read_frame(&mut stream, self.limits.frame_bytes_max + tag).await?;
             let bytes = (payload.len() + FRAME_HEADER_BYTES) as u64;
             self.counters
                 .bytes_received
                 .set(self.counters.bytes_received.get() + bytes);
-            match decode_peer(&payload, &self.limits) {
+            let plain = match open(&mut session, &mut payload) {
+                Ok(plain) => plain,
+                Err(error) => {
+                    bump(&self.counters.frames_refused);
+                    tracing::warn!(peer = %hello.addr, %error, "sealed peer frame refused: connection closed");
+                    return Err(error);
+                }
+            };
+            match decode_peer(plain, &self.limits) {
                 Ok(msg) => {
                     let by_kind = &self.counters.bytes_received_by_kind[msg.kind_index()];
                     by_kind.set(by_kind.get() + bytes);
@@ -284,8 +332,28 @@ async fn write_link(
     };
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let mut session = match &links.keys {
+        None => None,
+        Some(keys) => {
+            let _ = stream.set_read_timeout(Some(HELLO_TIMEOUT));
+            match sealed::handshake(&mut stream, keys, true).await {
+                Ok(session) => Some(session),
+                Err(error) => {
+                    bump(&links.counters.handshakes_failed);
+                    tracing::warn!(peer = %addr, %error, "peer handshake failed");
+                    return links.lost(addr, id);
+                }
+            }
+        }
+    };
     let mut hello = Vec::new();
     encode_peer_hello(&mut hello, &links.hello);
+    if let Some(session) = session.as_mut() {
+        add_tag_room(&mut hello, 0);
+        if session.seal_frames(&mut hello).is_err() {
+            return links.lost(addr, id);
+        }
+    }
     if stream.write_all(&hello).await.is_err() {
         return links.lost(addr, id);
     }
@@ -310,6 +378,13 @@ async fn write_link(
         std::mem::swap(&mut batch, &mut *pending.borrow_mut());
         if batch.is_empty() {
             continue;
+        }
+        if let Some(session) = session.as_mut() {
+            // Sealed in place, in the order they go on the wire (each frame's number).
+            if let Err(error) = session.seal_frames(&mut batch) {
+                tracing::warn!(peer = %addr, %error, "sealing failed: connection dropped");
+                return links.lost(addr, id);
+            }
         }
         links.writing.set(links.writing.get() + 1);
         let written = stream.write_all(&batch).await;
@@ -345,6 +420,29 @@ async fn read_frame(stream: &mut TcpStream, max: usize) -> Result<Zeroizing<Vec<
             .map_err(|e| e.to_string())?;
     }
     Ok(payload)
+}
+
+/// Makes the frame that starts at `at` (the last in `frames`) a frame with room for its
+/// seal's tag: zeros after it, counted in its length prefix.
+fn add_tag_room(frames: &mut Vec<u8>, at: usize) {
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    header.copy_from_slice(&frames[at..at + FRAME_HEADER_BYTES]);
+    let len = u32::from_le_bytes(header) as usize + TAG_BYTES;
+    frames[at..at + FRAME_HEADER_BYTES].copy_from_slice(&(len as u32).to_le_bytes());
+    reserve_wiping(frames, TAG_BYTES);
+    frames.extend_from_slice(&[0u8; TAG_BYTES]);
+}
+
+/// The plaintext of a frame's payload: opened in place on a sealed link, as it is on an
+/// open one.
+fn open<'a>(
+    session: &mut Option<SealedSession>,
+    payload: &'a mut [u8],
+) -> Result<&'a [u8], String> {
+    match session {
+        Some(session) => session.open_frame(payload).map(|plain| &*plain),
+        None => Ok(payload),
+    }
 }
 
 fn bump(counter: &Cell<u64>) {

@@ -8,6 +8,7 @@
 //! store: shards answer it over channels ([`ToShard`], [`FromShard`]).
 
 mod links;
+pub mod sealed;
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -75,6 +76,7 @@ pub(crate) struct NetworkCounters {
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
     peer_frames_refused: AtomicU64,
+    peer_handshakes_failed: AtomicU64,
     peers_cut_off: AtomicU64,
     peer_messages_refused: AtomicU64,
     bytes_sent_by_kind: [AtomicU64; Message::KINDS.len()],
@@ -109,6 +111,7 @@ impl NetworkCounters {
             bytes_sent: get(&self.bytes_sent),
             bytes_received: get(&self.bytes_received),
             peer_frames_refused: get(&self.peer_frames_refused),
+            peer_handshakes_failed: get(&self.peer_handshakes_failed),
             peers_cut_off: get(&self.peers_cut_off),
             peer_messages_refused: get(&self.peer_messages_refused),
             bytes_sent_by_kind: self.bytes_sent_by_kind.iter().map(get).collect(),
@@ -269,6 +272,8 @@ pub(crate) struct CoordinatorPlan {
     pub write_timeout: Duration,
     pub rebalance_interval: Duration,
     pub heartbeat_interval: Duration,
+    /// A private network's keys; `None`: open peer links.
+    pub keys: Option<Arc<sealed::ClusterKeys>>,
 }
 
 pub(crate) struct Coordinator {
@@ -332,7 +337,7 @@ impl Coordinator {
             node_id: plan.node_id,
             addr: plan.advertise,
         };
-        let (links, events) = PeerLinks::new(hello, PeerLimits::default());
+        let (links, events) = PeerLinks::new(hello, PeerLimits::default(), plan.keys.clone());
         let coordinator = Rc::new(Coordinator {
             node: RefCell::new(node),
             links: links.clone(),
@@ -420,6 +425,7 @@ impl Coordinator {
         set(&out.bytes_sent, links.bytes_sent.get());
         set(&out.bytes_received, links.bytes_received.get());
         set(&out.peer_frames_refused, links.frames_refused.get());
+        set(&out.peer_handshakes_failed, links.handshakes_failed.get());
         set(&out.peers_cut_off, links.peers_cut_off.get());
         for (out, links) in out.bytes_sent_by_kind.iter().zip(&links.bytes_sent_by_kind) {
             set(out, links.get());

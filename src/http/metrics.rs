@@ -243,6 +243,12 @@ pub fn render(shards: &[ShardStats], network: &NetworkStats, kinds: &[&str]) -> 
     );
     counter(
         &mut registry,
+        "peer_handshakes_failed",
+        "Sealed peer handshakes that failed (wrong cluster key, untrusted node, stranger)",
+        &plain(network.peer_handshakes_failed),
+    );
+    counter(
+        &mut registry,
         "sync_rounds",
         "Sync rounds opened",
         &plain(network.sync_rounds),

@@ -199,6 +199,7 @@ pub fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         write_timeout: config.peer.write_timeout,
         rebalance_interval: config.peer.rebalance_interval,
         heartbeat_interval: config.peer.heartbeat_interval,
+        keys: config.peer.keys.clone(),
     });
     let mut shard_inboxes = shard_inboxes.into_iter();
 

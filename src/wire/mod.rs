@@ -394,6 +394,8 @@ pub struct NetworkStats {
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub peer_frames_refused: u64,
+    /// Failed handshakes of a private network's sealed links.
+    pub peer_handshakes_failed: u64,
     pub peers_cut_off: u64,
     pub peer_messages_refused: u64,
     /// Peer bytes by message kind, indexed like `repram_cluster::Message::KINDS`.
@@ -403,7 +405,7 @@ pub struct NetworkStats {
 
 impl NetworkStats {
     /// Every counter with its name, in a fixed order (for printing).
-    pub fn fields(&self) -> [(&'static str, u64); 26] {
+    pub fn fields(&self) -> [(&'static str, u64); 27] {
         [
             ("role", u64::from(self.role)),
             ("children", self.children),
@@ -429,6 +431,7 @@ impl NetworkStats {
             ("peer_bytes_sent", self.bytes_sent),
             ("peer_bytes_received", self.bytes_received),
             ("peer_frames_refused", self.peer_frames_refused),
+            ("peer_handshakes_failed", self.peer_handshakes_failed),
             ("peers_cut_off", self.peers_cut_off),
             ("peer_messages_refused", self.peer_messages_refused),
         ]

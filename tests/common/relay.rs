@@ -41,8 +41,9 @@ struct Faults {
 
 struct Link {
     id: u64,
-    /// The caller's advertised address, from its hello.
-    from: SocketAddr,
+    /// The caller's advertised address, from its hello (`None` on a sealed link, whose hello
+    /// the relay cannot read).
+    from: Option<SocketAddr>,
     /// Frames to write towards the node (with when they may leave).
     frames: mpsc::Sender<(Instant, Vec<u8>)>,
     streams: [TcpStream; 2],
@@ -158,8 +159,9 @@ impl Relay {
         self.faults().garble_next = true;
     }
 
-    /// Sends the last recorded frame of `kind` (see `Message::kind`) to the node again, on
-    /// every open connection; `false` if none was recorded or no connection is open.
+    /// Sends the last recorded frame of `kind` (see `Message::kind`; `"sealed"` for a sealed
+    /// link's) to the node again, on every open connection; `false` if none was recorded or
+    /// no connection is open.
     pub fn replay(&self, kind: &str) -> bool {
         let frame = {
             let faults = self.faults();
@@ -196,7 +198,7 @@ impl Relay {
         let faults = self.faults();
         let mut links = self.shared.links.lock().expect("links");
         links.retain(|link| {
-            let cut = faults.blocked_all || faults.blocked.contains(&link.from);
+            let cut = faults.blocked_all || link.from.is_some_and(|f| faults.blocked.contains(&f));
             if cut {
                 link.close();
             }
@@ -261,12 +263,11 @@ fn relay_connection(mut inbound: TcpStream, shared: &Arc<Shared>) -> io::Result<
     let Some(hello) = read_frame(&mut inbound)? else {
         return Ok(());
     };
-    let Ok(caller) = decode_peer_hello(&hello[4..]) else {
-        return Ok(()); // not a peer: close
-    };
+    // A sealed link opens with a handshake the relay cannot read: it is relayed all the same.
+    let caller = decode_peer_hello(&hello[4..]).ok().map(|h| h.addr);
     {
         let faults = shared.faults.lock().expect("faults");
-        if faults.blocked_all || faults.blocked.contains(&caller.addr) {
+        if faults.blocked_all || caller.is_some_and(|c| faults.blocked.contains(&c)) {
             return Ok(()); // partitioned: refused
         }
     }
@@ -278,7 +279,7 @@ fn relay_connection(mut inbound: TcpStream, shared: &Arc<Shared>) -> io::Result<
     let id = shared.next_link.fetch_add(1, Ordering::SeqCst);
     shared.links.lock().expect("links").push(Link {
         id,
-        from: caller.addr,
+        from: caller,
         frames: frames.clone(),
         streams: [inbound.try_clone()?, upstream.try_clone()?],
     });
@@ -317,12 +318,16 @@ fn relay_connection(mut inbound: TcpStream, shared: &Arc<Shared>) -> io::Result<
     while let Ok(Some(mut frame)) = read_frame(&mut inbound) {
         let due = {
             let mut faults = shared.faults.lock().expect("faults");
-            if let Ok(msg) = decode_peer(&frame[4..], &limits) {
-                let kind = msg.kind().to_string();
-                match faults.recorded.iter_mut().find(|(k, _)| *k == kind) {
-                    Some(slot) => slot.1.clone_from(&frame),
-                    None => faults.recorded.push((kind, frame.clone())),
-                }
+            let decoded = decode_peer(&frame[4..], &limits);
+            // Frames of a sealed link are recorded as kind "sealed".
+            let kind = decoded
+                .as_ref()
+                .map_or("sealed".to_string(), |m| m.kind().to_string());
+            match faults.recorded.iter_mut().find(|(k, _)| *k == kind) {
+                Some(slot) => slot.1.clone_from(&frame),
+                None => faults.recorded.push((kind, frame.clone())),
+            }
+            if let Ok(msg) = decoded {
                 if faults.drop_frames.as_ref().is_some_and(|pick| pick(&msg)) {
                     shared.frames_dropped.fetch_add(1, Ordering::SeqCst);
                     continue;
@@ -357,4 +362,23 @@ fn relay_connection(mut inbound: TcpStream, shared: &Arc<Shared>) -> io::Result<
     let _ = upstream.shutdown(Shutdown::Both);
     let _ = inbound.shutdown(Shutdown::Both);
     Ok(())
+}
+
+/// Starts a node (`repram serve ARGS`, joining through `root` if given) behind a new relay:
+/// it advertises the relay's address, so every peer's messages to it pass through the relay.
+pub fn node_behind_relay_with(
+    root: Option<&super::NodeProcess>,
+    args: &[&str],
+) -> (super::NodeProcess, Relay) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind relay");
+    let advertise = listener.local_addr().expect("relay address").to_string();
+    let mut all = vec!["--peer-advertise", advertise.as_str()];
+    let root_addr = root.map(|r| r.peer.to_string());
+    if let Some(root_addr) = &root_addr {
+        all.extend(["--root", root_addr.as_str()]);
+    }
+    all.extend_from_slice(args);
+    let node = super::NodeProcess::start(&all);
+    let relay = Relay::on(listener, node.peer_listen);
+    (node, relay)
 }

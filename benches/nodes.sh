@@ -1,0 +1,35 @@
+# Shared by the benchmark scripts (sourced, not run): start nodes on free ports, stop them
+# all on exit. Needs $REPRAM (the node binary) and $OUT (where logs go).
+
+pids=()
+cleanup() {
+    trap - EXIT INT TERM
+    [ ${#pids[@]} -gt 0 ] && kill -TERM "${pids[@]}" 2>/dev/null || true
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM
+
+# start NAME [serve options]: starts a node, sets ${NAME}_CLIENT, ${NAME}_PEER, ${NAME}_PID.
+start() {
+    local name=$1
+    shift
+    "$REPRAM" serve --listen 127.0.0.1:0 --shards 1 --memory-budget 1GiB "$@" \
+        >"$OUT/$name.out" 2>"$OUT/$name.log" &
+    local pid=$!
+    pids+=("$pid")
+    for _ in $(seq 1 200); do
+        grep -q '^repram listening' "$OUT/$name.out" 2>/dev/null && break
+        sleep 0.05
+    done
+    local line
+    line=$(grep '^repram listening' "$OUT/$name.out") || {
+        echo "node $name did not start:" >&2
+        cat "$OUT/$name.log" >&2
+        exit 1
+    }
+    printf -v "${name}_CLIENT" '%s' "$(sed 's/.*client=\([^ ]*\).*/\1/' <<<"$line")"
+    printf -v "${name}_PEER" '%s' "$(sed 's/.* peer=\([^ ]*\).*/\1/' <<<"$line")"
+    printf -v "${name}_PID" '%s' "$pid"
+}
+
