@@ -152,6 +152,10 @@ pub struct ServeArgs {
     /// Public keys (hex, one a line) of the only nodes let in over sealed links.
     #[arg(long, value_name = "FILE")]
     pub trusted_peers: Option<PathBuf>,
+    /// Let the kernel write a core dump of this process (it holds the live data keys, so by
+    /// default it refuses).
+    #[arg(long)]
+    pub allow_core_dumps: bool,
 }
 
 /// The TOML file: the same options as the flags.

@@ -451,6 +451,23 @@ fn simulate(args: &SimArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// A core dump would hold the live data keys and every value they open: the process's core
+/// size limit is set to zero (soft and hard, so nothing it starts can raise it).
+fn refuse_core_dumps() -> std::io::Result<()> {
+    let none = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: setrlimit reads the struct we pass by pointer for the duration of the call only;
+    // it is a valid, initialised `rlimit`.
+    let result = unsafe { libc::setrlimit(libc::RLIMIT_CORE, &none) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 fn serve(args: &ServeArgs) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -463,6 +480,13 @@ fn serve(args: &ServeArgs) -> ExitCode {
         Ok(config) => config,
         Err(e) => return fail(&e.to_string()),
     };
+    if !args.allow_core_dumps {
+        if let Err(e) = refuse_core_dumps() {
+            return fail(&format!(
+                "cannot turn core dumps off ({e}); --allow-core-dumps to run anyway"
+            ));
+        }
+    }
     let shards = config.shard_listen.len();
     let budget = config.shard_limits.memory_budget_bytes * shards;
     // Signals are caught before any shard thread starts, so every thread inherits the mask

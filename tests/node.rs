@@ -612,3 +612,19 @@ fn the_coordinator_gets_a_spare_cpu_and_otherwise_shares_shard_zeros() {
         assert!(c.topology().expect("topology").attached);
     }
 }
+
+#[test]
+fn a_node_refuses_core_dumps_of_its_memory() {
+    let node = NodeProcess::start(&["--shards", "1"]);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", node.pid())).expect("limits");
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .expect("a core size line");
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(
+        &fields[4..6],
+        ["0", "0"],
+        "soft and hard limit zero: {core}"
+    );
+}
