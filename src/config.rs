@@ -152,6 +152,16 @@ pub struct ServeArgs {
     /// Public keys (hex, one a line) of the only nodes let in over sealed links.
     #[arg(long, value_name = "FILE")]
     pub trusted_peers: Option<PathBuf>,
+    /// PEM certificate chain for TLS on the client listeners (with --tls-key).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Which client listeners speak TLS once a certificate is given: any of native (the
+    /// client and shard ports), resp, http, comma-separated [default: all three].
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub tls_on: Option<Vec<String>>,
     /// Let the kernel write a core dump of this process (it holds the live data keys, so by
     /// default it refuses).
     #[arg(long)]
@@ -189,6 +199,9 @@ struct FileConfig {
     cluster_key_file: Option<PathBuf>,
     node_key_file: Option<PathBuf>,
     trusted_peers: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_on: Option<Vec<String>>,
     resp_listen: Option<String>,
     http_listen: Option<String>,
     default_ttl: Option<String>,
@@ -222,6 +235,27 @@ pub struct NodeConfig {
     pub auth: Option<Arc<ClientAuth>>,
     /// Whether `GET /v1/keys` answers.
     pub key_listing: bool,
+    /// TLS for clients, and on which listeners.
+    pub tls: Option<ClientTls>,
+}
+
+/// TLS on the client listeners: the server identity, and which listeners use it.
+#[derive(Clone)]
+pub struct ClientTls {
+    pub config: Arc<rustls::ServerConfig>,
+    pub native: bool,
+    pub resp: bool,
+    pub http: bool,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ClientTls(native {}, resp {}, http {})",
+            self.native, self.resp, self.http
+        )
+    }
 }
 
 /// Where the node meets the rest of the network.
@@ -500,6 +534,31 @@ impl ServeArgs {
             }
         }
         let key_listing = !(self.no_key_listing || file.no_key_listing.unwrap_or(false));
+        let tls = match (pick!(tls_cert), pick!(tls_key)) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                let config =
+                    crate::tls::server_config(&cert, &key).map_err(|e| invalid("tls-cert", e))?;
+                let on = pick!(tls_on)
+                    .unwrap_or_else(|| vec!["native".into(), "resp".into(), "http".into()]);
+                for name in &on {
+                    if !matches!(name.as_str(), "native" | "resp" | "http") {
+                        return Err(invalid(
+                            "tls-on",
+                            format!("{name} is not native, resp or http"),
+                        ));
+                    }
+                }
+                let has = |name: &str| on.iter().any(|n| n == name);
+                Some(ClientTls {
+                    config,
+                    native: has("native"),
+                    resp: has("resp"),
+                    http: has("http"),
+                })
+            }
+            _ => return Err(invalid("tls-cert", "--tls-cert and --tls-key go together")),
+        };
         let (node_key_file, trusted_peers) = (pick!(node_key_file), pick!(trusted_peers));
         let keys = match pick!(cluster_key_file) {
             None if node_key_file.is_some() || trusted_peers.is_some() => {
@@ -562,6 +621,7 @@ impl ServeArgs {
             default_ttl_ms,
             auth,
             key_listing,
+            tls,
         })
     }
 }

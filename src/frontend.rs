@@ -13,7 +13,6 @@ use std::time::Instant;
 
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver};
-use glommio::net::TcpStream;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::buffers::{reserve_wiping, wipe_and_clear, RecvBuffer};
@@ -21,6 +20,7 @@ use crate::node::shard::{
     bump, list_keys, respond_error, Answer, ConnId, Inbound, Shard, ShardRequest,
 };
 use crate::store::KeyQuery;
+use crate::tls::ClientStream;
 use crate::wire::{self, ArchivedReply, ErrorCode, Op, Request};
 
 /// A local answer buffer grown past this is released once taken.
@@ -53,7 +53,7 @@ pub(crate) trait FrontEnd {
 /// due, then wait for bytes from the client or answers from elsewhere on the shard.
 pub(crate) async fn drive(
     connection: &mut impl FrontEnd,
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     inbox: &LocalReceiver<Inbound>,
 ) -> io::Result<()> {
     enum Event {

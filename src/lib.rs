@@ -33,6 +33,7 @@ pub mod limits;
 pub mod node;
 pub mod resp;
 pub mod store;
+pub mod tls;
 pub use repram_cluster as cluster;
 pub use repram_cluster::version;
 pub mod wire;

@@ -129,6 +129,10 @@ struct Target {
     /// else $REPRAM_TOKEN, if set.
     #[arg(long, value_name = "FILE")]
     token_file: Option<std::path::PathBuf>,
+    /// Connect with TLS (a node started with --tls-cert), trusting the CA certificates in
+    /// this PEM file.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -298,9 +302,17 @@ fn with_client(
         Ok(token) => token,
         Err(e) => return fail(&e),
     };
+    let tls = match &target.tls_ca {
+        Some(ca) => match repram::tls::client_config(ca) {
+            Ok(config) => Some(config),
+            Err(e) => return fail(&e),
+        },
+        None => None,
+    };
     let options = ClientOptions {
         shard_aware: !target.no_shard_aware,
         token,
+        tls,
         ..ClientOptions::default()
     };
     let client = match BlockingClient::connect(&target.addr, &options) {

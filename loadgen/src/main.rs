@@ -57,6 +57,9 @@ struct RunArgs {
     /// password, sent with `AUTH`); else $REPRAM_TOKEN, if set.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// REPRAM: connect with TLS, trusting the CA certificates in this PEM file.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
     /// Loadgen threads, each one pinned glommio executor.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -259,6 +262,10 @@ fn run_command(args: RunArgs) -> Result<(), String> {
             shard_aware: !args.no_shard_aware,
             connect_timeout: args.connect_timeout,
             token,
+            tls: match &args.tls_ca {
+                Some(ca) => Some(repram::tls::client_config(ca)?),
+                None => None,
+            },
         },
         workload: Workload {
             keys: args.keys,

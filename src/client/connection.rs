@@ -10,6 +10,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -64,9 +65,11 @@ impl Drop for Connection {
 }
 
 impl Connection {
+    /// Connects to `addr` (through TLS with `tls`, the certificate naming `addr`'s IP).
     pub(crate) async fn open(
         addr: SocketAddr,
         timeout: Duration,
+        tls: Option<&Arc<rustls::ClientConfig>>,
     ) -> Result<Rc<Connection>, ClientError> {
         let stream = TcpStream::connect_timeout(addr, timeout)
             .await
@@ -81,7 +84,19 @@ impl Connection {
             abandoned: Cell::new(false),
             unsolicited: RefCell::new(None),
         });
-        glommio::spawn_local(drive(shared.clone(), stream)).detach();
+        match tls {
+            None => {
+                glommio::spawn_local(drive(shared.clone(), stream)).detach();
+            }
+            Some(config) => {
+                let _ = stream.set_read_timeout(Some(timeout));
+                let stream = crate::tls::connect(config, addr.ip(), stream)
+                    .await
+                    .map_err(|e| ClientError::Io(format!("TLS with {addr} failed: {e}")))?;
+                let _ = stream.get_ref().0.set_read_timeout(None);
+                glommio::spawn_local(drive(shared.clone(), stream)).detach();
+            }
+        }
         Ok(Rc::new(Connection { shared }))
     }
 
@@ -150,7 +165,7 @@ enum Event {
 }
 
 /// Moves bytes both ways until the socket or the handle goes, then fails what is left.
-async fn drive(shared: Rc<Shared>, mut stream: TcpStream) {
+async fn drive<S: AsyncRead + AsyncWrite + Unpin>(shared: Rc<Shared>, mut stream: S) {
     let mut rx = RecvBuffer::new(RECV_BUFFER_INITIAL_BYTES, SEND_BUFFER_KEEP_BYTES);
     let mut next_frame_bytes = wire::FRAME_HEADER_BYTES;
     let mut sending: Vec<u8> = Vec::new();

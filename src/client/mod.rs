@@ -11,6 +11,7 @@ mod connection;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use self::blocking::BlockingClient;
@@ -34,6 +35,9 @@ pub struct ClientOptions {
     /// The node's client token, for a node started with `--auth-token-file`: every
     /// connection says it in its Hello.
     pub token: Option<AuthToken>,
+    /// TLS, for a node started with `--tls-cert` (`crate::tls::client_config` of the CA
+    /// that signed its certificate).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for ClientOptions {
@@ -43,6 +47,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Some(Duration::from_secs(30)),
             token: None,
+            tls: None,
         }
     }
 }
@@ -175,7 +180,7 @@ async fn greet(connection: &Connection, options: &ClientOptions) -> Result<Hello
 impl Client {
     /// Connects, says Hello, and (shard-aware) connects to every shard's own port.
     pub async fn connect(addr: SocketAddr, options: &ClientOptions) -> Result<Client, ClientError> {
-        let main = Connection::open(addr, options.connect_timeout).await?;
+        let main = Connection::open(addr, options.connect_timeout, options.tls.as_ref()).await?;
         let hello = greet(&main, options).await?;
         let mut shards = Vec::new();
         if options.shard_aware && hello.shard_count > 1 {
@@ -188,7 +193,9 @@ impl Client {
             }
             for &port in &hello.shard_ports {
                 let shard_addr = SocketAddr::new(addr.ip(), port);
-                let shard = Connection::open(shard_addr, options.connect_timeout).await?;
+                let shard =
+                    Connection::open(shard_addr, options.connect_timeout, options.tls.as_ref())
+                        .await?;
                 if options.token.is_some() {
                     // Each connection is let in on its own.
                     greet(&shard, options).await?;

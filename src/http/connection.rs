@@ -8,7 +8,7 @@
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use glommio::net::TcpStream;
+use crate::tls::ClientStream;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::request::{decode, parse_head, query_value, Head, HttpLimits, Method};
@@ -40,14 +40,14 @@ pub(crate) struct HttpTtls {
 /// something unreadable.
 pub(crate) async fn serve(
     shard: Rc<Shard>,
-    mut stream: TcpStream,
+    mut stream: ClientStream,
     limits: HttpLimits,
     ttls: HttpTtls,
 ) {
     let registration = Registration::new(&shard, FrontEndKind::Http);
-    let _ = stream.set_nodelay(true);
+    let _ = stream.tcp().set_nodelay(true);
     if let Some(idle) = shard.idle_timeout {
-        let _ = stream.set_read_timeout(Some(idle));
+        let _ = stream.tcp().set_read_timeout(Some(idle));
     }
     let mut connection = HttpConnection {
         shard: &shard,

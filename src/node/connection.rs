@@ -11,7 +11,6 @@ use std::time::Instant;
 
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver};
-use glommio::net::TcpStream;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::wire::{self, ErrorCode, FrameError, NodeStats, OpKind, Reply, RequestView, ShardStats};
@@ -21,6 +20,7 @@ use super::shard::{
 };
 use crate::auth::WRONG_TOKENS_MAX;
 use crate::buffers::{reserve_wiping, wipe_and_clear, RecvBuffer};
+use crate::tls::ClientStream;
 
 /// A receive buffer starts this small: ten thousand idle connections cost 40 MiB, not more.
 /// It grows for a larger frame, or (to `RECV_BUFFER_STREAMING_BYTES`) when reads keep filling it.
@@ -30,7 +30,7 @@ const RECV_BUFFER_STREAMING_BYTES: usize = 64 * 1024;
 const SEND_BUFFER_KEEP_BYTES: usize = 64 * 1024;
 
 /// Serves one accepted connection until the client leaves, errs, idles out or sends garbage.
-pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
+pub(crate) async fn serve(shard: Rc<Shard>, mut stream: ClientStream) {
     let conn = shard.next_conn.get();
     shard.next_conn.set(conn + 1);
     let (sender, inbox) = local_channel::new_unbounded();
@@ -38,9 +38,9 @@ pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     bump(&shard.counters.connections_open, 1);
     bump(&shard.counters.connections_accepted, 1);
     // Small responses must leave at once, not wait for Nagle.
-    let _ = stream.set_nodelay(true);
+    let _ = stream.tcp().set_nodelay(true);
     if let Some(idle) = shard.idle_timeout {
-        let _ = stream.set_read_timeout(Some(idle));
+        let _ = stream.tcp().set_read_timeout(Some(idle));
     }
 
     let mut connection = Connection::new(&shard, conn);
@@ -118,7 +118,7 @@ impl<'s> Connection<'s> {
 
     async fn run(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut ClientStream,
         inbox: &LocalReceiver<Inbound>,
     ) -> io::Result<()> {
         loop {

@@ -16,9 +16,12 @@ use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
+use futures_rustls::TlsAcceptor;
 use glommio::channels::channel_mesh::{MeshBuilder, Receivers};
 use glommio::channels::shared_channel::ConnectedReceiver;
 use glommio::net::TcpListener;
+
+use crate::tls::ClientStream;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use zeroize::Zeroizing;
 
@@ -485,10 +488,16 @@ async fn start_shard(
         let serve =
             move |shard, stream| crate::resp::serve(shard, stream, resp_limits, default_ttl_ms);
         let refusal = b"-ERR max number of clients reached\r\n";
+        let tls = plan.config.tls.as_ref().filter(|t| t.resp);
+        let entry = Entry {
+            tls: tls.map(|t| crate::tls::acceptor(&t.config)),
+            plain_refusal: b"-ERR this port speaks TLS: connect with TLS (redis-cli --tls)\r\n",
+        };
         glommio::spawn_local(front_end_accept_loop(
             shard.clone(),
             listener,
             refusal,
+            entry,
             serve,
         ))
         .detach();
@@ -509,10 +518,17 @@ async fn start_shard(
         let serve = move |shard, stream| crate::http::serve(shard, stream, http_limits, ttls);
         let refusal =
             b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        let tls = plan.config.tls.as_ref().filter(|t| t.http);
+        let entry = Entry {
+            tls: tls.map(|t| crate::tls::acceptor(&t.config)),
+            plain_refusal: b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n\
+Content-Length: 46\r\nConnection: close\r\n\r\nThis port speaks HTTPS: use https:// instead.\n",
+        };
         glommio::spawn_local(front_end_accept_loop(
             shard.clone(),
             listener,
             refusal,
+            entry,
             serve,
         ))
         .detach();
@@ -521,7 +537,9 @@ async fn start_shard(
         // SAFETY: the descriptor comes from `into_raw_fd` of a socket we bound and put in
         // listening mode; ownership moves to glommio's listener, which alone closes it.
         let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
-        glommio::spawn_local(accept_loop(shard.clone(), listener)).detach();
+        let tls = plan.config.tls.as_ref().filter(|t| t.native);
+        let tls = tls.map(|t| crate::tls::acceptor(&t.config));
+        glommio::spawn_local(accept_loop(shard.clone(), listener, tls)).detach();
     }
     tracing::debug!(shard = id, "shard serving");
     Ok(shard)
@@ -639,7 +657,17 @@ async fn take_shard_replies(
     }
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+    // What a plain client on a TLS port reads: an error frame in its own protocol.
+    let mut plain_refusal = Vec::new();
+    respond_error(
+        &mut plain_refusal,
+        0,
+        ErrorCode::Malformed,
+        0,
+        "this port speaks TLS: connect with TLS (the client's TLS CA option)",
+    );
+    let plain_refusal: &'static [u8] = plain_refusal.leak();
     loop {
         match listener.accept().await {
             Ok(stream) => {
@@ -649,7 +677,15 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                     glommio::spawn_local(refuse_connection(stream)).detach();
                     continue;
                 }
-                glommio::spawn_local(connection::serve(shard.clone(), stream)).detach();
+                let (shard, tls) = (shard.clone(), tls.clone());
+                glommio::spawn_local(async move {
+                    if let Some(stream) =
+                        crate::tls::accept(stream, tls.as_ref(), plain_refusal).await
+                    {
+                        connection::serve(shard, stream).await;
+                    }
+                })
+                .detach();
             }
             Err(error) => {
                 tracing::warn!(shard = shard.id, %error, "accept failed");
@@ -667,15 +703,23 @@ const RESP_ARGS_MAX: usize = 16_384;
 /// Bytes of one inline RESP command at most.
 const RESP_INLINE_BYTES_MAX: usize = 64 * 1024;
 
+/// How a listener's connections come in: through TLS or not, and what a plain client on a
+/// TLS port is told.
+struct Entry {
+    tls: Option<TlsAcceptor>,
+    plain_refusal: &'static [u8],
+}
+
 /// Accepts a text front end's connections and serves each with `serve`; past the connection
 /// limit a connection gets `refusal` (that protocol's way of saying so) and is closed.
 async fn front_end_accept_loop<F, Fut>(
     shard: Rc<Shard>,
     listener: TcpListener,
     refusal: &'static [u8],
+    entry: Entry,
     serve: F,
 ) where
-    F: Fn(Rc<Shard>, glommio::net::TcpStream) -> Fut,
+    F: Fn(Rc<Shard>, ClientStream) -> Fut + Clone + 'static,
     Fut: std::future::Future<Output = ()> + 'static,
 {
     loop {
@@ -692,7 +736,16 @@ async fn front_end_accept_loop<F, Fut>(
                     .detach();
                     continue;
                 }
-                glommio::spawn_local(serve(shard.clone(), stream)).detach();
+                let (shard, tls, serve) = (shard.clone(), entry.tls.clone(), serve.clone());
+                let plain_refusal = entry.plain_refusal;
+                glommio::spawn_local(async move {
+                    if let Some(stream) =
+                        crate::tls::accept(stream, tls.as_ref(), plain_refusal).await
+                    {
+                        serve(shard, stream).await;
+                    }
+                })
+                .detach();
             }
             Err(error) => {
                 tracing::warn!(shard = shard.id, %error, "accept failed");

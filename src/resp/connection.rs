@@ -7,7 +7,7 @@
 
 use std::rc::Rc;
 
-use glommio::net::TcpStream;
+use crate::tls::ClientStream;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::parse::{parse_command, RespLimits};
@@ -34,15 +34,15 @@ const PART_BITS: u32 = 16;
 /// something unreadable.
 pub(crate) async fn serve(
     shard: Rc<Shard>,
-    mut stream: TcpStream,
+    mut stream: ClientStream,
     limits: RespLimits,
     default_ttl_ms: u64,
 ) {
     let registration = Registration::new(&shard, FrontEndKind::Resp);
     let conn = registration.conn;
-    let _ = stream.set_nodelay(true);
+    let _ = stream.tcp().set_nodelay(true);
     if let Some(idle) = shard.idle_timeout {
-        let _ = stream.set_read_timeout(Some(idle));
+        let _ = stream.tcp().set_read_timeout(Some(idle));
     }
     let mut connection = RespConnection {
         shard: &shard,

@@ -53,6 +53,8 @@ pub struct TargetSpec {
     pub connect_timeout: Duration,
     /// The server's client token: REPRAM's Hello carries it, Redis gets `AUTH`.
     pub token: Option<AuthToken>,
+    /// REPRAM only: TLS with a node started with `--tls-cert`.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// What a request came to.
@@ -155,6 +157,7 @@ impl TargetConnection {
                     connect_timeout: spec.connect_timeout,
                     request_timeout: None,
                     token: spec.token.clone(),
+                    tls: spec.tls.clone(),
                 };
                 Client::connect(spec.addr, &options)
                     .await

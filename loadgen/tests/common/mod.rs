@@ -148,6 +148,7 @@ pub fn spec(kind: TargetKind, addr: SocketAddr) -> TargetSpec {
         shard_aware: true,
         connect_timeout: Duration::from_secs(2),
         token: None,
+        tls: None,
     }
 }
 
