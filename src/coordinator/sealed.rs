@@ -21,6 +21,7 @@ use glommio::net::TcpStream;
 use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM, NONCE_LEN};
 use zeroize::Zeroizing;
 
+use crate::store::SecretBox;
 use crate::wire::FRAME_HEADER_BYTES;
 
 /// The Noise protocol: XX (both sides prove a static key) with the cluster key mixed in from
@@ -153,9 +154,10 @@ impl ClusterKeys {
     }
 }
 
-/// One direction of a session: its key and the next frame's number.
+/// One direction of a session: its key (in an allocation of its own, zeroed when the session
+/// ends, as the store keeps its data keys) and the next frame's number.
 struct Direction {
-    key: LessSafeKey,
+    key: SecretBox<LessSafeKey>,
     next: u64,
 }
 
@@ -163,7 +165,7 @@ impl Direction {
     fn new(raw: &[u8; KEY_BYTES]) -> Result<Direction, String> {
         let key = UnboundKey::new(&AES_256_GCM, raw).map_err(|_| "bad session key")?;
         Ok(Direction {
-            key: LessSafeKey::new(key),
+            key: SecretBox::new(LessSafeKey::new(key)),
             next: 0,
         })
     }

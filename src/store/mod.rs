@@ -20,6 +20,7 @@ use hashbrown::HashTable;
 use zeroize::Zeroize;
 
 pub use keyring::KeySeed;
+pub(crate) use keyring::SecretBox;
 pub use sync::{KeyHeap, KeyQuery, LackingQuery, OwnedEntry};
 
 use crate::limits::{InvalidLimits, StoreLimits, TICK_WORK_MAX_DEFAULT};
