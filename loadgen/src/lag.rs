@@ -34,6 +34,8 @@ pub struct LagPlan {
     pub prefix: String,
     /// The nodes' client token, if they want one.
     pub token: Option<repram::auth::AuthToken>,
+    /// TLS with nodes started with `--tls-cert`.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// What one reader saw.
@@ -69,6 +71,7 @@ async fn run(plan: LagPlan) -> Result<Vec<ReaderLag>, String> {
         shard_aware: true,
         request_timeout: Some(Duration::from_secs(2)),
         token: plan.token.clone(),
+        tls: plan.tls.clone(),
         ..ClientOptions::default()
     };
     let writer = Client::connect(plan.writer, &options)

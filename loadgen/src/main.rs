@@ -157,6 +157,9 @@ struct LagArgs {
     /// File holding the nodes' client token; else $REPRAM_TOKEN, if set.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// Connect with TLS, trusting the CA certificates in this PEM file.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
 }
 
 fn lag_command(args: LagArgs) -> Result<(), String> {
@@ -185,6 +188,11 @@ fn lag_command(args: LagArgs) -> Result<(), String> {
         poll: args.poll,
         prefix: format!("lag-{nanos:x}"),
         token: repram::auth::AuthToken::from_file_or_env(args.token_file.as_deref())?,
+        tls: args
+            .tls_ca
+            .as_deref()
+            .map(repram::tls::client_config)
+            .transpose()?,
     };
     let results = repram_loadgen::lag::measure_lag(&plan)?;
     println!(
@@ -262,10 +270,11 @@ fn run_command(args: RunArgs) -> Result<(), String> {
             shard_aware: !args.no_shard_aware,
             connect_timeout: args.connect_timeout,
             token,
-            tls: match &args.tls_ca {
-                Some(ca) => Some(repram::tls::client_config(ca)?),
-                None => None,
-            },
+            tls: args
+                .tls_ca
+                .as_deref()
+                .map(repram::tls::client_config)
+                .transpose()?,
         },
         workload: Workload {
             keys: args.keys,

@@ -34,6 +34,7 @@ fn every_write_is_timed_until_the_other_node_holds_it() {
         poll: Duration::from_millis(1),
         prefix: "lag-test".into(),
         token: None,
+        tls: None,
     };
     // The second node joins in the background: the first writes may wait for it, and the
     // measurement shows that as lag (never as a loss within 10 s).
