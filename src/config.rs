@@ -527,7 +527,10 @@ impl ServeArgs {
                     return Err(invalid(
                         "listen",
                         format!(
-                            "protected mode: no client token is set, so this node serves                              clients on loopback only, and {addr} is not; give a token                              (--auth-token-file), listen on 127.0.0.1, or pass --unprotected                              if every client that can reach {addr} may read and write"
+                            "protected mode: no client token is set, so this node serves clients on \
+                             loopback only, and {addr} is not; give a token (--auth-token-file), \
+                             listen on 127.0.0.1, or pass --unprotected if every client that can \
+                             reach {addr} may read and write"
                         ),
                     ));
                 }

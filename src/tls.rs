@@ -133,13 +133,27 @@ impl AsyncWrite for ClientStream {
 /// the TLS handshake on a TLS one (bounded in time). A client that speaks plain text to a
 /// TLS listener gets `plain_refusal` (its protocol's way of saying so) and `None`.
 pub(crate) async fn accept(
-    mut stream: TcpStream,
+    stream: TcpStream,
     tls: Option<&TlsAcceptor>,
     plain_refusal: &[u8],
 ) -> Option<ClientStream> {
     let Some(acceptor) = tls else {
         return Some(ClientStream::Plain(stream));
     };
+    // The whole entry (peek, handshake or refusal) is bounded, not each read of it: a client
+    // that trickles bytes cannot hold its slot longer.
+    futures_lite::future::or(enter(stream, acceptor, plain_refusal), async {
+        glommio::timer::sleep(HANDSHAKE_TIMEOUT).await;
+        None
+    })
+    .await
+}
+
+async fn enter(
+    mut stream: TcpStream,
+    acceptor: &TlsAcceptor,
+    plain_refusal: &[u8],
+) -> Option<ClientStream> {
     let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
     let _ = stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT));
     let mut first = [0u8; 1];
@@ -164,7 +178,9 @@ pub(crate) async fn accept(
     match acceptor.accept(stream).await {
         Ok(stream) => {
             let stream = ClientStream::Tls(Box::new(stream));
+            // The front end sets its own (idle) timeouts.
             let _ = stream.tcp().set_write_timeout(None);
+            let _ = stream.tcp().set_read_timeout(None);
             Some(stream)
         }
         Err(error) => {

@@ -117,6 +117,23 @@ fn the_native_protocol_serves_only_a_client_that_said_the_token() {
         "after three wrong tokens the connection is closed"
     );
 
+    // Guesses pipelined in one write change nothing: after the third, nothing more is read,
+    // not even the right token behind them.
+    let mut raw = RawConn::connect(node.client);
+    let mut burst = Vec::new();
+    for _ in 0..5 {
+        repram::wire::encode_request(&mut burst, &hello(b"not-the-token-at-all"));
+    }
+    repram::wire::encode_request(&mut burst, &hello(TOKEN.as_bytes()));
+    raw.send_bytes(&burst);
+    for _ in 0..3 {
+        assert!(matches!(
+            raw.recv(),
+            Some((_, Reply::Error(ErrorCode::AuthFailed, _)))
+        ));
+    }
+    assert_eq!(raw.recv(), None, "closed after the third guess");
+
     // The right token on a raw connection lets it in.
     let mut raw = RawConn::connect(node.client);
     assert!(matches!(
@@ -246,6 +263,27 @@ fn http_wants_the_bearer_token_except_for_health_and_the_page() {
     assert_eq!(
         request(http, "GET", "/v1/stats", &[&bearer], b"").status,
         200
+    );
+    // Wrong tokens on one keep-alive connection: the third closes it.
+    let mut stream = std::net::TcpStream::connect(http).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let guess = "GET /v1/data/k HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer wrong-wrong-wrong-wrong\r\n\r\n";
+    std::io::Write::write_all(&mut stream, guess.repeat(5).as_bytes()).expect("send");
+    let mut buf = Vec::new();
+    for _ in 0..3 {
+        assert_eq!(
+            common::http_client::read_response(&mut stream, &mut buf, false).status,
+            401
+        );
+    }
+    let mut rest = Vec::new();
+    let n = std::io::Read::read_to_end(&mut stream, &mut rest).expect("read to the close");
+    assert_eq!(
+        n + buf.len(),
+        0,
+        "nothing answered after the third wrong token"
     );
     // Listing is off on this node, token or not.
     assert_eq!(

@@ -181,3 +181,39 @@ fn tls_can_be_kept_to_the_listeners_named() {
         .expect("curl");
     assert_eq!(String::from_utf8_lossy(&status.stdout), "200");
 }
+
+#[test]
+fn a_client_that_never_finishes_its_tls_handshake_is_closed_in_bounded_time() {
+    use std::io::{Read, Write};
+    let pki = Pki::new("silent");
+    let node = pki.node(&["--tls-on", "resp"]);
+    let resp = node.resp.expect("resp");
+    let started = std::time::Instant::now();
+    // One that sends nothing, and one that trickles a byte of a handshake record at a time.
+    let mut silent = std::net::TcpStream::connect(resp).expect("connect");
+    let mut trickle = std::net::TcpStream::connect(resp).expect("connect");
+    trickle.write_all(&[0x16]).expect("first byte");
+    for stream in [&silent, &trickle] {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+    }
+    let trickler = std::thread::spawn(move || {
+        for _ in 0..15 {
+            std::thread::sleep(Duration::from_secs(1));
+            if trickle.write_all(&[0x03]).is_err() {
+                break;
+            }
+        }
+        let mut rest = Vec::new();
+        let _ = trickle.read_to_end(&mut rest);
+    });
+    let mut rest = Vec::new();
+    let _ = silent.read_to_end(&mut rest);
+    trickler.join().expect("trickler");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(15),
+        "both closed by the 10 s handshake bound, took {took:?}"
+    );
+}

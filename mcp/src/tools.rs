@@ -69,9 +69,15 @@ fn failed(error: &ApiError) -> CallToolResult {
     )])
 }
 
-/// RFC 3339 time `seconds` from now.
+/// RFC 3339 time `seconds` from now (the far end of time when that is past what a clock
+/// can say).
 fn expires_at(seconds: u64) -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(seconds)).to_string()
+    match SystemTime::now().checked_add(Duration::from_secs(seconds)) {
+        Some(at) if at < SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799) => {
+            humantime::format_rfc3339_seconds(at).to_string()
+        }
+        _ => "9999-12-31T23:59:59Z".to_string(),
+    }
 }
 
 /// A usable TTL from an agent's number: positive and finite, rounded up to whole seconds;
@@ -213,6 +219,12 @@ impl ServerHandler for Repram {
 #[cfg(test)]
 mod tests {
     use super::whole_seconds;
+
+    #[test]
+    fn an_expiry_past_what_a_clock_can_say_is_the_far_end_of_time() {
+        assert_eq!(super::expires_at(u64::MAX), "9999-12-31T23:59:59Z");
+        assert!(super::expires_at(60).ends_with('Z'));
+    }
 
     #[test]
     fn ttls_round_up_to_whole_seconds_and_odd_numbers_leave_the_default() {

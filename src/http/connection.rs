@@ -12,6 +12,7 @@ use crate::tls::ClientStream;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::request::{decode, parse_head, query_value, Head, HttpLimits, Method};
+use crate::auth::WRONG_TOKENS_MAX;
 use crate::buffers::{reserve_wiping, RecvBuffer};
 use crate::frontend::{
     clear_answers, drive, each_answer, FrontEnd, FrontEndKind, NativeRequests, OrderedReplies,
@@ -61,6 +62,7 @@ pub(crate) async fn serve(
         next_bytes: 0,
         closing: false,
         draining: false,
+        wrong_tokens: 0,
     };
     if let Err(error) = drive(&mut connection, &mut stream, &registration.inbox).await {
         tracing::debug!(conn = registration.conn, %error, "http connection ended");
@@ -120,6 +122,8 @@ struct HttpConnection<'s> {
     /// `Connection: close`, or an unreadable request: answer what is due, then close.
     closing: bool,
     draining: bool,
+    /// Requests that carried a wrong token.
+    wrong_tokens: u32,
 }
 
 /// Headers on every answer: CORS as a browser client needs it, and the usual hardening.
@@ -336,6 +340,11 @@ impl HttpConnection<'_> {
                 Some(_) => None,
             };
             if let Some(message) = refusal {
+                if given.is_some() {
+                    self.wrong_tokens += 1;
+                    // A few tries, then the connection goes: guessing costs a connection each.
+                    self.closing |= self.wrong_tokens >= WRONG_TOKENS_MAX;
+                }
                 let challenge = [("WWW-Authenticate", "Bearer realm=\"repram\"".to_string())];
                 let body = serde_json::json!({ "error": message }).to_string();
                 let refused = answer(

@@ -119,7 +119,7 @@ pub fn render(shards: &[ShardStats], network: &NetworkStats, kinds: &[&str]) -> 
         .collect();
     registry.register_with_unit(
         "request_latency",
-        "From the read that brought a request to its answer (answers deferred to the network excluded)",
+        "From the read that brought a request to its answer (answers the network gave included)",
         prometheus_client::registry::Unit::Seconds,
         OpLatencies(latencies),
     );

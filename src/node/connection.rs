@@ -201,6 +201,10 @@ impl<'s> Connection<'s> {
             }
             self.rx.consume(total);
             self.next_frame_bytes = wire::FRAME_HEADER_BYTES;
+            if self.fatal {
+                // Too many wrong tokens: nothing after them is read (pipelined guesses too).
+                break;
+            }
         }
         self.flush_batches();
         self.rx.shrink_when_empty();

@@ -671,17 +671,14 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, tls: Option<TlsAcc
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                if shard.counters.connections_open.get() as usize >= shard.connections_max_per_shard
-                {
+                if shard.at_connection_limit() {
                     bump(&shard.counters.connections_refused, 1);
                     glommio::spawn_local(refuse_connection(stream)).detach();
                     continue;
                 }
-                let (shard, tls) = (shard.clone(), tls.clone());
+                let entering = enter(shard.clone(), stream, tls.clone(), plain_refusal);
                 glommio::spawn_local(async move {
-                    if let Some(stream) =
-                        crate::tls::accept(stream, tls.as_ref(), plain_refusal).await
-                    {
+                    if let Some((shard, stream)) = entering.await {
                         connection::serve(shard, stream).await;
                     }
                 })
@@ -725,8 +722,7 @@ async fn front_end_accept_loop<F, Fut>(
     loop {
         match listener.accept().await {
             Ok(mut stream) => {
-                if shard.counters.connections_open.get() as usize >= shard.connections_max_per_shard
-                {
+                if shard.at_connection_limit() {
                     bump(&shard.counters.connections_refused, 1);
                     glommio::spawn_local(async move {
                         use futures_lite::AsyncWriteExt;
@@ -736,12 +732,15 @@ async fn front_end_accept_loop<F, Fut>(
                     .detach();
                     continue;
                 }
-                let (shard, tls, serve) = (shard.clone(), entry.tls.clone(), serve.clone());
-                let plain_refusal = entry.plain_refusal;
+                let serve = serve.clone();
+                let entering = enter(
+                    shard.clone(),
+                    stream,
+                    entry.tls.clone(),
+                    entry.plain_refusal,
+                );
                 glommio::spawn_local(async move {
-                    if let Some(stream) =
-                        crate::tls::accept(stream, tls.as_ref(), plain_refusal).await
-                    {
+                    if let Some((shard, stream)) = entering.await {
                         serve(shard, stream).await;
                     }
                 })
@@ -753,6 +752,21 @@ async fn front_end_accept_loop<F, Fut>(
             }
         }
     }
+}
+
+/// Takes an accepted connection through `tls::accept`, counted against the shard's connection
+/// limit while it lasts.
+async fn enter(
+    shard: Rc<Shard>,
+    stream: glommio::net::TcpStream,
+    tls: Option<TlsAcceptor>,
+    plain_refusal: &'static [u8],
+) -> Option<(Rc<Shard>, ClientStream)> {
+    let entering = &shard.counters.connections_entering;
+    bump(entering, 1);
+    let stream = crate::tls::accept(stream, tls.as_ref(), plain_refusal).await;
+    entering.set(entering.get().saturating_sub(1));
+    Some((shard, stream?))
 }
 
 /// Tells a client over the connection limit why it is closed, without waiting on it.

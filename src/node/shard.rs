@@ -168,6 +168,8 @@ pub(crate) struct Counters {
     pub connections_open: Cell<u64>,
     pub connections_accepted: Cell<u64>,
     pub connections_refused: Cell<u64>,
+    /// Connections accepted and still in their TLS entry (not yet open).
+    pub connections_entering: Cell<u64>,
     pub forwarded: Cell<u64>,
     pub busy: Cell<u64>,
     pub bad_frames: Cell<u64>,
@@ -283,6 +285,14 @@ impl Shard {
             auth: config.auth.clone(),
             key_listing: config.key_listing,
         }
+    }
+
+    /// Whether this shard holds as many connections as it may (open ones and those still in
+    /// their TLS handshake).
+    pub(crate) fn at_connection_limit(&self) -> bool {
+        let c = &self.counters;
+        (c.connections_open.get() + c.connections_entering.get()) as usize
+            >= self.connections_max_per_shard
     }
 
     /// Wall-clock milliseconds, never earlier than a time this shard already used.
