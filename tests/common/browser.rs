@@ -68,6 +68,8 @@ impl Browser {
                 "--disable-component-update",
                 "--no-first-run",
                 "--disable-gpu",
+                "--disable-quic",
+                "--disable-sync",
                 "--hide-scrollbars",
                 "--remote-debugging-address=127.0.0.1",
                 "--remote-debugging-port=0",
