@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::relay::{node_behind_relay_with, Relay};
-use common::NodeProcess;
+use common::{held_within, NodeProcess};
 use repram::client::{BlockingClient, ClientOptions};
 use repram::cluster::message::Message;
 
@@ -25,20 +25,6 @@ fn node(root: Option<&NodeProcess>) -> NodeProcess {
     match root {
         None => NodeProcess::start(&["--shards", "2"]),
         Some(root) => NodeProcess::start(&["--shards", "2", "--root", &root.peer.to_string()]),
-    }
-}
-
-/// Whether `key` is held by `node` itself (no pull), checked until `within` passes.
-fn held_within(node: &BlockingClient, key: &[u8], within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if node.get_local(key).expect("local get").is_some() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

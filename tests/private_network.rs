@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::relay::node_behind_relay_with;
-use common::NodeProcess;
+use common::{held_within, NodeProcess};
 use repram::client::{BlockingClient, ClientOptions};
 
 /// Keys written by `repram keygen` into a directory removed on drop.
@@ -66,19 +66,6 @@ fn start(cluster_key: Option<&Path>, root: Option<&NodeProcess>, extra: &[&str])
 
 fn client(node: &NodeProcess) -> BlockingClient {
     BlockingClient::connect(&node.client.to_string(), &ClientOptions::default()).expect("connect")
-}
-
-fn held_within(node: &BlockingClient, key: &[u8], within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if node.get_local(key).expect("local get").is_some() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn attached_within(node: &BlockingClient, within: Duration) -> bool {

@@ -398,7 +398,10 @@ async fn write_link(
 
 /// Reads one length-prefixed frame of at most `max` bytes, growing the buffer only as bytes
 /// arrive.
-async fn read_frame(stream: &mut TcpStream, max: usize) -> Result<Zeroizing<Vec<u8>>, String> {
+pub(super) async fn read_frame(
+    stream: &mut TcpStream,
+    max: usize,
+) -> Result<Zeroizing<Vec<u8>>, String> {
     let mut header = [0u8; FRAME_HEADER_BYTES];
     stream
         .read_exact(&mut header)

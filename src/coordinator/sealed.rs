@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM, NONCE_LEN};
 use zeroize::Zeroizing;
@@ -239,24 +239,6 @@ async fn send_message(stream: &mut TcpStream, message: &[u8]) -> Result<(), Stri
     stream.write_all(&frame).await.map_err(|e| e.to_string())
 }
 
-async fn receive_message(stream: &mut TcpStream) -> Result<Vec<u8>, String> {
-    let mut header = [0u8; FRAME_HEADER_BYTES];
-    stream
-        .read_exact(&mut header)
-        .await
-        .map_err(|e| e.to_string())?;
-    let len = u32::from_le_bytes(header) as usize;
-    if len > HANDSHAKE_BYTES_MAX {
-        return Err(format!("a handshake message of {len} bytes"));
-    }
-    let mut message = vec![0u8; len];
-    stream
-        .read_exact(&mut message)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(message)
-}
-
 /// Runs the handshake on a fresh connection (`initiator`: the side that connected) and
 /// returns the session, or why the other side is not let in.
 pub(crate) async fn handshake(
@@ -274,7 +256,7 @@ pub(crate) async fn handshake(
                 .map_err(|e| e.to_string())?;
             send_message(stream, &buf[..len]).await?;
         } else {
-            let message = receive_message(stream).await?;
+            let message = super::links::read_frame(stream, HANDSHAKE_BYTES_MAX).await?;
             state
                 .read_message(&message, &mut payload)
                 .map_err(|_| "handshake refused: wrong cluster key, or not a REPRAM peer")?;

@@ -114,6 +114,20 @@ impl Drop for NodeProcess {
     }
 }
 
+/// Whether `key` is held by `node` itself (no pull), checked until `within` passes.
+pub fn held_within(node: &repram::client::BlockingClient, key: &[u8], within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if node.get_local(key).expect("local get").is_some() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A response read back, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
