@@ -487,20 +487,13 @@ async fn start_shard(
         let default_ttl_ms = plan.config.default_ttl_ms;
         let serve =
             move |shard, stream| crate::resp::serve(shard, stream, resp_limits, default_ttl_ms);
-        let refusal = b"-ERR max number of clients reached\r\n";
         let tls = plan.config.tls.as_ref().filter(|t| t.resp);
         let entry = Entry {
             tls: tls.map(|t| crate::tls::acceptor(&t.config)),
+            full_refusal: b"-ERR max number of clients reached\r\n",
             plain_refusal: b"-ERR this port speaks TLS: connect with TLS (redis-cli --tls)\r\n",
         };
-        glommio::spawn_local(front_end_accept_loop(
-            shard.clone(),
-            listener,
-            refusal,
-            entry,
-            serve,
-        ))
-        .detach();
+        glommio::spawn_local(accept_loop(shard.clone(), listener, entry, serve)).detach();
     }
     if let Some(listener) = plan.http_listener {
         // SAFETY: as for the client listeners below.
@@ -516,30 +509,40 @@ async fn start_shard(
             max_ms: limits.ttl_ms_max,
         };
         let serve = move |shard, stream| crate::http::serve(shard, stream, http_limits, ttls);
-        let refusal =
-            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
         let tls = plan.config.tls.as_ref().filter(|t| t.http);
         let entry = Entry {
             tls: tls.map(|t| crate::tls::acceptor(&t.config)),
+            full_refusal:
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             plain_refusal: b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n\
 Content-Length: 46\r\nConnection: close\r\n\r\nThis port speaks HTTPS: use https:// instead.\n",
         };
-        glommio::spawn_local(front_end_accept_loop(
-            shard.clone(),
-            listener,
-            refusal,
-            entry,
-            serve,
-        ))
-        .detach();
+        glommio::spawn_local(accept_loop(shard.clone(), listener, entry, serve)).detach();
     }
     for listener in plan.listeners {
         // SAFETY: the descriptor comes from `into_raw_fd` of a socket we bound and put in
         // listening mode; ownership moves to glommio's listener, which alone closes it.
         let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
         let tls = plan.config.tls.as_ref().filter(|t| t.native);
-        let tls = tls.map(|t| crate::tls::acceptor(&t.config));
-        glommio::spawn_local(accept_loop(shard.clone(), listener, tls)).detach();
+        let entry = Entry {
+            tls: tls.map(|t| crate::tls::acceptor(&t.config)),
+            // Each told in its own protocol: an error frame.
+            full_refusal: native_error(
+                ErrorCode::TooManyConnections,
+                "the node holds as many connections as it allows",
+            ),
+            plain_refusal: native_error(
+                ErrorCode::Malformed,
+                "this port speaks TLS: connect with TLS (the client's TLS CA option)",
+            ),
+        };
+        glommio::spawn_local(accept_loop(
+            shard.clone(),
+            listener,
+            entry,
+            connection::serve,
+        ))
+        .detach();
     }
     tracing::debug!(shard = id, "shard serving");
     Ok(shard)
@@ -657,41 +660,6 @@ async fn take_shard_replies(
     }
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, tls: Option<TlsAcceptor>) {
-    // What a plain client on a TLS port reads: an error frame in its own protocol.
-    let mut plain_refusal = Vec::new();
-    respond_error(
-        &mut plain_refusal,
-        0,
-        ErrorCode::Malformed,
-        0,
-        "this port speaks TLS: connect with TLS (the client's TLS CA option)",
-    );
-    let plain_refusal: &'static [u8] = plain_refusal.leak();
-    loop {
-        match listener.accept().await {
-            Ok(stream) => {
-                if shard.at_connection_limit() {
-                    bump(&shard.counters.connections_refused, 1);
-                    glommio::spawn_local(refuse_connection(stream)).detach();
-                    continue;
-                }
-                let entering = enter(shard.clone(), stream, tls.clone(), plain_refusal);
-                glommio::spawn_local(async move {
-                    if let Some((shard, stream)) = entering.await {
-                        connection::serve(shard, stream).await;
-                    }
-                })
-                .detach();
-            }
-            Err(error) => {
-                tracing::warn!(shard = shard.id, %error, "accept failed");
-                glommio::timer::sleep(ACCEPT_RETRY_PAUSE).await;
-            }
-        }
-    }
-}
-
 /// Bytes of an HTTP request line and headers at most.
 const HTTP_HEAD_BYTES_MAX: usize = 16 * 1024;
 
@@ -700,22 +668,26 @@ const RESP_ARGS_MAX: usize = 16_384;
 /// Bytes of one inline RESP command at most.
 const RESP_INLINE_BYTES_MAX: usize = 64 * 1024;
 
-/// How a listener's connections come in: through TLS or not, and what a plain client on a
-/// TLS port is told.
+/// How a listener's connections come in: through TLS or not; what a client past the
+/// connection limit is told, and a plain client on a TLS port (each in the listener's
+/// protocol).
 struct Entry {
     tls: Option<TlsAcceptor>,
+    full_refusal: &'static [u8],
     plain_refusal: &'static [u8],
 }
 
-/// Accepts a text front end's connections and serves each with `serve`; past the connection
-/// limit a connection gets `refusal` (that protocol's way of saying so) and is closed.
-async fn front_end_accept_loop<F, Fut>(
-    shard: Rc<Shard>,
-    listener: TcpListener,
-    refusal: &'static [u8],
-    entry: Entry,
-    serve: F,
-) where
+/// A native error frame, made once per listener.
+fn native_error(code: ErrorCode, message: &str) -> &'static [u8] {
+    let mut frame = Vec::new();
+    respond_error(&mut frame, 0, code, 0, message);
+    frame.leak()
+}
+
+/// Accepts a listener's connections and serves each with `serve`; past the connection limit
+/// a connection gets the entry's refusal and is closed.
+async fn accept_loop<F, Fut>(shard: Rc<Shard>, listener: TcpListener, entry: Entry, serve: F)
+where
     F: Fn(Rc<Shard>, ClientStream) -> Fut + Clone + 'static,
     Fut: std::future::Future<Output = ()> + 'static,
 {
@@ -724,6 +696,7 @@ async fn front_end_accept_loop<F, Fut>(
             Ok(mut stream) => {
                 if shard.at_connection_limit() {
                     bump(&shard.counters.connections_refused, 1);
+                    let refusal = entry.full_refusal;
                     glommio::spawn_local(async move {
                         use futures_lite::AsyncWriteExt;
                         let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
@@ -767,21 +740,6 @@ async fn enter(
     let stream = crate::tls::accept(stream, tls.as_ref(), plain_refusal).await;
     entering.set(entering.get().saturating_sub(1));
     Some((shard, stream?))
-}
-
-/// Tells a client over the connection limit why it is closed, without waiting on it.
-async fn refuse_connection(mut stream: glommio::net::TcpStream) {
-    use futures_lite::AsyncWriteExt;
-    let mut out = Vec::new();
-    respond_error(
-        &mut out,
-        0,
-        ErrorCode::TooManyConnections,
-        0,
-        "the node holds as many connections as it allows",
-    );
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-    let _ = stream.write_all(&out).await;
 }
 
 /// Reclaims expired entries and destroys passed epoch keys, a bounded slice at a time.
