@@ -28,6 +28,8 @@ pub mod config;
 mod coordinator;
 pub mod doctor;
 mod frontend;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod limits;
 pub mod node;
