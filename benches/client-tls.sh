@@ -13,9 +13,6 @@ mkdir -p "$OUT"
 command -v openssl >/dev/null || { echo "needs openssl" >&2; exit 1; }
 
 cargo build --release --locked -p repram --bin repram -p repram-loadgen --bin repram-loadgen
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-REPRAM=$TARGET_DIR/release/repram
-LOADGEN=$TARGET_DIR/release/repram-loadgen
 source benches/nodes.sh
 
 # A CA, and a certificate it signs for 127.0.0.1 (rustls refuses a CA certificate as the

@@ -21,9 +21,6 @@ OUT=${OUT:-target/network}
 mkdir -p "$OUT"
 
 cargo build --release --locked -p repram --bin repram -p repram-loadgen --bin repram-loadgen
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-REPRAM=$TARGET_DIR/release/repram
-LOADGEN=$TARGET_DIR/release/repram-loadgen
 
 source benches/nodes.sh
 

@@ -1,5 +1,10 @@
-# Shared by the benchmark scripts (sourced, not run): start nodes on free ports, stop them
-# all on exit. Needs $REPRAM (the node binary) and $OUT (where logs go).
+# Shared by the benchmark scripts (sourced after their release build, not run): the binaries
+# ($REPRAM, $LOADGEN), starting nodes on free ports, stopping them all on exit. Needs $OUT
+# (where logs go).
+
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+REPRAM=$TARGET_DIR/release/repram
+LOADGEN=$TARGET_DIR/release/repram-loadgen
 
 pids=()
 cleanup() {

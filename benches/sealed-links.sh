@@ -17,9 +17,6 @@ OUT=${OUT:-target/sealed-links}
 mkdir -p "$OUT"
 
 cargo build --release --locked -p repram --bin repram -p repram-loadgen --bin repram-loadgen
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-REPRAM=$TARGET_DIR/release/repram
-LOADGEN=$TARGET_DIR/release/repram-loadgen
 source benches/nodes.sh
 
 rm -f "$OUT/cluster.key"

@@ -34,7 +34,7 @@ use crate::store::OwnedEntry;
 use crate::wire::peer::{PeerHello, PeerLimits};
 use crate::wire::shard_of;
 use crate::wire::NetworkStats;
-use crate::wire::{PeerView, Reply, TopologyInfo};
+use crate::wire::{OpKind, PeerView, Reply, TopologyInfo};
 
 use self::links::{LinkEvent, PeerLinks};
 
@@ -136,11 +136,10 @@ pub(crate) enum ToShard {
     },
 }
 
-/// A client op answered by the network: which (in the order of `wire::LATENCY_OPS`), and
-/// when the read that brought it returned.
+/// A client op answered by the network: which, and when the read that brought it returned.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct TimedOp {
-    pub op: usize,
+    pub op: OpKind,
     pub read_at: std::time::Instant,
 }
 
@@ -803,7 +802,7 @@ impl Coordinator {
         };
         respond(&mut responses, write.waiter.request_id, reply);
         let timed = TimedOp {
-            op: 0,
+            op: OpKind::Put,
             read_at: write.waiter.read_at,
         };
         self.answer_conn(write.waiter.conn, responses, Some(timed));
@@ -874,7 +873,7 @@ impl Coordinator {
         };
         respond(&mut responses, waiter.request_id, reply);
         let timed = TimedOp {
-            op: 1,
+            op: OpKind::Get,
             read_at: waiter.read_at,
         };
         self.answer_conn(waiter.conn, responses, Some(timed));

@@ -344,26 +344,20 @@ impl Shard {
         read_at: Instant,
     ) -> Answer {
         let answer = self.execute_op(payload, view, conn, out, read_at);
-        let op = match view.kind {
-            OpKind::Put => 0,
-            OpKind::Get => 1,
-            OpKind::Delete => 2,
-            OpKind::Expire => 3,
-            _ => return answer,
-        };
         if answer == Answer::Answered {
-            self.record_latency(op, read_at);
+            self.record_latency(view.kind, read_at);
         }
         answer
     }
 
-    /// Counts one answer to op `op` (in the order of [`wire::LATENCY_OPS`]) whose read
-    /// returned at `read_at`.
-    pub(crate) fn record_latency(&self, op: usize, read_at: Instant) {
-        let us = u64::try_from(read_at.elapsed().as_micros()).unwrap_or(u64::MAX);
-        if let Some(cells) = self.counters.latency.get(op) {
-            cells.record(us);
-        }
+    /// Counts one answer to an op of `kind` whose read returned at `read_at` (ops that are
+    /// not timed are skipped).
+    pub(crate) fn record_latency(&self, kind: OpKind, read_at: Instant) {
+        let Some(cells) = wire::latency_op(kind).and_then(|op| self.counters.latency.get(op))
+        else {
+            return;
+        };
+        cells.record(u64::try_from(read_at.elapsed().as_micros()).unwrap_or(u64::MAX));
     }
 
     fn execute_op(

@@ -250,6 +250,17 @@ pub struct ShardStats {
 /// The ops whose latency a shard records.
 pub const LATENCY_OPS: [&str; 4] = ["put", "get", "delete", "expire"];
 
+/// Where `kind`'s latency is kept (its index in [`LATENCY_OPS`]); `None` for ops not timed.
+pub fn latency_op(kind: OpKind) -> Option<usize> {
+    match kind {
+        OpKind::Put => Some(0),
+        OpKind::Get => Some(1),
+        OpKind::Delete => Some(2),
+        OpKind::Expire => Some(3),
+        _ => None,
+    }
+}
+
 /// Upper bounds (microseconds) of the latency buckets; a last bucket takes everything above.
 pub const LATENCY_BOUNDS_US: [u64; 16] = [
     10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
