@@ -17,6 +17,8 @@ pub(crate) struct RecvBuffer {
     initial_bytes: usize,
     /// Larger than this, an empty buffer goes back to `initial_bytes`.
     keep_bytes: usize,
+    /// Bytes consumed over the buffer's life: a change means a request was read whole.
+    consumed_total: u64,
 }
 
 impl RecvBuffer {
@@ -27,6 +29,7 @@ impl RecvBuffer {
             end: 0,
             initial_bytes,
             keep_bytes: keep_bytes.max(initial_bytes),
+            consumed_total: 0,
         }
     }
 
@@ -37,6 +40,11 @@ impl RecvBuffer {
 
     pub(crate) fn filled_mut(&mut self) -> &mut [u8] {
         &mut self.bytes[self.start..self.end]
+    }
+
+    /// Bytes consumed since the buffer was made.
+    pub(crate) fn consumed_total(&self) -> u64 {
+        self.consumed_total
     }
 
     /// Room to read into; call [`RecvBuffer::make_room`] first.
@@ -59,6 +67,7 @@ impl RecvBuffer {
     pub(crate) fn consume(&mut self, n: usize) {
         debug_assert!(self.start + n <= self.end);
         self.start += n;
+        self.consumed_total += n as u64;
         if self.start == self.end {
             self.start = 0;
             self.end = 0;

@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver};
@@ -30,6 +30,59 @@ const SEND_BUFFER_KEEP_BYTES: usize = 64 * 1024;
 /// A receive buffer grows toward this for a client that keeps it full (pipelining).
 const RECV_BUFFER_STREAMING_BYTES: usize = 64 * 1024;
 
+/// How long a client may take before its connection is closed: an idle one, the idle timeout
+/// between requests; one part-way through a request, the idle timeout from the last request it
+/// completed (or from the read that began this one). So a client sending a byte a second,
+/// which no read timeout alone would catch, is closed too.
+pub(crate) struct ReadDeadline {
+    idle: Option<Duration>,
+    /// When the client last began or completed a request.
+    progress_at: Instant,
+    consumed_total: u64,
+}
+
+impl ReadDeadline {
+    pub(crate) fn new(idle: Option<Duration>) -> Self {
+        ReadDeadline {
+            idle,
+            progress_at: Instant::now(),
+            consumed_total: 0,
+        }
+    }
+
+    /// Sets the socket's read timeout for the next read; an error when the client has used up
+    /// its time on a request it has not finished.
+    pub(crate) fn arm(&self, stream: &ClientStream, rx: &RecvBuffer) -> io::Result<()> {
+        let Some(idle) = self.idle else {
+            return Ok(());
+        };
+        let timeout = if rx.filled().is_empty() {
+            idle
+        } else {
+            let left = idle.saturating_sub(self.progress_at.elapsed());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "a request was not completed within the idle timeout",
+                ));
+            }
+            left
+        };
+        stream
+            .tcp()
+            .set_read_timeout(Some(timeout))
+            .map_err(|e| io::Error::other(e.to_string()))
+    }
+
+    /// A read returned; `was_empty` says the buffer held nothing before it.
+    pub(crate) fn read_done(&mut self, rx: &RecvBuffer, was_empty: bool) {
+        if was_empty || rx.consumed_total() != self.consumed_total {
+            self.progress_at = Instant::now();
+            self.consumed_total = rx.consumed_total();
+        }
+    }
+}
+
 /// One text front end connection, as [`drive`] runs it: its protocol decides what to read and
 /// what a read means; the loop around is the same for all.
 pub(crate) trait FrontEnd {
@@ -47,7 +100,15 @@ pub(crate) trait FrontEnd {
     /// The client closed its side: answer what is pending, then close.
     fn closed_by_client(&mut self);
     fn inbound(&mut self, inbound: Inbound);
+    /// The output was written: handle requests left in the receive buffer because their
+    /// answers would not have fitted (see [`OUTPUT_PAUSE_BYTES`]).
+    fn resume(&mut self);
 }
+
+/// Answers waiting to be written past this stop a connection from handling more of what it
+/// has read until they are written: a client pipelining reads of large values without
+/// reading the answers holds at most this (plus one answer and the requests in flight).
+pub(crate) const OUTPUT_PAUSE_BYTES: usize = 256 * 1024;
 
 /// Runs `connection` until its client leaves, it finishes, or the socket fails: write what is
 /// due, then wait for bytes from the client or answers from elsewhere on the shard.
@@ -55,23 +116,32 @@ pub(crate) async fn drive(
     connection: &mut impl FrontEnd,
     stream: &mut ClientStream,
     inbox: &LocalReceiver<Inbound>,
+    idle: Option<Duration>,
 ) -> io::Result<()> {
     enum Event {
         Read(io::Result<usize>),
         Inbound(Option<Inbound>),
     }
+    let mut deadline = ReadDeadline::new(idle);
     loop {
         connection.flush_ready();
         let out = connection.output();
         if !out.is_empty() {
             stream.write_all(out).await?;
             wipe_and_clear(out, SEND_BUFFER_KEEP_BYTES);
+            // Requests left unread while the answers were too many to hold: read them now.
+            connection.resume();
+            continue;
         }
         if connection.finished() {
             return Ok(());
         }
+        let mut was_empty = false;
         let event = if connection.wants_input() {
-            let spare = connection.receive_buffer().spare_mut();
+            let rx = connection.receive_buffer();
+            deadline.arm(stream, rx)?;
+            was_empty = rx.filled().is_empty();
+            let spare = rx.spare_mut();
             future::or(async { Event::Read(stream.read(spare).await) }, async {
                 Event::Inbound(inbox.recv().await)
             })
@@ -86,6 +156,7 @@ pub(crate) async fn drive(
                 let filled_spare = n == rx.spare_mut().len();
                 rx.advance(n);
                 connection.received();
+                deadline.read_done(connection.receive_buffer(), was_empty);
                 if filled_spare {
                     // A pipelining client: read more per call.
                     connection
@@ -166,6 +237,8 @@ pub(crate) struct OrderedReplies<W> {
     slots: VecDeque<Slot<W>>,
     /// Sequence number of `slots[0]`.
     first_seq: u64,
+    /// Bytes of the answers done and not yet flushed.
+    done_bytes: usize,
 }
 
 enum Slot<W> {
@@ -179,6 +252,7 @@ impl<W> OrderedReplies<W> {
         OrderedReplies {
             slots: VecDeque::new(),
             first_seq: 0,
+            done_bytes: 0,
         }
     }
 
@@ -191,6 +265,11 @@ impl<W> OrderedReplies<W> {
         self.slots.is_empty()
     }
 
+    /// Bytes of the answers done and not yet flushed.
+    pub(crate) fn done_bytes(&self) -> usize {
+        self.done_bytes
+    }
+
     /// The number the next request's slot gets.
     pub(crate) fn next_seq(&self) -> u64 {
         self.first_seq + self.slots.len() as u64
@@ -198,6 +277,7 @@ impl<W> OrderedReplies<W> {
 
     /// Adds the next request's slot, already answered.
     pub(crate) fn push_done(&mut self, answer: Zeroizing<Vec<u8>>) {
+        self.done_bytes += answer.len();
         self.slots.push_back(Slot::Done(answer));
     }
 
@@ -223,6 +303,10 @@ impl<W> OrderedReplies<W> {
             .checked_sub(self.first_seq)
             .and_then(|at| usize::try_from(at).ok());
         if let Some(slot) = at.and_then(|at| self.slots.get_mut(at)) {
+            if let Slot::Done(old) = slot {
+                self.done_bytes -= old.len();
+            }
+            self.done_bytes += answer.len();
             *slot = Slot::Done(answer);
         }
     }
@@ -231,6 +315,7 @@ impl<W> OrderedReplies<W> {
     pub(crate) fn flush_into(&mut self, out: &mut Vec<u8>) {
         while let Some(Slot::Done(_)) = self.slots.front() {
             if let Some(Slot::Done(answer)) = self.slots.pop_front() {
+                self.done_bytes -= answer.len();
                 reserve_wiping(out, answer.len());
                 out.extend_from_slice(&answer);
             }

@@ -6,11 +6,13 @@
 //! spoken to), `driver` (one thread's connections and workers), `run` (threads, phases,
 //! progress), `histograms` (HdrHistogram formats), `report` (the JSON and files), `compare`
 //! and `plot` (reading runs back), `cpu` (server CPU time from /proc), `lag` (replication lag
-//! of a REPRAM network: write on one node, poll others with local-only reads).
+//! of a REPRAM network: write on one node, poll others with local-only reads), `flood`
+//! (hostile clients for hardening checks: silent, trickling, never reading).
 
 pub mod compare;
 pub mod cpu;
 pub mod driver;
+pub mod flood;
 pub mod histograms;
 pub mod lag;
 pub mod plot;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use repram_loadgen::compare::compare_files;
+use repram_loadgen::flood::{flood, FloodMode, FloodPlan, FloodProtocol};
 use repram_loadgen::run::{run, RunPlan};
 use repram_loadgen::schedule::Pace;
 use repram_loadgen::target::{TargetKind, TargetSpec};
@@ -32,6 +33,10 @@ enum Command {
     /// Replication lag of a REPRAM network: write on one node, poll others with local-only
     /// reads, and print per reader how long each write took to arrive.
     Lag(LagArgs),
+    /// Hostile clients for hardening checks: many connections that stay silent, trickle one
+    /// byte a second, or pipeline reads without reading answers; prints what the server did
+    /// to them (refused, closed and after how long) as one line.
+    Flood(FloodArgs),
     /// Print saved runs side by side (ratios to the first) and plot their latency.
     Compare {
         /// Run reports (`.json` written by `run --out`); the first is the baseline.
@@ -129,6 +134,26 @@ struct RunArgs {
 }
 
 #[derive(Args, Debug)]
+struct FloodArgs {
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    addr: String,
+    #[arg(long, value_enum)]
+    mode: FloodMode,
+    #[arg(long, value_enum, default_value_t = FloodProtocol::Native)]
+    protocol: FloodProtocol,
+    #[arg(long, default_value_t = 1_000)]
+    connections: usize,
+    /// The flood ends after this long, or once the server has closed every connection.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// The key `no-read` asks for (and `trickle` never finishes writing).
+    #[arg(long, default_value = "flood")]
+    key: String,
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    connect_timeout: Duration,
+}
+
+#[derive(Args, Debug)]
 struct LagArgs {
     /// The node written to (its client address).
     #[arg(long)]
@@ -160,6 +185,20 @@ struct LagArgs {
     /// Connect with TLS, trusting the CA certificates in this PEM file.
     #[arg(long, value_name = "FILE")]
     tls_ca: Option<PathBuf>,
+}
+
+fn flood_command(args: FloodArgs) -> Result<(), String> {
+    let plan = FloodPlan {
+        addr: repram::client::resolve(&args.addr).map_err(|e| e.to_string())?,
+        mode: args.mode,
+        protocol: args.protocol,
+        connections: args.connections,
+        duration: args.duration,
+        key: args.key.into_bytes(),
+        connect_timeout: args.connect_timeout,
+    };
+    println!("{}", flood(&plan));
+    Ok(())
 }
 
 fn lag_command(args: LagArgs) -> Result<(), String> {
@@ -230,6 +269,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run_command(*args),
         Command::Lag(args) => lag_command(args),
+        Command::Flood(args) => flood_command(args),
         Command::Compare { runs, plot } => match compare_files(&runs, plot.as_deref()) {
             Ok((table, written)) => {
                 print!("{table}");

@@ -41,6 +41,9 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 const OUTBOUND_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// Connections peers may hold open to us at once.
 const INBOUND_MAX: usize = 1_024;
+/// Peer messages read and not yet taken by the coordinator: past this, links stop reading
+/// (each message can be a frame of up to the frame limit).
+const LINK_EVENTS_MAX: usize = 64;
 /// A frame is read into memory in steps of this, so a peer that claims a large frame and
 /// sends little costs little.
 const READ_STEP_BYTES: usize = 64 * 1024;
@@ -100,7 +103,7 @@ impl PeerLinks {
         limits: PeerLimits,
         keys: Option<Arc<ClusterKeys>>,
     ) -> (Rc<PeerLinks>, LocalReceiver<LinkEvent>) {
-        let (events, receiver) = local_channel::new_bounded(1_024);
+        let (events, receiver) = local_channel::new_bounded(LINK_EVENTS_MAX);
         let links = PeerLinks {
             hello,
             limits,
@@ -130,6 +133,8 @@ impl PeerLinks {
         }
         let added = pending.len() - before;
         if pending.len() > OUTBOUND_BYTES_MAX {
+            // Freed now, not when the writer's stalled write gives up.
+            *pending = Zeroizing::new(Vec::new());
             drop(pending);
             // The writer ends when its nudges stop (the sender is dropped with the link).
             outbound.remove(&to);
@@ -278,7 +283,17 @@ impl PeerLinks {
             .set_read_timeout(Some(INBOUND_IDLE))
             .map_err(|e| e.to_string())?;
         loop {
-            let mut payload = read_frame(&mut stream, self.limits.frame_bytes_max + tag).await?;
+            let max = self.limits.frame_bytes_max + tag;
+            let mut payload = match read_frame(&mut stream, max).await {
+                Ok(payload) => payload,
+                Err(error) => {
+                    if error.starts_with(FRAME_TOO_LARGE) {
+                        bump(&self.counters.frames_refused);
+                        tracing::warn!(peer = %hello.addr, %error, "peer frame refused: connection closed");
+                    }
+                    return Err(error);
+                }
+            };
             let bytes = (payload.len() + FRAME_HEADER_BYTES) as u64;
             self.counters
                 .bytes_received
@@ -359,21 +374,24 @@ async fn write_link(
     }
     let mut batch = Zeroizing::new(Vec::new());
     loop {
-        let nudged = futures_lite::future::or(async { woken.recv().await.map(|()| true) }, async {
-            glommio::timer::sleep(OUTBOUND_IDLE).await;
-            Some(false)
-        })
-        .await;
-        match nudged {
-            // The link was dropped (cut off): stop.
-            None => return,
-            Some(false) => {
-                if links.idle(addr, id) {
-                    return;
+        if pending.borrow().is_empty() {
+            let nudged =
+                futures_lite::future::or(async { woken.recv().await.map(|()| true) }, async {
+                    glommio::timer::sleep(OUTBOUND_IDLE).await;
+                    Some(false)
+                })
+                .await;
+            match nudged {
+                // The link was dropped (cut off): stop.
+                None => return,
+                Some(false) => {
+                    if links.idle(addr, id) {
+                        return;
+                    }
+                    continue;
                 }
-                continue;
+                Some(true) => {}
             }
-            Some(true) => {}
         }
         std::mem::swap(&mut batch, &mut *pending.borrow_mut());
         if batch.is_empty() {
@@ -387,14 +405,24 @@ async fn write_link(
             }
         }
         links.writing.set(links.writing.get() + 1);
-        let written = stream.write_all(&batch).await;
+        // A link cut off while its write stalls (a peer that stopped reading) ends at once:
+        // its batch is freed now, not when the write timeout gives up.
+        let written =
+            futures_lite::future::or(async { stream.write_all(&batch).await.is_ok() }, async {
+                while woken.recv().await.is_some() {}
+                false
+            })
+            .await;
         links.writing.set(links.writing.get() - 1);
-        if written.is_err() {
+        if !written {
             return links.lost(addr, id);
         }
         wipe_and_clear(&mut batch, 1024 * 1024);
     }
 }
+
+/// How [`read_frame`]'s error for a frame over its limit begins.
+const FRAME_TOO_LARGE: &str = "frame too large";
 
 /// Reads one length-prefixed frame of at most `max` bytes, growing the buffer only as bytes
 /// arrive.
@@ -409,7 +437,9 @@ pub(super) async fn read_frame(
         .map_err(|e| e.to_string())?;
     let len = u32::from_le_bytes(header) as usize;
     if len > max {
-        return Err(format!("frame of {len} bytes over the limit of {max}"));
+        return Err(format!(
+            "{FRAME_TOO_LARGE}: {len} bytes, over the limit of {max}"
+        ));
     }
     let mut payload = Zeroizing::new(Vec::new());
     while payload.len() < len {

@@ -38,8 +38,11 @@ use crate::wire::{OpKind, PeerView, Reply, TopologyInfo};
 
 use self::links::{LinkEvent, PeerLinks};
 
-/// The coordinator stops reading peers while this many store requests wait on shards.
+/// The coordinator stops reading peers while this many store requests wait on shards...
 const STORE_REQUESTS_PENDING_MAX: usize = 4_096;
+/// ...or while their entries come to this many bytes (a peer pushing faster than the shards
+/// seal is held to this, not to thousands of requests of any size).
+const STORE_BYTES_PENDING_MAX: usize = 8 * 1024 * 1024;
 /// The longest the coordinator sleeps between looks at the node's timers.
 const TICK_MAX: Duration = Duration::from_millis(20);
 /// The share of shard 0's core the coordinator's task queue gets against client traffic's
@@ -461,7 +464,9 @@ impl Coordinator {
         events: glommio::channels::local_channel::LocalReceiver<LinkEvent>,
     ) {
         while let Some(event) = events.recv().await {
-            while self.node.borrow().store_requests_pending() > STORE_REQUESTS_PENDING_MAX {
+            while self.node.borrow().store_requests_pending() > STORE_REQUESTS_PENDING_MAX
+                || self.node.borrow().store_bytes_pending() > STORE_BYTES_PENDING_MAX
+            {
                 glommio::timer::sleep(Duration::from_millis(1)).await;
             }
             match event {

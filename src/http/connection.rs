@@ -16,7 +16,7 @@ use crate::auth::WRONG_TOKENS_MAX;
 use crate::buffers::{reserve_wiping, RecvBuffer};
 use crate::frontend::{
     clear_answers, drive, each_answer, FrontEnd, FrontEndKind, NativeRequests, OrderedReplies,
-    Registration,
+    Registration, OUTPUT_PAUSE_BYTES,
 };
 use crate::node::shard::{bump, Inbound, KeyPage, Shard};
 use crate::store::KeyQuery;
@@ -47,9 +47,8 @@ pub(crate) async fn serve(
 ) {
     let registration = Registration::new(&shard, FrontEndKind::Http);
     let _ = stream.tcp().set_nodelay(true);
-    if let Some(idle) = shard.idle_timeout {
-        let _ = stream.tcp().set_read_timeout(Some(idle));
-    }
+    // A client that stops reading its answers is dropped after the idle timeout too.
+    let _ = stream.tcp().set_write_timeout(shard.idle_timeout);
     let mut connection = HttpConnection {
         shard: &shard,
         limits,
@@ -64,7 +63,14 @@ pub(crate) async fn serve(
         draining: false,
         wrong_tokens: 0,
     };
-    if let Err(error) = drive(&mut connection, &mut stream, &registration.inbox).await {
+    if let Err(error) = drive(
+        &mut connection,
+        &mut stream,
+        &registration.inbox,
+        shard.idle_timeout,
+    )
+    .await
+    {
         tracing::debug!(conn = registration.conn, %error, "http connection ended");
     }
 }
@@ -242,6 +248,13 @@ impl FrontEnd for HttpConnection<'_> {
             && !self.draining
             && self.native.in_flight() < self.shard.in_flight_max
             && self.replies.len() < PIPELINE_MAX
+            && !self.output_full()
+    }
+
+    fn resume(&mut self) {
+        if !self.rx.filled().is_empty() {
+            self.process_requests();
+        }
     }
 
     fn receive_buffer(&mut self) -> &mut RecvBuffer {
@@ -265,9 +278,15 @@ impl FrontEnd for HttpConnection<'_> {
 }
 
 impl HttpConnection<'_> {
+    /// Answers waiting to be written have reached [`OUTPUT_PAUSE_BYTES`]: handle no more
+    /// requests until they are out.
+    fn output_full(&self) -> bool {
+        self.out.len() + self.answers.len() + self.replies.done_bytes() >= OUTPUT_PAUSE_BYTES
+    }
+
     /// Handles every complete request in the receive buffer.
     fn process_requests(&mut self) {
-        while !self.closing && self.replies.len() < PIPELINE_MAX {
+        while !self.closing && self.replies.len() < PIPELINE_MAX && !self.output_full() {
             let head = match parse_head(self.rx.filled(), &self.limits) {
                 Ok(Some(head)) => head,
                 Ok(None) => {

@@ -20,6 +20,7 @@ use super::shard::{
 };
 use crate::auth::WRONG_TOKENS_MAX;
 use crate::buffers::{reserve_wiping, wipe_and_clear, RecvBuffer};
+use crate::frontend::{ReadDeadline, OUTPUT_PAUSE_BYTES};
 use crate::tls::ClientStream;
 
 /// A receive buffer starts this small: ten thousand idle connections cost 40 MiB, not more.
@@ -39,9 +40,8 @@ pub(crate) async fn serve(shard: Rc<Shard>, mut stream: ClientStream) {
     bump(&shard.counters.connections_accepted, 1);
     // Small responses must leave at once, not wait for Nagle.
     let _ = stream.tcp().set_nodelay(true);
-    if let Some(idle) = shard.idle_timeout {
-        let _ = stream.tcp().set_read_timeout(Some(idle));
-    }
+    // A client that stops reading its answers is dropped after the idle timeout too.
+    let _ = stream.tcp().set_write_timeout(shard.idle_timeout);
 
     let mut connection = Connection::new(&shard, conn);
     if let Err(error) = connection.run(&mut stream, &inbox).await {
@@ -89,6 +89,8 @@ struct Connection<'s> {
     draining: bool,
     /// The client sent something unreadable: send the error, then close.
     fatal: bool,
+    /// Frames wait in the receive buffer until the answers before them are written.
+    paused: bool,
     /// When the last read returned (the start of its requests' latency).
     read_at: Instant,
     /// A Hello carried the node's token (or the node has none).
@@ -110,6 +112,7 @@ impl<'s> Connection<'s> {
             next_frame_bytes: wire::FRAME_HEADER_BYTES,
             draining: false,
             fatal: false,
+            paused: false,
             read_at: Instant::now(),
             authenticated: shard.auth.is_none(),
             wrong_tokens: 0,
@@ -121,17 +124,30 @@ impl<'s> Connection<'s> {
         stream: &mut ClientStream,
         inbox: &LocalReceiver<Inbound>,
     ) -> io::Result<()> {
+        let mut deadline = ReadDeadline::new(self.shard.idle_timeout);
         loop {
             if !self.out.is_empty() {
                 stream.write_all(&self.out).await?;
                 wipe_and_clear(&mut self.out, SEND_BUFFER_KEEP_BYTES);
+                if self.paused && !self.fatal {
+                    // Frames left unread while their answers would not have fitted.
+                    self.process_frames();
+                    continue;
+                }
             }
             if self.fatal || (self.draining && self.in_flight == 0) {
                 return Ok(());
             }
             let readable = !self.draining && self.in_flight < self.shard.in_flight_max;
+            let mut was_empty = false;
             let event = if readable {
-                self.rx.make_room(self.next_frame_bytes);
+                // Room for the next frame grows with the bytes that arrive, not with what its
+                // header announces: a header alone never costs the node the whole frame.
+                let arrived = self.rx.filled().len().max(RECV_BUFFER_INITIAL_BYTES);
+                self.rx
+                    .make_room(self.next_frame_bytes.min(arrived.saturating_mul(2)));
+                deadline.arm(stream, &self.rx)?;
+                was_empty = self.rx.filled().is_empty();
                 let spare = self.rx.spare_mut();
                 future::or(async { Event::Read(stream.read(spare).await) }, async {
                     Event::Inbound(inbox.recv().await)
@@ -147,6 +163,7 @@ impl<'s> Connection<'s> {
                     let filled_spare = n == self.rx.spare_mut().len();
                     self.rx.advance(n);
                     self.process_frames();
+                    deadline.read_done(&self.rx, was_empty);
                     if filled_spare {
                         // A pipelining client: read more per call.
                         self.rx.grow_toward(RECV_BUFFER_STREAMING_BYTES);
@@ -165,9 +182,15 @@ impl<'s> Connection<'s> {
         }
     }
 
-    /// Handles every complete frame in the receive buffer.
+    /// Handles every complete frame in the receive buffer, or as many as leave the answers
+    /// under [`OUTPUT_PAUSE_BYTES`] (the rest wait, `paused`, until the answers are written).
     fn process_frames(&mut self) {
+        self.paused = false;
         loop {
+            if self.out.len() >= OUTPUT_PAUSE_BYTES {
+                self.paused = true;
+                break;
+            }
             let filled = self.rx.filled();
             let len = match wire::frame_len(filled, self.shard.frame_bytes_max) {
                 Ok(Some(len)) => len,

@@ -137,7 +137,20 @@ impl RunningNode {
 }
 
 /// Binds every listener (refusing ports in use), then starts one executor per shard.
-pub fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
+pub fn start(mut config: NodeConfig) -> Result<RunningNode, NodeError> {
+    match raise_open_files_limit(config.connections_max) {
+        Ok(None) => {}
+        Ok(Some(room)) => {
+            tracing::warn!(
+                asked = config.connections_max,
+                allowed = room,
+                "the open-files limit (ulimit -Hn) leaves room for fewer client connections \
+                 than --max-connections; the cap is lowered to fit"
+            );
+            config.connections_max = room;
+        }
+        Err(e) => tracing::warn!(%e, "cannot read or raise the open-files limit"),
+    }
     let shards = config.shard_listen.len();
     let shared = listeners::bind_shared(config.listen, shards)?;
     let own = listeners::bind_each(&config.shard_listen)?;
@@ -775,4 +788,37 @@ fn allowed_cpus() -> Vec<usize> {
     } else {
         cpus
     }
+}
+
+/// File descriptors kept beside client connections: listeners, peer links, the io_uring rings,
+/// files read at start.
+const NON_CLIENT_FILES: u64 = 1_024;
+
+/// Raises the soft open-files limit as far as `connections_max` needs (the hard limit
+/// permitting); returns how many client connections the limit leaves room for, when that is
+/// fewer than asked (as Redis lowers `maxclients`).
+fn raise_open_files_limit(connections_max: usize) -> std::io::Result<Option<usize>> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` through the pointer we pass, which points at a
+    // live, properly aligned local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let wanted = (connections_max as u64).saturating_add(NON_CLIENT_FILES);
+    if limit.rlim_cur < wanted {
+        let raised = libc::rlimit {
+            rlim_cur: wanted.min(limit.rlim_max),
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: as above; setrlimit only reads the struct during the call.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        limit = raised;
+    }
+    Ok((limit.rlim_cur < wanted)
+        .then(|| limit.rlim_cur.saturating_sub(NON_CLIENT_FILES).max(1) as usize))
 }

@@ -16,7 +16,7 @@ use crate::auth::WRONG_TOKENS_MAX;
 use crate::buffers::RecvBuffer;
 use crate::frontend::{
     clear_answers, drive, each_answer, FrontEnd, FrontEndKind, NativeRequests, OrderedReplies,
-    Registration,
+    Registration, OUTPUT_PAUSE_BYTES,
 };
 use crate::node::shard::{bump, ConnId, Inbound, Shard};
 use crate::wire::{
@@ -41,9 +41,8 @@ pub(crate) async fn serve(
     let registration = Registration::new(&shard, FrontEndKind::Resp);
     let conn = registration.conn;
     let _ = stream.tcp().set_nodelay(true);
-    if let Some(idle) = shard.idle_timeout {
-        let _ = stream.tcp().set_read_timeout(Some(idle));
-    }
+    // A client that stops reading its answers is dropped after the idle timeout too.
+    let _ = stream.tcp().set_write_timeout(shard.idle_timeout);
     let mut connection = RespConnection {
         shard: &shard,
         conn,
@@ -59,7 +58,14 @@ pub(crate) async fn serve(
         authenticated: shard.auth.is_none(),
         wrong_tokens: 0,
     };
-    if let Err(error) = drive(&mut connection, &mut stream, &registration.inbox).await {
+    if let Err(error) = drive(
+        &mut connection,
+        &mut stream,
+        &registration.inbox,
+        shard.idle_timeout,
+    )
+    .await
+    {
         tracing::debug!(conn, %error, "resp connection ended");
     }
 }
@@ -138,6 +144,13 @@ impl FrontEnd for RespConnection<'_> {
             && !self.draining
             && self.native.in_flight() < self.shard.in_flight_max
             && self.replies.len() < PIPELINE_MAX
+            && !self.output_full()
+    }
+
+    fn resume(&mut self) {
+        if !self.rx.filled().is_empty() {
+            self.process_commands();
+        }
     }
 
     fn receive_buffer(&mut self) -> &mut RecvBuffer {
@@ -160,9 +173,15 @@ impl FrontEnd for RespConnection<'_> {
 }
 
 impl RespConnection<'_> {
+    /// Answers waiting to be written have reached [`OUTPUT_PAUSE_BYTES`]: handle no more
+    /// requests until they are out.
+    fn output_full(&self) -> bool {
+        self.out.len() + self.answers.len() + self.replies.done_bytes() >= OUTPUT_PAUSE_BYTES
+    }
+
     /// Handles every complete command in the receive buffer.
     fn process_commands(&mut self) {
-        while !self.closing && self.replies.len() < PIPELINE_MAX {
+        while !self.closing && self.replies.len() < PIPELINE_MAX && !self.output_full() {
             let parsed = parse_command(self.rx.filled(), &self.limits);
             let command = match parsed {
                 Ok(Some(command)) => command,

@@ -69,6 +69,9 @@ pub struct ClusterConfig {
     pub pull_miss_cache_ms: u64,
     /// Pulls from peers this node answers per second (the rest are dropped).
     pub pull_answers_per_second_max: u32,
+    /// Pulls from peers waiting on the store at once (the rest are answered `None`): each
+    /// answer holds a value until it is sent, so a burst of pulls must not hold thousands.
+    pub pull_answers_waiting_max: u32,
     /// How long a node that passed on a push asking for acknowledgements relays them back.
     pub push_ack_window_ms: u64,
     /// How often a leaf looks for a closer parent; a branch waits twice as long and a trunk
@@ -106,6 +109,7 @@ impl Default for ClusterConfig {
             pulls_in_flight_max: 1_024,
             pull_miss_cache_ms: 1_000,
             pull_answers_per_second_max: 10_000,
+            pull_answers_waiting_max: 64,
             push_ack_window_ms: 30_000,
             rebalance_interval_ms: 30_000,
             rebalance_gain_percent: 20,
@@ -394,6 +398,8 @@ pub struct Node {
     pull_misses: BTreeMap<Rc<[u8]>, u64>,
     /// Pull answers given in the current second, and which second.
     pull_answers: (u64, u32),
+    /// Pull answers asked of the store and not yet back.
+    pull_answers_waiting: u32,
     /// Local writes waiting for their copies, by the nonce their push asked with.
     copies_waiting: BTreeMap<u64, copies::CopiesWait>,
     /// Acknowledgements to relay back, by the nonce this node's onward push asked with.
@@ -412,7 +418,9 @@ pub struct Node {
     stale_peers: BTreeMap<SocketAddr, u64>,
     next_heartbeat_ms: u64,
     /// What to do with each store reply, by ticket.
-    awaiting: BTreeMap<u64, Awaiting>,
+    awaiting: BTreeMap<u64, (Awaiting, usize)>,
+    /// Bytes of the entries in the store requests of `awaiting`.
+    store_bytes_pending: usize,
     next_ticket: u64,
     outbox: VecDeque<Output>,
     counters: NodeCounters,
@@ -507,6 +515,7 @@ impl Node {
             pulls: BTreeMap::new(),
             pull_misses: BTreeMap::new(),
             pull_answers: (0, 0),
+            pull_answers_waiting: 0,
             copies_waiting: BTreeMap::new(),
             ack_relays: BTreeMap::new(),
             parent_rtt_ms: None,
@@ -517,6 +526,7 @@ impl Node {
             stale_peers: BTreeMap::new(),
             next_heartbeat_ms: now_ms,
             awaiting: BTreeMap::new(),
+            store_bytes_pending: 0,
             next_ticket: 0,
             outbox: VecDeque::new(),
             counters: NodeCounters::default(),
@@ -579,6 +589,13 @@ impl Node {
     /// reading from peers while this is high.
     pub fn store_requests_pending(&self) -> usize {
         self.awaiting.len()
+    }
+
+    /// Bytes of entries in the store requests sent and not yet answered (writes from peers
+    /// waiting to be applied): a driver stops reading from peers while this is high, so a
+    /// peer pushing faster than the store seals holds a bounded amount.
+    pub fn store_bytes_pending(&self) -> usize {
+        self.store_bytes_pending
     }
 
     pub fn role(&self) -> Option<Role> {
@@ -731,7 +748,12 @@ impl Node {
         }
         let ticket = self.next_ticket;
         self.next_ticket += 1;
-        self.awaiting.insert(ticket, then);
+        let bytes = match &request {
+            StoreRequest::Apply { entries } => entries.iter().map(Entry::wire_bytes).sum(),
+            _ => 0,
+        };
+        self.store_bytes_pending += bytes;
+        self.awaiting.insert(ticket, (then, bytes));
         self.outbox.push_back(Output::Store { ticket, request });
     }
 
@@ -794,9 +816,13 @@ impl Node {
     }
 
     fn on_store_reply(&mut self, ticket: u64, reply: StoreReply, now_ms: u64) {
-        let Some(then) = self.awaiting.remove(&ticket) else {
+        let Some((then, bytes)) = self.awaiting.remove(&ticket) else {
             return;
         };
+        self.store_bytes_pending -= bytes;
+        if matches!(then, Awaiting::PullAnswer { .. }) {
+            self.pull_answers_waiting = self.pull_answers_waiting.saturating_sub(1);
+        }
         match (then, reply) {
             (Awaiting::Applied { from, source }, StoreReply::Applied { fresh, stale, full }) => {
                 self.on_applied(from, source, fresh, stale, full, now_ms)

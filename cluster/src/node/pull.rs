@@ -57,7 +57,9 @@ impl Node {
         if self.pull_answers.0 != second {
             self.pull_answers = (second, 0);
         }
-        if self.pull_answers.1 >= self.config.cluster.pull_answers_per_second_max {
+        if self.pull_answers.1 >= self.config.cluster.pull_answers_per_second_max
+            || self.pull_answers_waiting >= self.config.cluster.pull_answers_waiting_max
+        {
             // Over the cap the store is spared, but the asker is not left waiting out its
             // deadline: "not here" costs one small message.
             self.counters.pull_answers_dropped += 1;
@@ -65,6 +67,7 @@ impl Node {
             return;
         }
         self.pull_answers.1 += 1;
+        self.pull_answers_waiting += 1;
         self.ask(
             StoreRequest::Get { key },
             Awaiting::PullAnswer { to: from, nonce },

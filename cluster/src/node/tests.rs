@@ -945,3 +945,37 @@ fn a_write_wanting_copies_on_a_node_alone_is_answered_at_once() {
     let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
     assert_eq!(writes_done(&outputs), vec![(5, 1, true)]);
 }
+
+#[test]
+fn pulls_waiting_on_a_slow_store_are_capped_and_the_rest_hear_not_here_at_once() {
+    let config = NodeConfig {
+        id: 1,
+        addr: addr(1),
+        roots: vec![addr(1)],
+        is_root: true,
+        cluster: ClusterConfig::default(),
+    };
+    let cap = config.cluster.pull_answers_waiting_max;
+    // A bare node: its store requests stay unanswered, as a store that is behind leaves them.
+    let mut node = Node::new(config, 1, 0);
+    for nonce in 0..u64::from(cap) + 10 {
+        let msg = Message::Pull {
+            nonce,
+            key: Rc::from(&b"k"[..]),
+        };
+        node.handle(Input::Message { from: addr(5), msg }, 1_000);
+    }
+    let (mut asked, mut not_here) = (0, 0);
+    while let Some(output) = node.poll_output() {
+        match output {
+            Output::Store { .. } => asked += 1,
+            Output::Send {
+                msg: Message::PullReply { entry: None, .. },
+                ..
+            } => not_here += 1,
+            _ => {}
+        }
+    }
+    assert_eq!((asked, not_here), (cap, 10));
+    assert_eq!(node.counters().pull_answers_dropped, 10);
+}
