@@ -164,11 +164,27 @@ fn main() {
         ),
         ("dump-request", Message::DumpRequest { cursor: 0 }),
     ];
-    for (name, message) in messages {
+    // The state machine's inputs: each message alone from a peer, then all of them in turn
+    // with clock steps, local writes and misses between (see `repram::fuzzing::cluster_inputs`).
+    let mut all = vec![0u8];
+    for (i, (name, message)) in messages.into_iter().enumerate() {
         let mut frame = Vec::new();
         encode_peer(&mut frame, &message);
-        write("peer_frame", name, &payload(frame));
+        let frame = payload(frame);
+        write("peer_frame", name, &frame);
+        let mut step = vec![0u8, i as u8];
+        step.extend_from_slice(&(frame.len() as u16).to_le_bytes());
+        step.extend_from_slice(&frame);
+        write(
+            "cluster_inputs",
+            name,
+            &[&[i as u8 & 1][..], &step].concat(),
+        );
+        all.extend_from_slice(&step);
+        // A clock step of 1 s, a local write, a local miss.
+        all.extend_from_slice(&[3, 20, 5, i as u8, 7, i as u8]);
     }
+    write("cluster_inputs", "all-messages", &all);
 
     // Redis commands.
     let resp: [(&str, &[u8]); 6] = [

@@ -106,3 +106,116 @@ pub fn http_heads(data: &[u8]) -> usize {
     }
     read
 }
+
+/// The peer protocol's state machine driven by an arbitrary sequence of inputs: peer messages
+/// (decoded from the input, as a link would), clock steps, unreachable peers, local writes and
+/// misses, from four peers. The node's store answers at once ([`LocalNode`]). Checks that no
+/// input panics it, that one input never makes it send without bound, and that its view of
+/// the network stays readable. Returns how many peer messages it handled.
+///
+/// [`LocalNode`]: crate::cluster::LocalNode
+pub fn cluster_inputs(data: &[u8]) -> usize {
+    use crate::cluster::entry::Plaintext;
+    use crate::cluster::{
+        ClusterConfig, Entry, Input, LocalNode, MemStore, NodeConfig, Output, Version,
+    };
+    use std::net::SocketAddr;
+    use std::rc::Rc;
+
+    /// Messages one input may make the node send at most (a push to every child, a dump
+    /// chunk, a map): far more means a loop.
+    const SENDS_PER_INPUT_MAX: usize = 4_096;
+    let peer = |i: u8| SocketAddr::from(([10, 0, 0, 1 + i % 4], 7800));
+    let Some((&first, mut rest)) = data.split_first() else {
+        return 0;
+    };
+    let me = SocketAddr::from(([10, 0, 0, 9], 7800));
+    let is_root = first & 1 == 1;
+    let config = NodeConfig {
+        id: 9,
+        addr: me,
+        roots: if is_root { vec![me] } else { vec![peer(0)] },
+        is_root,
+        cluster: ClusterConfig::default(),
+    };
+    let mut now = 1_700_000_000_000u64;
+    let mut node = LocalNode::new(config, MemStore::new(), u64::from(first), now);
+    let limits = PeerLimits::default();
+    let mut handled = 0;
+    let take = |rest: &mut &[u8], n: usize| -> Option<Vec<u8>> {
+        let (head, tail) = (rest.get(..n)?, rest.get(n..)?);
+        *rest = tail;
+        Some(head.to_vec())
+    };
+    while let Some(step) = take(&mut rest, 2) {
+        let (tag, arg) = (step[0], step[1]);
+        let input = match tag % 8 {
+            0..=2 => {
+                let Some(len) = take(&mut rest, 2) else { break };
+                let len = usize::from(u16::from_le_bytes([len[0], len[1]]));
+                let len = len.min(rest.len());
+                let Some(payload) = take(&mut rest, len) else {
+                    break;
+                };
+                match decode_peer(&payload, &limits) {
+                    Ok(msg) => {
+                        handled += 1;
+                        Input::Message {
+                            from: peer(arg),
+                            msg,
+                        }
+                    }
+                    Err(_) => continue,
+                }
+            }
+            3 => {
+                now += u64::from(arg) * 50;
+                Input::Tick
+            }
+            4 => Input::Unreachable { addr: peer(arg) },
+            5 | 6 => {
+                let entry = Entry {
+                    key: Rc::from(vec![b'k', arg % 16]),
+                    value: (tag & 0x80 == 0).then(|| Plaintext::shared(&[arg; 8])),
+                    expires_ms: now + 60_000,
+                    version: Version {
+                        clock: now << 16,
+                        node: 9,
+                    },
+                };
+                if tag % 8 == 5 {
+                    Input::LocalWrite(entry)
+                } else {
+                    Input::LocalWriteCopies {
+                        entry,
+                        request: u64::from(arg),
+                        copies: arg % 4,
+                        timeout_ms: 500,
+                    }
+                }
+            }
+            _ if tag == 0xff && arg == 0xff => Input::Leave,
+            _ => Input::LocalMiss {
+                request: u64::from(arg),
+                key: Rc::from(vec![b'k', arg % 16]),
+            },
+        };
+        node.handle(input, now);
+        let mut sends = 0;
+        while let Some(output) = node.poll_output() {
+            if matches!(output, Output::Send { .. }) {
+                sends += 1;
+                assert!(
+                    sends <= SENDS_PER_INPUT_MAX,
+                    "one input made the node send {sends} messages"
+                );
+            }
+        }
+        let topology = node.topology(now);
+        assert!(
+            topology.children.len() <= 1_024,
+            "more children than any role allows"
+        );
+    }
+    handled
+}

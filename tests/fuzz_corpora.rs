@@ -6,11 +6,12 @@ use std::path::Path;
 
 type Harness = fn(&[u8]) -> usize;
 
-const TARGETS: [(&str, Harness); 4] = [
+const TARGETS: [(&str, Harness); 5] = [
     ("client_frame", repram::fuzzing::client_frames),
     ("peer_frame", repram::fuzzing::peer_frame),
     ("resp_command", repram::fuzzing::resp_commands),
     ("http_head", repram::fuzzing::http_heads),
+    ("cluster_inputs", repram::fuzzing::cluster_inputs),
 ];
 
 #[test]
