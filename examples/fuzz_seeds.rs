@@ -186,6 +186,38 @@ fn main() {
     }
     write("cluster_inputs", "all-messages", &all);
 
+    // Store operation sequences (see `repram::fuzzing::store_model::StoreOp::sequence_from`):
+    // kind, key, then each kind's arguments.
+    let store: [(&str, &[u8]); 5] = [
+        // put key 1 (3 bytes, ttl 10 steps), get it, advance past it, get, tick
+        (
+            "put-get-expire",
+            &[0, 1, 3, 8, b'a', b'b', b'c', 9, 1, 13, 0, 0xff, 9, 1, 15, 5],
+        ),
+        // a replica, then an older one of the same key (stale), then a read
+        (
+            "apply-stale",
+            &[4, 2, 2, 20, 1, 0, b'x', b'y', 4, 2, 1, 20, 3, 0, b'z', 9, 2],
+        ),
+        // put, delete, read the tombstone away, put again
+        (
+            "delete",
+            &[0, 3, 1, 4, b'v', 7, 3, 9, 3, 0, 3, 1, 4, b'w', 9, 3],
+        ),
+        // put, change its ttl, advance, read
+        ("expire-ttl", &[0, 4, 1, 2, b'q', 8, 4, 30, 13, 0, 6, 9, 4]),
+        // a replica from the future, one far in the past, and a tombstone replica
+        (
+            "apply-skew",
+            &[
+                4, 5, 1, 10, 255, 4, b'f', 4, 5, 1, 10, 0, 4, b'p', 4, 5, 250, 10, 3, 2,
+            ],
+        ),
+    ];
+    for (name, bytes) in store {
+        write("store_ops", name, bytes);
+    }
+
     // Redis commands.
     let resp: [(&str, &[u8]); 6] = [
         (

@@ -6,6 +6,8 @@
 //! A panic here is a bug the fuzzer found. Each returns how many items it read whole (the
 //! corpus replay checks the seeds are real inputs). Owns nothing else; it is not an API.
 
+pub mod store_model;
+
 use crate::http::request::{decode, parse_head, query_value, HttpLimits};
 use crate::resp::parse::{parse_command, RespLimits};
 use crate::wire::peer::{decode_peer, decode_peer_hello, PeerLimits};
@@ -42,6 +44,15 @@ pub fn client_frames(data: &[u8]) -> usize {
         at += wire::FRAME_HEADER_BYTES + len;
     }
     read
+}
+
+/// The store against its model (`store_model`), on the operation sequence the bytes spell:
+/// any difference panics. Returns how many operations ran.
+pub fn store_ops(data: &[u8]) -> usize {
+    let ops = store_model::StoreOp::sequence_from(data);
+    let count = ops.len();
+    store_model::run_store_ops(ops);
+    count
 }
 
 /// One peer frame payload: a hello, or a message within the default peer limits.
