@@ -15,11 +15,13 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 1' INT TERM
 
-# start NAME [serve options]: starts a node, sets ${NAME}_CLIENT, ${NAME}_PEER, ${NAME}_PID.
+# start NAME [serve options]: starts a node (--shards $NODE_SHARDS, default 1, and
+# --memory-budget $NODE_BUDGET, default 1GiB), sets ${NAME}_CLIENT, ${NAME}_PEER, ${NAME}_PID.
 start() {
     local name=$1
     shift
-    "$REPRAM" serve --listen 127.0.0.1:0 --shards 1 --memory-budget 1GiB "$@" \
+    "$REPRAM" serve --listen 127.0.0.1:0 --shards "${NODE_SHARDS:-1}" \
+        --memory-budget "${NODE_BUDGET:-1GiB}" "$@" \
         >"$OUT/$name.out" 2>"$OUT/$name.log" &
     local pid=$!
     pids+=("$pid")
