@@ -7,7 +7,8 @@
 //! progress), `histograms` (HdrHistogram formats), `report` (the JSON and files), `compare`
 //! and `plot` (reading runs back), `cpu` (server CPU time from /proc), `lag` (replication lag
 //! of a REPRAM network: write on one node, poll others with local-only reads), `flood`
-//! (hostile clients for hardening checks: silent, trickling, never reading).
+//! (hostile clients for hardening checks: silent, trickling, never reading), `timeline` (a
+//! long run's latency per window and servers' memory over time, with the soak's checks).
 
 pub mod compare;
 pub mod cpu;
@@ -20,4 +21,5 @@ pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod target;
+pub mod timeline;
 pub mod workload;

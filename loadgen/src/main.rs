@@ -37,6 +37,25 @@ enum Command {
     /// byte a second, or pipeline reads without reading answers; prints what the server did
     /// to them (refused, closed and after how long) as one line.
     Flood(FloodArgs),
+    /// A long run over time: latency per window from interval logs (`run --out` writes
+    /// PREFIX.hlog; several runs started together are merged) and servers' resident memory
+    /// from a `seconds,label,bytes` CSV; prints the soak's checks and plots both.
+    Timeline {
+        /// Interval logs (`.hlog`).
+        #[arg(required = true)]
+        logs: Vec<PathBuf>,
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        window: Duration,
+        /// Memory samples: `seconds,label,bytes` lines.
+        #[arg(long)]
+        memory: Option<PathBuf>,
+        /// Memory before this is warm-up, left out of the spread.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        warm_up: Duration,
+        /// Write PREFIX-latency.{svg,png} and PREFIX-memory.{svg,png}.
+        #[arg(long, value_name = "PREFIX")]
+        plot: Option<PathBuf>,
+    },
     /// Print saved runs side by side (ratios to the first) and plot their latency.
     Compare {
         /// Run reports (`.json` written by `run --out`); the first is the baseline.
@@ -187,6 +206,23 @@ struct LagArgs {
     tls_ca: Option<PathBuf>,
 }
 
+fn timeline_command(
+    logs: &[PathBuf],
+    window: Duration,
+    memory: Option<&std::path::Path>,
+    warm_up: Duration,
+    plot: Option<&std::path::Path>,
+) -> Result<(), String> {
+    let windows = repram_loadgen::timeline::latency_windows(logs, window)?;
+    let memory = match memory {
+        Some(path) => repram_loadgen::timeline::read_memory_csv(path)?,
+        None => Vec::new(),
+    };
+    let text = repram_loadgen::timeline::report(&windows, &memory, warm_up.as_secs_f64(), plot)?;
+    print!("{text}");
+    Ok(())
+}
+
 fn flood_command(args: FloodArgs) -> Result<(), String> {
     let plan = FloodPlan {
         addr: repram::client::resolve(&args.addr).map_err(|e| e.to_string())?,
@@ -270,6 +306,13 @@ fn main() -> ExitCode {
         Command::Run(args) => run_command(*args),
         Command::Lag(args) => lag_command(args),
         Command::Flood(args) => flood_command(args),
+        Command::Timeline {
+            logs,
+            window,
+            memory,
+            warm_up,
+            plot,
+        } => timeline_command(&logs, window, memory.as_deref(), warm_up, plot.as_deref()),
         Command::Compare { runs, plot } => match compare_files(&runs, plot.as_deref()) {
             Ok((table, written)) => {
                 print!("{table}");

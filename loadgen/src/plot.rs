@@ -1,6 +1,7 @@
 //! The latency-by-percentile plot of one or more runs, as HdrHistogram's plotter draws it:
 //! the percentile axis is log-scaled in 1/(1-p) (so 90%, 99%, 99.9%… are evenly spaced),
-//! latency on a linear axis; written as SVG and PNG.
+//! latency on a linear axis; and curves over time (a soak's latency and memory). Written as
+//! SVG and PNG.
 //!
 //! Owns drawing only. The font is compiled in (Hack, from `epaint_default_fonts`), so the
 //! PNG renders on a machine with no fonts installed; nothing is read from the system.
@@ -104,6 +105,90 @@ pub fn write_percentile_plot(
             .map_err(|e| format!("cannot write {}: {e}", png.display()))?;
     }
     Ok(vec![svg, png])
+}
+
+/// Curves over time (x in minutes), e.g. latency per window or memory per node; written as
+/// PREFIX.svg and PREFIX.png.
+pub fn write_time_plot(
+    curves: &[(String, Vec<(f64, f64)>)],
+    prefix: &Path,
+    title: &str,
+    y_desc: &str,
+) -> Result<Vec<PathBuf>, String> {
+    register_embedded_font()?;
+    if let Some(dir) = prefix.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let with = |suffix: &str| {
+        let mut name = prefix.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    let (svg, png) = (with(".svg"), with(".png"));
+    {
+        let root = SVGBackend::new(&svg, (WIDTH_PX, HEIGHT_PX)).into_drawing_area();
+        draw_over_time(&root, curves, title, y_desc)
+            .map_err(|e| format!("cannot draw {}: {e}", svg.display()))?;
+        root.present()
+            .map_err(|e| format!("cannot write {}: {e}", svg.display()))?;
+    }
+    {
+        let root = BitMapBackend::new(&png, (WIDTH_PX, HEIGHT_PX)).into_drawing_area();
+        draw_over_time(&root, curves, title, y_desc)
+            .map_err(|e| format!("cannot draw {}: {e}", png.display()))?;
+        root.present()
+            .map_err(|e| format!("cannot write {}: {e}", png.display()))?;
+    }
+    Ok(vec![svg, png])
+}
+
+fn draw_over_time<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    curves: &[(String, Vec<(f64, f64)>)],
+    title: &str,
+    y_desc: &str,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE)?;
+    let points = || curves.iter().flat_map(|(_, p)| p.iter());
+    let x_max = points().map(|p| p.0).fold(1.0f64, f64::max).ceil();
+    let y_max = points().map(|p| p.1).fold(0.01f64, f64::max) * 1.1;
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, (FONT_FAMILY, 20))
+        .margin(20)
+        .margin_right(50)
+        .x_label_area_size(50)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
+    chart
+        .configure_mesh()
+        .x_desc("minutes")
+        .y_desc(y_desc)
+        .label_style((FONT_FAMILY, 14))
+        .axis_desc_style((FONT_FAMILY, 16))
+        .draw()?;
+    for (i, (label, points)) in curves.iter().enumerate() {
+        let color = CURVE_COLORS[i % CURVE_COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))?
+            .label(label.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font((FONT_FAMILY, 14))
+        .draw()?;
+    Ok(())
 }
 
 fn percentile_label(nines: f64) -> String {
