@@ -122,6 +122,8 @@ pub(crate) async fn drive(
         Read(io::Result<usize>),
         Inbound(Option<Inbound>),
     }
+    // A client that stops reading its answers is dropped after the idle timeout too.
+    let _ = stream.tcp().set_write_timeout(idle);
     let mut deadline = ReadDeadline::new(idle);
     loop {
         connection.flush_ready();

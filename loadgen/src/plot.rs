@@ -80,31 +80,11 @@ pub fn write_percentile_plot(
     prefix: &Path,
     title: &str,
 ) -> Result<Vec<PathBuf>, String> {
-    register_embedded_font()?;
     let curves: Vec<(String, Vec<(f64, f64)>)> = series
         .iter()
         .map(|s| (s.label.clone(), percentile_curve(&s.histogram)))
         .collect();
-    let with = |suffix: &str| {
-        let mut name = prefix.as_os_str().to_owned();
-        name.push(suffix);
-        PathBuf::from(name)
-    };
-    let svg = with(".svg");
-    let png = with(".png");
-    {
-        let root = SVGBackend::new(&svg, (WIDTH_PX, HEIGHT_PX)).into_drawing_area();
-        draw(&root, &curves, title).map_err(|e| format!("cannot draw {}: {e}", svg.display()))?;
-        root.present()
-            .map_err(|e| format!("cannot write {}: {e}", svg.display()))?;
-    }
-    {
-        let root = BitMapBackend::new(&png, (WIDTH_PX, HEIGHT_PX)).into_drawing_area();
-        draw(&root, &curves, title).map_err(|e| format!("cannot draw {}: {e}", png.display()))?;
-        root.present()
-            .map_err(|e| format!("cannot write {}: {e}", png.display()))?;
-    }
-    Ok(vec![svg, png])
+    write_plot(&curves, prefix, title, Axes::Percentile)
 }
 
 /// Curves over time (x in minutes), e.g. latency per window or memory per node; written as
@@ -115,10 +95,28 @@ pub fn write_time_plot(
     title: &str,
     y_desc: &str,
 ) -> Result<Vec<PathBuf>, String> {
-    register_embedded_font()?;
     if let Some(dir) = prefix.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
+    write_plot(curves, prefix, title, Axes::Minutes { y_desc })
+}
+
+/// What a plot's x axis is, and how its y axis is named.
+#[derive(Clone, Copy)]
+enum Axes<'a> {
+    /// Percentiles on HdrHistogram's log scale; latency in ms.
+    Percentile,
+    /// Minutes from the start, linear.
+    Minutes { y_desc: &'a str },
+}
+
+fn write_plot(
+    curves: &[(String, Vec<(f64, f64)>)],
+    prefix: &Path,
+    title: &str,
+    axes: Axes<'_>,
+) -> Result<Vec<PathBuf>, String> {
+    register_embedded_font()?;
     let with = |suffix: &str| {
         let mut name = prefix.as_os_str().to_owned();
         name.push(suffix);
@@ -127,68 +125,19 @@ pub fn write_time_plot(
     let (svg, png) = (with(".svg"), with(".png"));
     {
         let root = SVGBackend::new(&svg, (WIDTH_PX, HEIGHT_PX)).into_drawing_area();
-        draw_over_time(&root, curves, title, y_desc)
+        draw(&root, curves, title, axes)
             .map_err(|e| format!("cannot draw {}: {e}", svg.display()))?;
         root.present()
             .map_err(|e| format!("cannot write {}: {e}", svg.display()))?;
     }
     {
         let root = BitMapBackend::new(&png, (WIDTH_PX, HEIGHT_PX)).into_drawing_area();
-        draw_over_time(&root, curves, title, y_desc)
+        draw(&root, curves, title, axes)
             .map_err(|e| format!("cannot draw {}: {e}", png.display()))?;
         root.present()
             .map_err(|e| format!("cannot write {}: {e}", png.display()))?;
     }
     Ok(vec![svg, png])
-}
-
-fn draw_over_time<DB: DrawingBackend>(
-    root: &DrawingArea<DB, Shift>,
-    curves: &[(String, Vec<(f64, f64)>)],
-    title: &str,
-    y_desc: &str,
-) -> Result<(), Box<dyn std::error::Error>>
-where
-    DB::ErrorType: 'static,
-{
-    root.fill(&WHITE)?;
-    let points = || curves.iter().flat_map(|(_, p)| p.iter());
-    let x_max = points().map(|p| p.0).fold(1.0f64, f64::max).ceil();
-    let y_max = points().map(|p| p.1).fold(0.01f64, f64::max) * 1.1;
-    let mut chart = ChartBuilder::on(root)
-        .caption(title, (FONT_FAMILY, 20))
-        .margin(20)
-        .margin_right(50)
-        .x_label_area_size(50)
-        .y_label_area_size(80)
-        .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
-    chart
-        .configure_mesh()
-        .x_desc("minutes")
-        .y_desc(y_desc)
-        .label_style((FONT_FAMILY, 14))
-        .axis_desc_style((FONT_FAMILY, 16))
-        .draw()?;
-    for (i, (label, points)) in curves.iter().enumerate() {
-        let color = CURVE_COLORS[i % CURVE_COLORS.len()];
-        chart
-            .draw_series(LineSeries::new(
-                points.iter().copied(),
-                color.stroke_width(2),
-            ))?
-            .label(label.as_str())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font((FONT_FAMILY, 14))
-        .draw()?;
-    Ok(())
 }
 
 fn percentile_label(nines: f64) -> String {
@@ -201,22 +150,26 @@ fn draw<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     curves: &[(String, Vec<(f64, f64)>)],
     title: &str,
+    axes: Axes<'_>,
 ) -> Result<(), Box<dyn std::error::Error>>
 where
     DB::ErrorType: 'static,
 {
     root.fill(&WHITE)?;
-    let x_max = curves
-        .iter()
-        .flat_map(|(_, points)| points.iter().map(|p| p.0))
-        .fold(2.0f64, f64::max)
-        .ceil()
-        .min(NINES_MAX);
-    let y_max = curves
-        .iter()
-        .flat_map(|(_, points)| points.iter().map(|p| p.1))
-        .fold(0.01f64, f64::max)
-        * 1.05;
+    let points = || curves.iter().flat_map(|(_, p)| p.iter());
+    let x_max = match axes {
+        Axes::Percentile => points()
+            .map(|p| p.0)
+            .fold(2.0f64, f64::max)
+            .ceil()
+            .min(NINES_MAX),
+        Axes::Minutes { .. } => points().map(|p| p.0).fold(1.0f64, f64::max).ceil(),
+    };
+    let headroom = match axes {
+        Axes::Percentile => 1.05,
+        Axes::Minutes { .. } => 1.1,
+    };
+    let y_max = points().map(|p| p.1).fold(0.01f64, f64::max) * headroom;
     let mut chart = ChartBuilder::on(root)
         .caption(title, (FONT_FAMILY, 20))
         .margin(20)
@@ -224,13 +177,21 @@ where
         .x_label_area_size(50)
         .y_label_area_size(80)
         .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
-    chart
-        .configure_mesh()
-        .x_labels(x_max as usize + 1)
-        .x_label_formatter(&|x| percentile_label(*x))
-        .x_desc("percentile")
-        .y_desc("latency (ms)")
-        .label_style((FONT_FAMILY, 14))
+    let mut mesh = chart.configure_mesh();
+    let legend_at = match axes {
+        Axes::Percentile => {
+            mesh.x_labels(x_max as usize + 1)
+                .x_label_formatter(&|x| percentile_label(*x))
+                .x_desc("percentile")
+                .y_desc("latency (ms)");
+            SeriesLabelPosition::UpperLeft
+        }
+        Axes::Minutes { y_desc } => {
+            mesh.x_desc("minutes").y_desc(y_desc);
+            SeriesLabelPosition::LowerRight
+        }
+    };
+    mesh.label_style((FONT_FAMILY, 14))
         .axis_desc_style((FONT_FAMILY, 16))
         .draw()?;
     for (i, (label, points)) in curves.iter().enumerate() {
@@ -247,7 +208,7 @@ where
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(legend_at)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font((FONT_FAMILY, 14))

@@ -47,8 +47,6 @@ pub(crate) async fn serve(
 ) {
     let registration = Registration::new(&shard, FrontEndKind::Http);
     let _ = stream.tcp().set_nodelay(true);
-    // A client that stops reading its answers is dropped after the idle timeout too.
-    let _ = stream.tcp().set_write_timeout(shard.idle_timeout);
     let mut connection = HttpConnection {
         shard: &shard,
         limits,

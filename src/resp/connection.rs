@@ -41,8 +41,6 @@ pub(crate) async fn serve(
     let registration = Registration::new(&shard, FrontEndKind::Resp);
     let conn = registration.conn;
     let _ = stream.tcp().set_nodelay(true);
-    // A client that stops reading its answers is dropped after the idle timeout too.
-    let _ = stream.tcp().set_write_timeout(shard.idle_timeout);
     let mut connection = RespConnection {
         shard: &shard,
         conn,
