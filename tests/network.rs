@@ -1003,3 +1003,76 @@ fn garbled_replayed_stalled_and_dropped_peer_traffic_costs_a_connection_at_most(
     let network = stats();
     assert_eq!(network.pulls_hit + network.pulls_missed, 0, "{network:?}");
 }
+
+/// A burst of writes faster than a child's link can take: the root drops the entries its
+/// queue for the child cannot hold (sync rounds bring them), instead of cutting the child
+/// off. Cut off, the child rejoined and caught up with more than the queue holds, over and
+/// over (a million-write burst cut a root's children off 126 times).
+#[test]
+fn a_burst_a_slow_child_cannot_take_is_shed_and_repaired_without_cutting_the_child_off() {
+    const WRITERS: usize = 4;
+    const PER_WRITER: usize = 1_500;
+    let root = NodeProcess::start(&["--shards", "1"]);
+    let (child, relay) = node_behind_relay_with(Some(&root), &["--shards", "1"]);
+    let (writer, reader) = (client(&root), client(&child));
+    wait_joined(&writer, &reader);
+    // 16 MB/s into the child: about 100 MB of writes in a few seconds back up at the root.
+    relay.set_bandwidth(Some(16_000_000));
+    let value = vec![b'v'; 16 * 1024];
+    std::thread::scope(|scope| {
+        for w in 0..WRITERS {
+            let (root, value) = (&root, &value);
+            scope.spawn(move || {
+                let writer = client(root);
+                for i in 0..PER_WRITER {
+                    let key = format!("burst-{w}-{i}");
+                    writer
+                        .put(key.as_bytes(), value, Duration::from_secs(600))
+                        .expect("put");
+                }
+            });
+        }
+    });
+    relay.set_bandwidth(None);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut root_stats, mut child_stats);
+    loop {
+        root_stats = writer.stats().expect("stats");
+        child_stats = reader.stats().expect("stats");
+        let same = root_stats.total.live_set_count == child_stats.total.live_set_count
+            && root_stats.total.live_set_xor == child_stats.total.live_set_xor;
+        if same || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (shed, cut) = (
+        root_stats.network.peer_entries_shed,
+        root_stats.network.peers_cut_off,
+    );
+    eprintln!(
+        "entries shed {shed}, cut off {cut}, child: {:?}",
+        child_stats.network
+    );
+    assert_eq!(cut, 0, "the root cut its slow child off");
+    assert!(
+        shed > 0,
+        "the burst never backed up: the test proves nothing"
+    );
+    assert_eq!(
+        child_stats.network.parent_losses, 0,
+        "the child lost its parent during the burst"
+    );
+    assert!(root_stats.total.live_set_count >= (WRITERS * PER_WRITER) as u64);
+    assert_eq!(
+        (
+            child_stats.total.live_set_count,
+            child_stats.total.live_set_xor
+        ),
+        (
+            root_stats.total.live_set_count,
+            root_stats.total.live_set_xor
+        ),
+        "the child never caught up"
+    );
+}

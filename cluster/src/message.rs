@@ -257,6 +257,18 @@ impl Message {
         "push_ack",
     ];
 
+    /// Entries that may be dropped on the way when the receiver cannot keep up: sync rounds
+    /// bring them again (a push nobody waits on, a round's repairs). Everything else (the
+    /// tree, dumps asked chunk by chunk, pulls, pushes a writer waits on) must arrive.
+    pub fn entries_sheddable(&self) -> Option<usize> {
+        match self {
+            Message::Push { entries, ack: None } | Message::SyncEntries { entries, .. } => {
+                Some(entries.len())
+            }
+            _ => None,
+        }
+    }
+
     /// This message's kind as an index into [`Message::KINDS`].
     pub fn kind_index(&self) -> usize {
         match self {

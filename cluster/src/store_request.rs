@@ -32,7 +32,8 @@ pub enum StoreRequest {
         settled_before_ms: u64,
     },
     /// The live settled entries of each bucket that its filter (salted with `round_seed`)
-    /// definitely lacks, `max` at most; answered by [`StoreReply::Lacking`]. The store runs the
+    /// definitely lacks, `max` at most and `max_bytes` on the wire at most (the entry that
+    /// crosses it is the last); answered by [`StoreReply::Lacking`]. The store runs the
     /// filters itself, so entries the peer has never leave it (shared, as a real node's shards
     /// on several threads each run them).
     Lacking {
@@ -40,6 +41,7 @@ pub enum StoreRequest {
         round_seed: u64,
         settled_before_ms: u64,
         max: usize,
+        max_bytes: usize,
     },
     /// The live entry under `key`, tombstones included; answered by [`StoreReply::Entry`].
     Get { key: Rc<[u8]> },
@@ -122,14 +124,17 @@ impl StoreRequest {
                 round_seed,
                 settled_before_ms,
                 max,
+                max_bytes,
             } => {
                 let mut lacking = Vec::new();
+                let mut bytes = 0;
                 for (bucket, filter) in &filters {
                     for (hash, entry) in store.bucket_entries(*bucket, now_ms, settled_before_ms) {
-                        if lacking.len() >= max {
+                        if lacking.len() >= max || bytes >= max_bytes {
                             return StoreReply::Lacking(lacking);
                         }
                         if !filter.contains(salted(hash, round_seed)) {
+                            bytes += entry.wire_bytes();
                             lacking.push(entry);
                         }
                     }

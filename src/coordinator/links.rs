@@ -36,8 +36,15 @@ const OUTBOUND_IDLE: Duration = Duration::from_secs(60);
 const INBOUND_IDLE: Duration = Duration::from_secs(120);
 /// A caller must say hello within this.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bytes queued for one peer at most: a peer that cannot keep up is cut off (and counted
-/// unreachable) rather than allowed to grow our memory.
+/// Bytes queued for one peer past which entries that sync rounds bring again (pushes, a
+/// round's repairs) are dropped for it rather than queued: a peer slower than a burst of
+/// writes falls behind by entries, repaired later, and keeps its link and its place in the
+/// tree. Cutting it off instead made it rejoin and catch up with more than the queue holds,
+/// over and over (a million-write burst cut a root's children off 126 times).
+const SHED_ENTRIES_BYTES: usize = 8 * 1024 * 1024;
+/// Bytes queued for one peer at most: a peer that cannot keep up even with what must arrive
+/// (the tree, dumps, pulls) is cut off (and counted unreachable) rather than allowed to grow
+/// our memory.
 const OUTBOUND_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// Connections peers may hold open to us at once.
 const INBOUND_MAX: usize = 1_024;
@@ -76,6 +83,8 @@ pub(crate) struct LinkCounters {
     pub frames_refused: Cell<u64>,
     pub connections_refused: Cell<u64>,
     pub peers_cut_off: Cell<u64>,
+    /// Entries not sent to a peer that was too far behind ([`SHED_ENTRIES_BYTES`]).
+    pub entries_shed: Cell<u64>,
     /// Handshakes of a private network that failed (a wrong cluster key, a stranger, an
     /// untrusted node, a frame that would not open), either side.
     pub handshakes_failed: Cell<u64>,
@@ -125,6 +134,13 @@ impl PeerLinks {
         let link = outbound.entry(to).or_insert_with(|| self.open(to));
         let mut pending = link.pending.borrow_mut();
         let before = pending.len();
+        if let Some(entries) = msg.entries_sheddable() {
+            if before >= SHED_ENTRIES_BYTES {
+                let shed = &self.counters.entries_shed;
+                shed.set(shed.get() + entries as u64);
+                return;
+            }
+        }
         // Room first, so encoding does not reallocate and leave a copy behind.
         reserve_wiping(&mut pending, msg.wire_bytes() * 2 + 1_024);
         encode_peer(&mut pending, msg);

@@ -82,6 +82,7 @@ pub(crate) struct NetworkCounters {
     peer_handshakes_failed: AtomicU64,
     peers_cut_off: AtomicU64,
     peer_messages_refused: AtomicU64,
+    peer_entries_shed: AtomicU64,
     bytes_sent_by_kind: [AtomicU64; Message::KINDS.len()],
     bytes_received_by_kind: [AtomicU64; Message::KINDS.len()],
 }
@@ -117,6 +118,7 @@ impl NetworkCounters {
             peer_handshakes_failed: get(&self.peer_handshakes_failed),
             peers_cut_off: get(&self.peers_cut_off),
             peer_messages_refused: get(&self.peer_messages_refused),
+            peer_entries_shed: get(&self.peer_entries_shed),
             bytes_sent_by_kind: self.bytes_sent_by_kind.iter().map(get).collect(),
             bytes_received_by_kind: self.bytes_received_by_kind.iter().map(get).collect(),
         }
@@ -182,6 +184,7 @@ pub(crate) enum ShardStoreRequest {
         round_seed: u64,
         settled_before_ms: u64,
         max: usize,
+        max_bytes: usize,
     },
     Get {
         key: Vec<u8>,
@@ -252,6 +255,8 @@ enum Gather {
     Lacking {
         remaining: usize,
         max: usize,
+        max_bytes: usize,
+        bytes: usize,
         entries: Vec<Entry>,
     },
     Get,
@@ -429,6 +434,7 @@ impl Coordinator {
         set(&out.peer_frames_refused, links.frames_refused.get());
         set(&out.peer_handshakes_failed, links.handshakes_failed.get());
         set(&out.peers_cut_off, links.peers_cut_off.get());
+        set(&out.peer_entries_shed, links.entries_shed.get());
         for (out, links) in out.bytes_sent_by_kind.iter().zip(&links.bytes_sent_by_kind) {
             set(out, links.get());
         }
@@ -599,6 +605,7 @@ impl Coordinator {
                 round_seed,
                 settled_before_ms,
                 max,
+                max_bytes,
             } => {
                 filters.sort_by_key(|(bucket, _)| *bucket);
                 everyone(&|| ShardStoreRequest::Lacking {
@@ -606,10 +613,13 @@ impl Coordinator {
                     round_seed,
                     settled_before_ms,
                     max,
+                    max_bytes,
                 });
                 Gather::Lacking {
                     remaining: shards,
                     max,
+                    max_bytes,
+                    bytes: 0,
                     entries: Vec::new(),
                 }
             }
@@ -724,12 +734,20 @@ impl Coordinator {
                 Gather::Lacking {
                     remaining,
                     max,
+                    max_bytes,
+                    bytes,
                     entries,
                 },
                 ShardStoreReply::Lacking(more),
             ) => {
-                let room = max.saturating_sub(entries.len());
-                entries.extend(more.iter().take(room).map(OwnedEntry::to_entry));
+                // Each shard found up to the bounds on its own: the round takes what fits.
+                for entry in &more {
+                    if entries.len() >= *max || *bytes >= *max_bytes {
+                        break;
+                    }
+                    *bytes += entry.wire_bytes();
+                    entries.push(entry.to_entry());
+                }
                 *remaining -= 1;
                 (*remaining == 0).then(|| StoreReply::Lacking(std::mem::take(entries)))
             }

@@ -249,6 +249,12 @@ pub fn render(shards: &[ShardStats], network: &NetworkStats, kinds: &[&str]) -> 
     );
     counter(
         &mut registry,
+        "peer_entries_shed",
+        "Entries not sent to peers too far behind (sync rounds bring them later)",
+        &plain(network.peer_entries_shed),
+    );
+    counter(
+        &mut registry,
         "sync_rounds",
         "Sync rounds opened",
         &plain(network.sync_rounds),
@@ -348,6 +354,7 @@ pub fn render_json(
             "bytes_sent": network.bytes_sent,
             "bytes_received": network.bytes_received,
             "peers_cut_off": network.peers_cut_off,
+            "peer_entries_shed": network.peer_entries_shed,
         },
     })
 }

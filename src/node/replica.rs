@@ -16,7 +16,7 @@ use crate::coordinator::{
     CopiesWaiter, FromShard, LocalWrite, NetworkCounters, ShardStoreReply, ShardStoreRequest,
     ToShard,
 };
-use crate::store::{Applied, LackingQuery, OwnedEntry, StoreError};
+use crate::store::{Applied, Lacking, LackingQuery, OwnedEntry, StoreError};
 
 use super::shard::{shard_of_conn, ConnId, Inbound, Shard};
 
@@ -152,12 +152,14 @@ pub(crate) async fn serve_coordinator(shard: Rc<Shard>, requests: flume::Receive
                 round_seed,
                 settled_before_ms,
                 max,
+                max_bytes,
             } => {
                 let query = LackingQuery {
                     filters: &filters,
                     round_seed,
                     settled_before_ms,
                     max,
+                    max_bytes,
                 };
                 ShardStoreReply::Lacking(lacking(&shard, &query).await)
             }
@@ -200,13 +202,13 @@ async fn bucket_hashes(shard: &Shard, buckets: &[u64], settled_before_ms: u64) -
 
 /// What a peer's filters lack, a slice of the slab at a time.
 async fn lacking(shard: &Shard, query: &LackingQuery<'_>) -> Vec<OwnedEntry> {
-    let mut out = Vec::new();
+    let mut out = Lacking::default();
     let mut at = 0;
     loop {
         {
             let store = shard.store.borrow();
-            if at >= store.sync_slots() || out.len() >= query.max {
-                return out;
+            if at >= store.sync_slots() || !out.has_room(query) {
+                return out.entries;
             }
             let slots = at..at + SCAN_SLOTS_PER_SLICE;
             store.sync_lacking_in(query, shard.now_ms(), slots, &mut out);

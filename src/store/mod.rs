@@ -21,7 +21,7 @@ use zeroize::Zeroize;
 
 pub use keyring::KeySeed;
 pub(crate) use keyring::SecretBox;
-pub use sync::{KeyHeap, KeyQuery, LackingQuery, OwnedEntry};
+pub use sync::{KeyHeap, KeyQuery, Lacking, LackingQuery, OwnedEntry};
 
 use crate::limits::{InvalidLimits, StoreLimits, TICK_WORK_MAX_DEFAULT};
 use crate::version::{HybridClock, Version};

@@ -45,7 +45,24 @@ pub struct LackingQuery<'a> {
     pub filters: &'a [(u64, Arc<CheckedFilter>)],
     pub round_seed: u64,
     pub settled_before_ms: u64,
+    /// Entries found at most, and their bytes on the wire at most (a round's repairs must fit
+    /// what a link queues for a peer).
     pub max: usize,
+    pub max_bytes: usize,
+}
+
+/// What a [`LackingQuery`] found so far, and its bytes on the wire.
+#[derive(Debug, Default)]
+pub struct Lacking {
+    pub entries: Vec<OwnedEntry>,
+    pub bytes: usize,
+}
+
+impl Lacking {
+    /// Whether the query's bounds leave room for more.
+    pub fn has_room(&self, query: &LackingQuery<'_>) -> bool {
+        self.entries.len() < query.max && self.bytes < query.max_bytes
+    }
 }
 
 /// An entry as it travels between a shard and the coordinator (another thread): owned bytes,
@@ -66,6 +83,11 @@ impl OwnedEntry {
             expires_ms: entry.expires_ms,
             version: entry.version,
         }
+    }
+
+    /// Bytes this entry takes on the wire, as [`Entry::wire_bytes`] counts them.
+    pub fn wire_bytes(&self) -> usize {
+        self.key.len() + self.value.as_ref().map_or(0, |v| v.len()) + 8 + 16 + 8
     }
 
     /// The entry as the cluster core holds it (shared, on the coordinator's thread).
@@ -248,17 +270,19 @@ impl Store {
         round_seed: u64,
         settled_before_ms: u64,
         max: usize,
+        max_bytes: usize,
         now_ms: u64,
     ) -> Vec<OwnedEntry> {
-        let mut lacking = Vec::new();
+        let mut lacking = Lacking::default();
         let query = LackingQuery {
             filters,
             round_seed,
             settled_before_ms,
             max,
+            max_bytes,
         };
         self.sync_lacking_in(&query, now_ms, 0..self.sync_slots(), &mut lacking);
-        lacking
+        lacking.entries
     }
 
     /// [`Store::sync_lacking`] over the slab slots `slots`, added to `out` (up to `max` in
@@ -268,13 +292,13 @@ impl Store {
         query: &LackingQuery<'_>,
         now_ms: u64,
         slots: Range<usize>,
-        out: &mut Vec<OwnedEntry>,
+        out: &mut Lacking,
     ) {
         let now = self.now_ms.max(now_ms);
         let slab = &self.entries.slab;
         let slots = slots.start.min(slab.len())..slots.end.min(slab.len());
         for record in slab[slots].iter().flatten() {
-            if out.len() >= query.max {
+            if !out.has_room(query) {
                 break;
             }
             if record.expires_ms() <= now || !is_settled(record.version(), query.settled_before_ms)
@@ -288,7 +312,8 @@ impl Store {
             let hash = entry_hash(record.key(), record.version());
             if !query.filters[at].1.contains(salted(hash, query.round_seed)) {
                 if let Some(entry) = self.entry_of(record) {
-                    out.push(entry);
+                    out.bytes += entry.wire_bytes();
+                    out.entries.push(entry);
                 }
             }
         }
@@ -480,7 +505,14 @@ mod tests {
         let filter = FilterData::build(&peer_hashes, seed)
             .and_then(FilterData::check)
             .expect("filter");
-        let lacking = s.sync_lacking(&[(bucket, Arc::new(filter))], seed, u64::MAX, 100, now);
+        let lacking = s.sync_lacking(
+            &[(bucket, Arc::new(filter))],
+            seed,
+            u64::MAX,
+            100,
+            usize::MAX,
+            now,
+        );
         assert_eq!(lacking.len(), 1);
         assert_eq!(lacking[0].key, b"c");
         assert_eq!(
@@ -488,8 +520,34 @@ mod tests {
             Some(&b"vc"[..])
         );
         // A bucket not asked about sends nothing.
-        let other = s.sync_lacking(&[], seed, u64::MAX, 100, now);
+        let other = s.sync_lacking(&[], seed, u64::MAX, 100, usize::MAX, now);
         assert!(other.is_empty());
+    }
+
+    #[test]
+    fn a_rounds_repairs_stop_at_their_byte_bound() {
+        let mut s = store();
+        let value = "v".repeat(1_000);
+        for i in 0..50 {
+            put(&mut s, &format!("k{i:02}"), &value, 60_000, T0);
+        }
+        let now = T0 + 10;
+        let bucket = s.sync_digests(0, u64::MAX)[0].bucket;
+        let seed = 7;
+        // The peer holds nothing of these.
+        let filter = FilterData::build(&[1, 2, 3], seed)
+            .and_then(FilterData::check)
+            .map(Arc::new)
+            .expect("filter");
+        let filters = [(bucket, filter)];
+        let all = s.sync_lacking(&filters, seed, u64::MAX, 100, usize::MAX, now);
+        assert_eq!(all.len(), 50);
+        let one = all[0].wire_bytes();
+        // Bytes past the bound stop the scan: the entry that crosses it is the last.
+        let bounded = s.sync_lacking(&filters, seed, u64::MAX, 100, 10 * one + 1, now);
+        assert_eq!(bounded.len(), 11);
+        let bounded = s.sync_lacking(&filters, seed, u64::MAX, 100, 10 * one, now);
+        assert_eq!(bounded.len(), 10);
     }
 
     #[test]
@@ -554,21 +612,22 @@ mod tests {
             .expect("filter");
         let filters: Vec<(u64, Arc<CheckedFilter>)> =
             buckets.iter().map(|&b| (b, empty.clone())).collect();
-        let whole = s.sync_lacking(&filters, 5, u64::MAX, 1_000, now);
+        let whole = s.sync_lacking(&filters, 5, u64::MAX, 1_000, usize::MAX, now);
         let query = LackingQuery {
             filters: &filters,
             round_seed: 5,
             settled_before_ms: u64::MAX,
             max: 1_000,
+            max_bytes: usize::MAX,
         };
-        let mut sliced = Vec::new();
+        let mut sliced = Lacking::default();
         let mut at = 0;
         while at < s.sync_slots() {
             s.sync_lacking_in(&query, now, at..at + 7, &mut sliced);
             at += 7;
         }
         let keys = |v: &[OwnedEntry]| v.iter().map(|e| e.key.clone()).collect::<Vec<_>>();
-        assert_eq!(keys(&sliced), keys(&whole));
+        assert_eq!(keys(&sliced.entries), keys(&whole));
         assert_eq!(
             whole.len(),
             100,

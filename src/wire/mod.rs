@@ -409,6 +409,8 @@ pub struct NetworkStats {
     pub peer_handshakes_failed: u64,
     pub peers_cut_off: u64,
     pub peer_messages_refused: u64,
+    /// Entries not sent to peers too far behind (sync rounds bring them later).
+    pub peer_entries_shed: u64,
     /// Peer bytes by message kind, indexed like `repram_cluster::Message::KINDS`.
     pub bytes_sent_by_kind: Vec<u64>,
     pub bytes_received_by_kind: Vec<u64>,
@@ -416,7 +418,7 @@ pub struct NetworkStats {
 
 impl NetworkStats {
     /// Every counter with its name, in a fixed order (for printing).
-    pub fn fields(&self) -> [(&'static str, u64); 27] {
+    pub fn fields(&self) -> [(&'static str, u64); 28] {
         [
             ("role", u64::from(self.role)),
             ("children", self.children),
@@ -445,6 +447,7 @@ impl NetworkStats {
             ("peer_handshakes_failed", self.peer_handshakes_failed),
             ("peers_cut_off", self.peers_cut_off),
             ("peer_messages_refused", self.peer_messages_refused),
+            ("peer_entries_shed", self.peer_entries_shed),
         ]
     }
 }

@@ -3,8 +3,9 @@
 //! it pass through here, frame by frame. On command the relay adds latency, stalls (holds
 //! frames back without closing), drops every connection, partitions the node from chosen
 //! peers (closes their connections and refuses new ones, by the address in their hello),
-//! drops frames a predicate picks, flips a byte in (or garbles) the next frame, or replays a
-//! recorded frame.
+//! drops frames a predicate picks, flips a byte in (or garbles) the next frame, replays a
+//! recorded frame, or reads no faster than a set bandwidth (a slow link or a slow node: what
+//! it cannot take backs up into the sender's queue).
 //!
 //! Plain threads and blocking sockets: a test's relay carries a few connections at most.
 
@@ -28,6 +29,8 @@ const FRAME_BYTES_MAX: usize = 64 << 20;
 #[derive(Default)]
 struct Faults {
     latency: Duration,
+    /// Bytes a second each relayed connection reads at most; `None`: as fast as they come.
+    bandwidth: Option<u64>,
     /// Peers cut off from the node behind the relay, by advertised address.
     blocked: HashSet<SocketAddr>,
     /// Every peer is cut off.
@@ -102,6 +105,12 @@ impl Relay {
     /// Every frame waits `latency` before it is passed on.
     pub fn set_latency(&self, latency: Duration) {
         self.faults().latency = latency;
+    }
+
+    /// Each connection towards the node reads at most `bytes_per_second` from now on (`None`:
+    /// no limit).
+    pub fn set_bandwidth(&self, bytes_per_second: Option<u64>) {
+        self.faults().bandwidth = bytes_per_second.map(|b| b.max(1));
     }
 
     /// Holds every frame back (connections stay open) until `resume`.
@@ -315,6 +324,7 @@ fn relay_connection(mut inbound: TcpStream, shared: &Arc<Shared>) -> io::Result<
         });
     }
     let limits = PeerLimits::default();
+    let mut pause = Duration::ZERO;
     while let Ok(Some(mut frame)) = read_frame(&mut inbound) {
         let due = {
             let mut faults = shared.faults.lock().expect("faults");
@@ -344,8 +354,15 @@ fn relay_connection(mut inbound: TcpStream, shared: &Arc<Shared>) -> io::Result<
                     *byte ^= 0xff;
                 }
             }
+            if let Some(bandwidth) = faults.bandwidth {
+                // Not reading meanwhile is what makes the sender's queue grow.
+                pause = Duration::from_secs_f64(frame.len() as f64 / bandwidth as f64);
+            }
             Instant::now() + faults.latency
         };
+        if !pause.is_zero() {
+            std::thread::sleep(std::mem::take(&mut pause));
+        }
         shared.frames_passed.fetch_add(1, Ordering::SeqCst);
         if frames.send((due, frame)).is_err() {
             break;

@@ -59,8 +59,11 @@ pub struct ClusterConfig {
     /// counting them would make every round under a steady write load look divergent and
     /// build filters over every bucket.
     pub sync_settle_ms: u64,
-    /// Entries one sync round sends at most (the rest waits for the next round).
+    /// Entries one sync round sends at most, and their bytes on the wire at most (the rest
+    /// waits for the next round). The bytes must fit well inside what a link queues for a
+    /// peer before it sheds entries, or a round's repairs are dropped on the way.
     pub sync_entries_per_round_max: usize,
+    pub sync_bytes_per_round_max: usize,
     /// How long a lazy pull waits for its neighbours.
     pub pull_timeout_ms: u64,
     /// Pulls this node has waiting at once; more answer `None` at once.
@@ -105,6 +108,7 @@ impl Default for ClusterConfig {
             sync_skip_margin_ms: 2_000,
             sync_settle_ms: 2_000,
             sync_entries_per_round_max: 65_536,
+            sync_bytes_per_round_max: 4 * 1024 * 1024,
             pull_timeout_ms: 300,
             pulls_in_flight_max: 1_024,
             pull_miss_cache_ms: 1_000,
@@ -359,6 +363,10 @@ struct SyncRound {
     /// a catch-up round's filters miss about 1 entry in 256 (a false positive), which would
     /// otherwise wait a whole period for the next round.
     follow_ups: u8,
+    /// Rounds that may still run right after this one because it repaired something.
+    repairs_left: u8,
+    /// Whether entries travelled either way in this round (set by the opener).
+    repaired: bool,
     /// When it was opened: a periodic round does not replace one still in flight.
     opened_ms: u64,
 }
@@ -979,7 +987,10 @@ impl Node {
             } => self.on_sync_filters(from, round, filters, answer, settled_before_ms, now_ms),
             Message::Pull { nonce, key } => self.on_pull(from, nonce, key, now_ms),
             Message::PullReply { nonce, entry } => self.on_pull_reply(nonce, entry, now_ms),
-            Message::SyncEntries { entries, .. } => {
+            Message::SyncEntries { round, entries } => {
+                if let Some(open) = self.rounds.get_mut(&from).filter(|r| r.seed == round) {
+                    open.repaired |= !entries.is_empty();
+                }
                 self.apply_all(from, entries, Source::Sync, now_ms)
             }
         }

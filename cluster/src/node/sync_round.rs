@@ -19,6 +19,11 @@ use crate::sync::{
 /// Stale peers remembered at most, and synced with in one period at most.
 const STALE_PEERS_MAX: usize = 64;
 const STALE_PEERS_PER_ROUND_MAX: usize = 2;
+/// Rounds run back to back with one peer while each repairs something. A round's repairs
+/// are bounded in bytes, so a peer far behind (say, after a burst its links shed) catches up
+/// at the speed of the link rather than one bounded round per period; the bound leaves a pair
+/// that cannot settle (a store that refuses) to the next period.
+const REPAIR_ROUNDS_MAX: u8 = 32;
 
 impl Node {
     /// Opens rounds with the parent (a root: the other roots) and one random known peer.
@@ -76,7 +81,7 @@ impl Node {
     pub(super) fn open_round(&mut self, peer: SocketAddr, now_ms: u64, catch_up: bool) {
         let settle = self.config.cluster.sync_settle_ms.min(SETTLE_WINDOW_MS);
         if catch_up {
-            return self.open_round_as(peer, now_ms, u64::MAX, 1);
+            return self.open_round_as(peer, now_ms, u64::MAX, 1, REPAIR_ROUNDS_MAX);
         }
         // A round still in flight with this peer (a catch-up after a move, slowed by a lost
         // packet, say) is left to finish: replacing it would drop what it was repairing.
@@ -84,7 +89,8 @@ impl Node {
             now_ms.saturating_sub(r.opened_ms) < self.config.cluster.reply_timeout_ms
         });
         if !in_flight {
-            self.open_round_as(peer, now_ms, now_ms.saturating_sub(settle), 0);
+            let settled_before_ms = now_ms.saturating_sub(settle);
+            self.open_round_as(peer, now_ms, settled_before_ms, 0, REPAIR_ROUNDS_MAX);
         }
     }
 
@@ -94,6 +100,7 @@ impl Node {
         now_ms: u64,
         settled_before_ms: u64,
         follow_ups: u8,
+        repairs_left: u8,
     ) {
         let seed = self.rng.next_u64();
         let from_bucket = self.sync_window(now_ms);
@@ -102,6 +109,8 @@ impl Node {
             from_bucket,
             settled_before_ms,
             follow_ups,
+            repairs_left,
+            repaired: false,
             opened_ms: now_ms,
         };
         self.counters.sync_rounds += 1;
@@ -334,12 +343,14 @@ impl Node {
             checked.push((bucket, Arc::new(filter)));
         }
         let max = self.config.cluster.sync_entries_per_round_max;
+        let max_bytes = self.config.cluster.sync_bytes_per_round_max;
         self.ask(
             StoreRequest::Lacking {
                 filters: checked,
                 round_seed: round,
                 settled_before_ms,
                 max,
+                max_bytes,
             },
             Awaiting::SendLacking {
                 to: from,
@@ -366,7 +377,8 @@ impl Node {
         if self.is_full(to, now_ms) {
             lacking.clear();
         }
-        if !lacking.is_empty() {
+        let sent = !lacking.is_empty();
+        if sent {
             self.mark_stale(to, now_ms);
         }
         let chunk = self.config.cluster.entries_per_message_max.max(1);
@@ -382,8 +394,11 @@ impl Node {
         if answer {
             self.send_filters(to, round, buckets, false, settled_before_ms);
         } else if let Some(done) = self.rounds.remove(&to) {
+            let settled = done.settled_before_ms;
             if done.follow_ups > 0 {
-                self.open_round_as(to, now_ms, done.settled_before_ms, done.follow_ups - 1);
+                self.open_round_as(to, now_ms, settled, done.follow_ups - 1, done.repairs_left);
+            } else if (done.repaired || sent) && done.repairs_left > 0 {
+                self.open_round_as(to, now_ms, settled, 0, done.repairs_left - 1);
             }
         }
     }

@@ -318,7 +318,7 @@ fn with_entries(i: u8, keys: &[&str]) -> LocalNode<MemStore> {
 }
 
 #[test]
-fn one_sync_round_repairs_both_sides() {
+fn one_sync_round_repairs_both_sides_and_the_round_after_it_at_once_finds_them_in_sync() {
     let mut a = with_entries(1, &["x", "y", "shared"]);
     let mut b = with_entries(2, &["shared", "z"]);
     // Give "shared" the same version on both sides.
@@ -338,11 +338,45 @@ fn one_sync_round_repairs_both_sides() {
         );
     }
     assert!(a.counters().sync_entries_applied >= 1 && b.counters().sync_entries_applied >= 2);
-    // A second round finds nothing to do: summaries match.
+    // The round repaired something, so another followed at once and found them in sync.
+    assert_eq!(a.counters().sync_rounds, 2);
+    assert_eq!(a.counters().sync_rounds_in_sync, 1);
+    // A later round finds nothing to do either: summaries match, and none follows.
     a.open_round(b.info().addr, 4_000, false);
     let messages = exchange(&mut a, &mut b, 4_000);
     assert_eq!(messages, 2, "summary and in-sync only");
-    assert_eq!(a.counters().sync_rounds_in_sync, 1);
+    assert_eq!(a.counters().sync_rounds_in_sync, 2);
+}
+
+#[test]
+fn repairs_past_a_rounds_byte_bound_continue_in_rounds_back_to_back_until_both_hold_all() {
+    let keys: Vec<String> = (0..40).map(|i| format!("key-{i:02}")).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let mut a = with_entries(1, &keys);
+    let mut b = with_entries(2, &[]);
+    // About five entries a round.
+    let one = a.store().get(b"key-00", 0).expect("held").wire_bytes();
+    for node in [&mut a, &mut b] {
+        node.config.cluster.sync_bytes_per_round_max = 5 * one;
+    }
+    a.open_round(b.info().addr, 3_000, false);
+    exchange(&mut a, &mut b, 3_000);
+    for key in &keys {
+        assert!(
+            b.store().get(key.as_bytes(), 3_000).is_some(),
+            "b lacks {key}"
+        );
+    }
+    let rounds = a.counters().sync_rounds;
+    assert!(
+        (8..=10).contains(&rounds),
+        "{rounds} rounds for 40 entries, 5 a round"
+    );
+    assert_eq!(
+        a.counters().sync_rounds_in_sync,
+        1,
+        "the last round confirms"
+    );
 }
 
 #[test]
