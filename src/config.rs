@@ -140,6 +140,12 @@ pub struct ServeArgs {
     /// Turn off `GET /v1/keys` (key names are not secret: listing shows every dead drop).
     #[arg(long)]
     pub no_key_listing: bool,
+    /// Benchmark baseline, not for use: the same listeners, framing and dispatch, but reads
+    /// and writes never touch the store (a write is answered stored and dropped; a read is
+    /// answered with zeros as long as the shard's last write). Shows what the store and its
+    /// sealing cost on top of moving requests.
+    #[arg(long, hide_short_help = true)]
+    pub null_store: bool,
     /// The network's pre-shared key (64 hex digits; `repram keygen --cluster FILE`): peer
     /// links start with a Noise handshake on it and every frame is sealed. Nodes without it
     /// cannot join, read or write anything.
@@ -235,6 +241,8 @@ pub struct NodeConfig {
     pub auth: Option<Arc<ClientAuth>>,
     /// Whether `GET /v1/keys` answers.
     pub key_listing: bool,
+    /// `--null-store`: answer reads and writes without the store (a benchmark baseline).
+    pub null_store: bool,
     /// TLS for clients, and on which listeners.
     pub tls: Option<ClientTls>,
 }
@@ -624,6 +632,7 @@ impl ServeArgs {
             default_ttl_ms,
             auth,
             key_listing,
+            null_store: self.null_store,
             tls,
         })
     }

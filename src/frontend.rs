@@ -8,14 +8,16 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::buffers::{reserve_wiping, wipe_and_clear, RecvBuffer};
+use crate::node::idle::ReadDeadline;
 use crate::node::shard::{
     bump, list_keys, respond_error, Answer, ConnId, Inbound, Shard, ShardRequest,
 };
@@ -29,59 +31,6 @@ const ANSWERS_KEEP_BYTES: usize = 64 * 1024;
 const SEND_BUFFER_KEEP_BYTES: usize = 64 * 1024;
 /// A receive buffer grows toward this for a client that keeps it full (pipelining).
 const RECV_BUFFER_STREAMING_BYTES: usize = 64 * 1024;
-
-/// How long a client may take before its connection is closed: an idle one, the idle timeout
-/// between requests; one part-way through a request, the idle timeout from the last request it
-/// completed (or from the read that began this one). So a client sending a byte a second,
-/// which no read timeout alone would catch, is closed too.
-pub(crate) struct ReadDeadline {
-    idle: Option<Duration>,
-    /// When the client last began or completed a request.
-    progress_at: Instant,
-    consumed_total: u64,
-}
-
-impl ReadDeadline {
-    pub(crate) fn new(idle: Option<Duration>) -> Self {
-        ReadDeadline {
-            idle,
-            progress_at: Instant::now(),
-            consumed_total: 0,
-        }
-    }
-
-    /// Sets the socket's read timeout for the next read; an error when the client has used up
-    /// its time on a request it has not finished.
-    pub(crate) fn arm(&self, stream: &ClientStream, rx: &RecvBuffer) -> io::Result<()> {
-        let Some(idle) = self.idle else {
-            return Ok(());
-        };
-        let timeout = if rx.filled().is_empty() {
-            idle
-        } else {
-            let left = idle.saturating_sub(self.progress_at.elapsed());
-            if left.is_zero() {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "a request was not completed within the idle timeout",
-                ));
-            }
-            left
-        };
-        stream
-            .tcp()
-            .set_read_timeout(Some(timeout))
-            .map_err(|e| io::Error::other(e.to_string()))
-    }
-
-    /// A read returned; `was_empty` says the buffer held nothing before it.
-    pub(crate) fn read_done(&mut self, rx: &RecvBuffer, was_empty: bool) {
-        if was_empty || rx.consumed_total() != self.consumed_total {
-            self.progress_at = Instant::now();
-            self.consumed_total = rx.consumed_total();
-        }
-    }
-}
 
 /// One text front end connection, as [`drive`] runs it: its protocol decides what to read and
 /// what a read means; the loop around is the same for all.
@@ -116,15 +65,18 @@ pub(crate) async fn drive(
     connection: &mut impl FrontEnd,
     stream: &mut ClientStream,
     inbox: &LocalReceiver<Inbound>,
-    idle: Option<Duration>,
+    shard: &Shard,
 ) -> io::Result<()> {
     enum Event {
         Read(io::Result<usize>),
         Inbound(Option<Inbound>),
     }
+    let idle = shard.idle_timeout;
     // A client that stops reading its answers is dropped after the idle timeout too.
     let _ = stream.tcp().set_write_timeout(idle);
-    let mut deadline = ReadDeadline::new(idle);
+    let fd = stream.tcp().as_raw_fd();
+    let mut deadline = ReadDeadline::new(idle, fd, &shard.idle_connections);
+    let mut read_at = Instant::now();
     loop {
         connection.flush_ready();
         let out = connection.output();
@@ -141,7 +93,7 @@ pub(crate) async fn drive(
         let mut was_empty = false;
         let event = if connection.wants_input() {
             let rx = connection.receive_buffer();
-            deadline.arm(stream, rx)?;
+            deadline.arm(rx, read_at)?;
             was_empty = rx.filled().is_empty();
             let spare = rx.spare_mut();
             future::or(async { Event::Read(stream.read(spare).await) }, async {
@@ -149,16 +101,18 @@ pub(crate) async fn drive(
             })
             .await
         } else {
+            deadline.disarm();
             Event::Inbound(inbox.recv().await)
         };
         match event {
             Event::Read(Ok(0)) => connection.closed_by_client(),
             Event::Read(Ok(n)) => {
+                read_at = Instant::now();
                 let rx = connection.receive_buffer();
                 let filled_spare = n == rx.spare_mut().len();
                 rx.advance(n);
                 connection.received();
-                deadline.read_done(connection.receive_buffer(), was_empty);
+                deadline.read_done(connection.receive_buffer(), was_empty, read_at);
                 if filled_spare {
                     // A pipelining client: read more per call.
                     connection

@@ -628,3 +628,27 @@ fn a_node_refuses_core_dumps_of_its_memory() {
         "soft and hard limit zero: {core}"
     );
 }
+
+/// The benchmark baseline: the same ports, framing and dispatch, but nothing is stored, so a
+/// read answers zeros as long as the shard's last write, and the store stays empty.
+#[test]
+fn a_null_store_answers_reads_and_writes_without_storing_anything() {
+    let node = NodeProcess::start(&["--shards", "1", "--null-store"]);
+    let client = client(node.client, true);
+    let stored = client
+        .put(b"k", &[7u8; 100], Duration::from_secs(60))
+        .expect("put");
+    assert!(!stored.pending);
+    let value = client.get(b"k").expect("get").expect("a value");
+    assert_eq!(
+        value.bytes,
+        vec![0u8; 100],
+        "zeros, as long as the last write"
+    );
+    let other = client.get(b"never-written").expect("get").expect("a value");
+    assert_eq!(other.bytes.len(), 100);
+    assert!(client.delete(b"k").is_ok(), "other ops still work");
+    let stats = client.stats().expect("stats");
+    assert_eq!((stats.total.puts, stats.total.gets), (1, 2));
+    assert_eq!(stats.total.live_set_count, 0, "nothing was stored");
+}

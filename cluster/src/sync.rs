@@ -95,6 +95,15 @@ impl<H: Copy + Ord> RecentEntries<H> {
         }
     }
 
+    /// Entries noted and not yet forgotten.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
     /// Forgets entries noted long enough ago that no cutoff can reach them. Works from the
     /// front only: an entry that arrived late stays a little longer, which costs nothing.
     pub fn forget_old(&mut self, now_ms: u64) {

@@ -190,6 +190,13 @@ impl PeerLinks {
         self.report(LinkEvent::Unreachable { addr });
     }
 
+    /// Outbound links open, and the bytes queued on them (not yet handed to a write).
+    pub(crate) fn queued(&self) -> (usize, usize) {
+        let outbound = self.outbound.borrow();
+        let bytes = outbound.values().map(|l| l.pending.borrow().len()).sum();
+        (outbound.len(), bytes)
+    }
+
     /// Waits until everything queued has been written (or cannot be), `within` at most.
     pub(crate) async fn flushed(&self, within: Duration) {
         let deadline = std::time::Instant::now() + within;

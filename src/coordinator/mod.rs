@@ -372,6 +372,7 @@ impl Coordinator {
             coordinator.clone().take_shard_messages(plan.from_shards),
         ))?;
         spawn(Box::pin(coordinator.clone().tick()))?;
+        spawn(Box::pin(coordinator.clone().log_footprint()))?;
         tracing::info!(peer = %plan.advertise, root = is_root, "coordinator running");
         Ok(coordinator)
     }
@@ -514,6 +515,30 @@ impl Coordinator {
                 }
             }
             glommio::yield_if_needed().await;
+        }
+    }
+
+    /// Every 10 s at debug level: how many items each collection holds (the node's, the
+    /// links' queues, the waiting clients', the shard channels'), to find what grows.
+    async fn log_footprint(self: Rc<Self>) {
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
+        loop {
+            glommio::timer::sleep(Duration::from_secs(10)).await;
+            let node = self.node.borrow().footprint();
+            let (links, queued_bytes) = self.links.queued();
+            let to_shards: usize = self.to_shards.iter().map(flume::Sender::len).sum();
+            tracing::debug!(
+                ?node,
+                links,
+                queued_bytes,
+                gathers = self.gathers.borrow().len(),
+                pulls = self.pulls.borrow().len(),
+                writes = self.writes.borrow().len(),
+                to_shards,
+                "footprint"
+            );
         }
     }
 

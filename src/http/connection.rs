@@ -61,14 +61,7 @@ pub(crate) async fn serve(
         draining: false,
         wrong_tokens: 0,
     };
-    if let Err(error) = drive(
-        &mut connection,
-        &mut stream,
-        &registration.inbox,
-        shard.idle_timeout,
-    )
-    .await
-    {
+    if let Err(error) = drive(&mut connection, &mut stream, &registration.inbox, &shard).await {
         tracing::debug!(conn = registration.conn, %error, "http connection ended");
     }
 }

@@ -6,6 +6,7 @@
 //! [`Shard::execute`] does, here or on the owner shard.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -15,12 +16,13 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::wire::{self, ErrorCode, FrameError, NodeStats, OpKind, Reply, RequestView, ShardStats};
 
+use super::idle::ReadDeadline;
 use super::shard::{
     bump, respond, respond_error, Answer, ConnId, Inbound, Shard, ShardRequest, BUSY_RETRY_AFTER_MS,
 };
 use crate::auth::WRONG_TOKENS_MAX;
 use crate::buffers::{reserve_wiping, wipe_and_clear, RecvBuffer};
-use crate::frontend::{ReadDeadline, OUTPUT_PAUSE_BYTES};
+use crate::frontend::OUTPUT_PAUSE_BYTES;
 use crate::tls::ClientStream;
 
 /// A receive buffer starts this small: ten thousand idle connections cost 40 MiB, not more.
@@ -124,7 +126,9 @@ impl<'s> Connection<'s> {
         stream: &mut ClientStream,
         inbox: &LocalReceiver<Inbound>,
     ) -> io::Result<()> {
-        let mut deadline = ReadDeadline::new(self.shard.idle_timeout);
+        let fd = stream.tcp().as_raw_fd();
+        let idle = self.shard.idle_timeout;
+        let mut deadline = ReadDeadline::new(idle, fd, &self.shard.idle_connections);
         loop {
             if !self.out.is_empty() {
                 stream.write_all(&self.out).await?;
@@ -146,7 +150,7 @@ impl<'s> Connection<'s> {
                 let arrived = self.rx.filled().len().max(RECV_BUFFER_INITIAL_BYTES);
                 self.rx
                     .make_room(self.next_frame_bytes.min(arrived.saturating_mul(2)));
-                deadline.arm(stream, &self.rx)?;
+                deadline.arm(&self.rx, self.read_at)?;
                 was_empty = self.rx.filled().is_empty();
                 let spare = self.rx.spare_mut();
                 future::or(async { Event::Read(stream.read(spare).await) }, async {
@@ -154,6 +158,7 @@ impl<'s> Connection<'s> {
                 })
                 .await
             } else {
+                deadline.disarm();
                 Event::Inbound(inbox.recv().await)
             };
             match event {
@@ -163,7 +168,7 @@ impl<'s> Connection<'s> {
                     let filled_spare = n == self.rx.spare_mut().len();
                     self.rx.advance(n);
                     self.process_frames();
-                    deadline.read_done(&self.rx, was_empty);
+                    deadline.read_done(&self.rx, was_empty, self.read_at);
                     if filled_spare {
                         // A pipelining client: read more per call.
                         self.rx.grow_toward(RECV_BUFFER_STREAMING_BYTES);

@@ -7,6 +7,7 @@
 //! lock-free channel meshes only.
 
 mod connection;
+pub(crate) mod idle;
 pub mod listeners;
 mod replica;
 pub(crate) mod shard;
@@ -485,6 +486,12 @@ async fn start_shard(
         spawn_mesh_tasks(&shard, request_rx, reply_rx);
     }
     glommio::spawn_local(expire_loop(shard.clone())).detach();
+    if let Some(idle) = shard.idle_timeout {
+        glommio::spawn_local(idle::sweep_loop(shard.idle_connections.clone(), idle)).detach();
+    }
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        glommio::spawn_local(log_store_footprint(shard.clone())).detach();
+    }
     if let Some(listener) = plan.resp_listener {
         // SAFETY: as for the client listeners below.
         let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
@@ -759,6 +766,16 @@ async fn enter(
 const EXPIRY_SLICE_PAUSE: Duration = Duration::from_micros(50);
 
 /// Reclaims expired entries and destroys passed epoch keys, a bounded slice at a time.
+/// Every 10 s at debug level: how many items each of the store's collections holds.
+async fn log_store_footprint(shard: Rc<Shard>) {
+    loop {
+        glommio::timer::sleep(Duration::from_secs(10)).await;
+        let store = shard.store.borrow().footprint();
+        let connections = shard.conns.borrow().len();
+        tracing::debug!(shard = shard.id, ?store, connections, "footprint");
+    }
+}
+
 async fn expire_loop(shard: Rc<Shard>) {
     loop {
         let now = shard.now_ms();

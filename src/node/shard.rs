@@ -7,6 +7,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::ops::Range;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,6 +21,7 @@ use crate::config::{NodeConfig, WRITE_COPIES_MAX};
 use crate::coordinator::{CopiesWaiter, NetworkCounters};
 use crate::store::{KeyHeap, KeyQuery, OwnedEntry, Store, StoreError};
 
+use super::idle::IdleConnections;
 use super::replica::Replication;
 use crate::wire::{
     self, ErrorCode, HelloInfo, OpKind, OpLatency, Reply, RequestView, Response, ShardStats,
@@ -222,6 +224,8 @@ pub(crate) struct Shard {
     pub queue_depth: usize,
     pub connections_max_per_shard: usize,
     pub idle_timeout: Option<std::time::Duration>,
+    /// Client connections' read deadlines, swept by the shard.
+    pub idle_connections: Rc<IdleConnections>,
     pub shard_ports: Vec<u16>,
     /// Copies a Put that does not say wants.
     pub write_copies: u8,
@@ -245,6 +249,10 @@ pub(crate) struct Shard {
     pub auth: Option<Arc<ClientAuth>>,
     /// Whether `GET /v1/keys` answers.
     pub key_listing: bool,
+    /// `--null-store`: reads and writes are answered without the store.
+    null_store: bool,
+    /// The null store's reads answer this many zeros: the length of the shard's last write.
+    null_value_len: Cell<usize>,
 }
 
 impl Shard {
@@ -268,6 +276,7 @@ impl Shard {
             queue_depth: config.shard_queue_depth,
             connections_max_per_shard: config.connections_max.div_ceil(count as usize),
             idle_timeout: config.idle_timeout,
+            idle_connections: Rc::default(),
             shard_ports,
             write_copies: config.peer.write_copies,
             store: RefCell::new(store),
@@ -284,6 +293,8 @@ impl Shard {
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             auth: config.auth.clone(),
             key_listing: config.key_listing,
+            null_store: config.null_store,
+            null_value_len: Cell::new(0),
         }
     }
 
@@ -369,6 +380,11 @@ impl Shard {
         read_at: Instant,
     ) -> Answer {
         let id = view.id;
+        if self.null_store {
+            if let Some(answer) = self.execute_null(payload, view, out) {
+                return answer;
+            }
+        }
         match view.kind {
             OpKind::Put => {
                 bump(&self.counters.puts, 1);
@@ -498,6 +514,47 @@ impl Shard {
             }
         }
         Answer::Answered
+    }
+
+    /// The null store's answer to a Put or a Get: the same replies as the store's, with
+    /// nothing stored, sealed, opened or replicated. `None` for every other op.
+    fn execute_null(
+        &self,
+        payload: &mut [u8],
+        view: &RequestView,
+        out: &mut Vec<u8>,
+    ) -> Option<Answer> {
+        match view.kind {
+            OpKind::Put => {
+                bump(&self.counters.puts, 1);
+                self.null_value_len.set(view.value.len());
+                payload[view.value.clone()].zeroize();
+                let reply = Reply::Stored {
+                    version_clock: 0,
+                    version_node: self.node_id,
+                    expires_ms: self.now_ms().saturating_add(view.ttl_ms),
+                    copies: 1,
+                    pending: false,
+                };
+                respond(out, view.id, reply);
+            }
+            OpKind::Get => {
+                bump(&self.counters.gets, 1);
+                bump(&self.counters.hits, 1);
+                let mut scratch = self.read_scratch.borrow_mut();
+                scratch.clear();
+                scratch.resize(self.null_value_len.get(), 0);
+                let reply = Reply::Value {
+                    value: &scratch,
+                    expires_ms: u64::MAX,
+                    version_clock: 0,
+                    version_node: self.node_id,
+                };
+                respond(out, view.id, reply);
+            }
+            _ => return None,
+        }
+        Some(Answer::Answered)
     }
 
     /// Stores a Put and hands a copy to the network; `waiting` when the coordinator took the

@@ -56,14 +56,7 @@ pub(crate) async fn serve(
         authenticated: shard.auth.is_none(),
         wrong_tokens: 0,
     };
-    if let Err(error) = drive(
-        &mut connection,
-        &mut stream,
-        &registration.inbox,
-        shard.idle_timeout,
-    )
-    .await
-    {
+    if let Err(error) = drive(&mut connection, &mut stream, &registration.inbox, &shard).await {
         tracing::debug!(conn, %error, "resp connection ended");
     }
 }

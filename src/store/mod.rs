@@ -166,6 +166,22 @@ pub struct Store {
 }
 
 impl Store {
+    /// How many items each of the store's collections holds now (for finding what grows).
+    pub fn footprint(&self) -> [(&'static str, usize); 8] {
+        let e = &self.entries;
+        let (buckets, recent) = e.sync.footprint();
+        [
+            ("live", e.len),
+            ("slab", e.slab.len()),
+            ("slab_capacity", e.slab.capacity()),
+            ("free", e.free.len()),
+            ("table_capacity", e.table.capacity()),
+            ("wheel_links", self.wheel.link_slots()),
+            ("sync_buckets", buckets),
+            ("sync_recent", recent),
+        ]
+    }
+
     /// A store with fresh random keys.
     pub fn new(config: StoreConfig, now_ms: u64) -> Result<Self, StoreInitError> {
         let seed = KeySeed::random().map_err(|_| StoreInitError::Random)?;

@@ -117,6 +117,11 @@ pub(super) struct SyncIndex {
 }
 
 impl SyncIndex {
+    /// Buckets with digests, and young entries set aside.
+    pub(super) fn footprint(&self) -> (usize, usize) {
+        (self.buckets.len(), self.recent.len())
+    }
+
     /// An entry at slab `index` came in.
     pub(super) fn added(&mut self, index: u32, record: &SealedRecord, now_ms: u64) {
         let (bucket, hash) = bucket_and_hash(record);

@@ -79,6 +79,11 @@ pub(crate) struct ExpiryWheel {
 }
 
 impl ExpiryWheel {
+    /// Link slots allocated (one per slab slot ever used).
+    pub(crate) fn link_slots(&self) -> usize {
+        self.links.len()
+    }
+
     pub(crate) fn new(epoch_ms: u64, now_ms: u64) -> Self {
         assert!(epoch_ms >= EXPIRY_SLOT_MS && epoch_ms % EXPIRY_SLOT_MS == 0);
         // The fine ring spans the reaped epoch and the cascaded one: 2 epochs plus one slot.

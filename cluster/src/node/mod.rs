@@ -636,6 +636,22 @@ impl Node {
         self.counters
     }
 
+    /// How many items each of the node's collections holds now (for finding what grows).
+    pub fn footprint(&self) -> [(&'static str, usize); 10] {
+        [
+            ("awaiting", self.awaiting.len()),
+            ("outbox", self.outbox.len()),
+            ("pulls", self.pulls.len()),
+            ("pull_misses", self.pull_misses.len()),
+            ("copies_waiting", self.copies_waiting.len()),
+            ("ack_relays", self.ack_relays.len()),
+            ("rounds", self.rounds.len()),
+            ("stale_peers", self.stale_peers.len()),
+            ("children", self.children.len()),
+            ("store_bytes_pending", self.store_bytes_pending),
+        ]
+    }
+
     /// The next output to carry out, if any.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outbox.pop_front()

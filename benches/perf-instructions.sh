@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Server user-space instructions per request under callgrind (instruction counts repeat run to
+# run, unlike times on this noisy machine): REPRAM's native port (every SET sealed, every GET
+# opened) and redis-server, 100 B values over 10,000 preloaded keys, GETs and SETs apart, at
+# pipeline 1 and 16, 50 connections, driven by repram-loadgen. Counters are zeroed after the
+# preload and dumped after each run of REQUESTS requests, so start-up and preload are left out.
+# Slow (the servers run under valgrind): about 3 minutes.
+#
+#   bash benches/perf-instructions.sh             # results in target/perf-instructions/
+#   REQUESTS=50000 bash benches/perf-instructions.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REQUESTS=${REQUESTS:-20000}
+OUT=${OUT:-target/perf-instructions}
+mkdir -p "$OUT"
+rm -f "$OUT"/callgrind.* "$OUT/results.tsv"
+for tool in valgrind callgrind_control redis-server; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "needs $tool (apt-get install valgrind redis-server)" >&2; exit 1; }
+done
+
+cargo build --release --locked -p repram --bin repram -p repram-loadgen --bin repram-loadgen
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+REPRAM=$TARGET_DIR/release/repram
+LOADGEN=$TARGET_DIR/release/repram-loadgen
+
+PIDS=()
+stop_all() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    PIDS=()
+}
+trap stop_all EXIT INT TERM
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_for_port() {
+    for _ in $(seq 1 600); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "perf-instructions: nothing listens on 127.0.0.1:$1" >&2
+    exit 1
+}
+CALLGRIND=(valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.%p")
+
+# Instructions since the last zeroing, from a fresh dump of `pid`'s counters.
+instructions_since_zero() {
+    local pid=$1 before
+    before=$(ls "$OUT"/callgrind.* 2>/dev/null | wc -l)
+    callgrind_control -d "$pid" >/dev/null 2>&1
+    for _ in $(seq 1 100); do
+        [ "$(ls "$OUT"/callgrind.* | wc -l)" -gt "$before" ] && break
+        sleep 0.1
+    done
+    awk '/^(summary|totals):/ { print $2; exit }' "$(ls -t "$OUT"/callgrind.* | head -1)"
+}
+
+measure() {
+    local server=$1 kind=$2 port=$3 pid=$4
+    taskset -c 1 "$LOADGEN" run --target "$kind" --addr "127.0.0.1:$port" --keys 10000 \
+        --value-size 100 --preload --preload-timeout 300s --reads 1 --requests 1 --connections 1 \
+        --quiet >/dev/null
+    for op in get set; do
+        reads=1
+        [ "$op" = set ] && reads=0
+        for pipeline in 1 16; do
+            callgrind_control -z "$pid" >/dev/null 2>&1
+            taskset -c 1 "$LOADGEN" run --target "$kind" --addr "127.0.0.1:$port" --keys 10000 \
+                --value-size 100 --reads "$reads" --pipeline "$pipeline" --connections 50 \
+                --requests "$REQUESTS" --duration 300s --timeout 30s --quiet \
+                --out "$OUT/$server-$op-p$pipeline" >/dev/null
+            local ir ops
+            ir=$(instructions_since_zero "$pid")
+            ops=$(python3 -c "import json; print(json.load(open('$OUT/$server-$op-p$pipeline.json'))['ops'])")
+            printf '%s\t%s\t%s\t%s\n' "$server" "$op" "$pipeline" "$((ir / ops))" >>"$OUT/results.tsv"
+            echo "$server $op P$pipeline: $ir instructions for $ops requests" >&2
+        done
+    done
+}
+
+taskset -c 0 "${CALLGRIND[@]}" "$REPRAM" serve --shards 1 --listen 127.0.0.1:0 \
+    --resp-listen off --http-listen off >"$OUT/repram.out" 2>"$OUT/repram.log" &
+PIDS+=($!)
+for _ in $(seq 1 600); do
+    grep -q '^repram listening' "$OUT/repram.out" 2>/dev/null && break
+    sleep 0.1
+done
+port=$(sed -n 's/^repram listening client=127.0.0.1:\([0-9]*\).*/\1/p' "$OUT/repram.out")
+[ -n "$port" ] || { cat "$OUT/repram.log" >&2; exit 1; }
+measure repram repram "$port" "${PIDS[-1]}"
+stop_all
+
+port=$(free_port)
+taskset -c 0 "${CALLGRIND[@]}" redis-server --port "$port" --bind 127.0.0.1 --save "" \
+    --appendonly no --daemonize no >"$OUT/redis.log" 2>&1 &
+PIDS+=($!)
+wait_for_port "$port"
+measure redis redis "$port" "${PIDS[-1]}"
+stop_all
+
+python3 - "$OUT/results.tsv" <<'PY'
+import sys
+v = {}
+for line in open(sys.argv[1]):
+    server, op, p, ir = line.split()
+    v[(server, op, p)] = int(ir)
+print("Server user-space instructions per request (callgrind; target: REPRAM <= Redis)")
+for op in ("get", "set"):
+    for p in ("1", "16"):
+        r, rd = v[("repram", op, p)], v[("redis", op, p)]
+        print(f"{op.upper()} P{p:<3} REPRAM {r:>7}  Redis {rd:>7}  ({r / rd:.2f}x)")
+PY

@@ -1,0 +1,316 @@
+#!/usr/bin/env bash
+# Issue 10's table in one run: REPRAM against Redis, memcached and its own null store
+# (`--null-store`: same listeners, framing and dispatch, no store) on this machine.
+# Every server gets CPU 0 (`--shards 1`, `memcached -t 1`, single-threaded Redis with
+# persistence off), every client CPU 1. Workload: 100 B values, 100,000 preloaded keys, 50
+# connections; CPU seconds from /proc/PID/stat (utime + stime).
+#
+#   1. ops per server CPU-second, native protocol (shard-aware) vs Redis (the loadgen's RESP
+#      target) vs memcached vs the null store: 90% and 50% reads, pipeline 1 and 16;
+#   2. open-loop p99 at half and 80% of Redis's closed-loop maximum (90% reads, pipeline 1);
+#   3. redis-benchmark (-c 50 -d 100 -r 100000, P1 and P16, SET and GET) on the RESP port vs
+#      redis-server;
+#   4. HTTP with wrk -t2 -c50 (keep-alive, GET and PUT of 100 B): requests per server CPU-s;
+#   5. system calls per request (strace -c -f on the server), ours and Redis's;
+#   6. resident memory per live key, 1,000,000 keys of 100 B, ours and Redis's;
+#   7. 16 KiB values: bytes per server CPU-second, ours vs the null store.
+#
+# Instructions per request (callgrind) are measured by benches/perf-instructions.sh (slow).
+# Installs redis-server, memcached, wrk and strace from Debian packages if missing.
+#
+#   bash benches/perf.sh                 # about 6 minutes; results in target/perf/
+#   DURATION=10s bash benches/perf.sh    # longer runs
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-5s}
+OUT=${OUT:-target/perf}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+mkdir -p "$OUT"
+rm -f "$OUT"/*.json "$OUT/results.tsv"
+
+missing=()
+for tool in redis-server:redis-server memcached:memcached wrk:wrk strace:strace \
+    redis-benchmark:redis-tools taskset:util-linux; do
+    command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "perf: installing ${missing[*]}" >&2
+    apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null
+fi
+
+cargo build --release --locked -p repram --bin repram -p repram-loadgen --bin repram-loadgen
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+REPRAM=$TARGET_DIR/release/repram
+LOADGEN=$TARGET_DIR/release/repram-loadgen
+
+PIDS=()
+stop_all() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    PIDS=()
+}
+trap stop_all EXIT INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_for_port() {
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "perf: nothing listens on 127.0.0.1:$1" >&2
+    exit 1
+}
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_bytes() { awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/$1/status"; }
+HZ=$(getconf CLK_TCK)
+# One result line: section, name, value, unit.
+result() { printf '%s\t%s\t%s\t%s\n' "$@" >>"$OUT/results.tsv"; }
+
+# start_repram NAME [serve options]: a one-shard node on CPU 0; sets NAME_PID, NAME_PORT
+# (native), NAME_RESP, NAME_HTTP.
+start_repram() {
+    local name=$1
+    shift
+    taskset -c "$SERVER_CPU" "$REPRAM" serve --shards 1 --listen 127.0.0.1:0 \
+        --resp-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --memory-budget 4GiB "$@" \
+        >"$OUT/$name.out" 2>"$OUT/$name.log" &
+    local pid=$!
+    PIDS+=("$pid")
+    for _ in $(seq 1 100); do
+        grep -q '^repram listening' "$OUT/$name.out" 2>/dev/null && break
+        sleep 0.05
+    done
+    local line
+    line=$(grep '^repram listening' "$OUT/$name.out") || { cat "$OUT/$name.log" >&2; exit 1; }
+    printf -v "${name}_PID" '%s' "$pid"
+    printf -v "${name}_PORT" '%s' "$(sed 's/.*client=127.0.0.1:\([0-9]*\).*/\1/' <<<"$line")"
+    printf -v "${name}_RESP" '%s' "$(sed 's/.* resp=127.0.0.1:\([0-9]*\).*/\1/' <<<"$line")"
+    printf -v "${name}_HTTP" '%s' "$(sed 's/.* http=127.0.0.1:\([0-9]*\).*/\1/' <<<"$line")"
+}
+start_redis() {
+    REDIS_PORT=$(free_port)
+    taskset -c "$SERVER_CPU" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" \
+        --appendonly no --daemonize no >"$OUT/redis.log" 2>&1 &
+    REDIS_PID=$!
+    PIDS+=("$REDIS_PID")
+    wait_for_port "$REDIS_PORT"
+}
+MEMCACHED_USER=()
+[ "$(id -u)" = 0 ] && MEMCACHED_USER=(-u root)
+start_memcached() {
+    MEMCACHED_PORT=$(free_port)
+    taskset -c "$SERVER_CPU" memcached -l 127.0.0.1 -p "$MEMCACHED_PORT" -U 0 -t 1 -m 4096 \
+        "${MEMCACHED_USER[@]}" >"$OUT/memcached.log" 2>&1 &
+    MEMCACHED_PID=$!
+    PIDS+=("$MEMCACHED_PID")
+    wait_for_port "$MEMCACHED_PORT"
+}
+
+# load NAME KIND PORT PID [loadgen options]: one loadgen run on CPU 1 (50 connections),
+# report in OUT/NAME.json.
+load() {
+    local name=$1 kind=$2 port=$3 pid=$4
+    shift 4
+    taskset -c "$CLIENT_CPU" "$LOADGEN" run --target "$kind" --addr "127.0.0.1:$port" \
+        --threads 1 --connections 50 --quiet --server-pid "$pid" --label "$name" \
+        --out "$OUT/$name" "$@" >"$OUT/$name.txt"
+}
+WORKLOAD=(--keys 100000 --value-size 100 --duration "$DURATION")
+json() { python3 -c "import json,sys; d=json.load(open('$OUT/$1.json')); print($2)"; }
+
+started=$(date +%s)
+echo "perf: load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+
+# --- 1. ops per server CPU-second ------------------------------------------------------------
+start_repram repram
+start_repram null --null-store
+start_redis
+start_memcached
+declare -A preload=([repram]=--preload [null]=--preload [redis]=--preload [memcached]=--preload)
+for reads in 0.9 0.5; do
+    for pipeline in 1 16; do
+        for server in repram null redis memcached; do
+            case $server in
+                repram) kind=repram port=$repram_PORT pid=$repram_PID ;;
+                null) kind=repram port=$null_PORT pid=$null_PID ;;
+                redis) kind=redis port=$REDIS_PORT pid=$REDIS_PID ;;
+                memcached) kind=memcached port=$MEMCACHED_PORT pid=$MEMCACHED_PID ;;
+            esac
+            name="$server-r$reads-p$pipeline"
+            echo "== $name" >&2
+            # shellcheck disable=SC2086
+            load "$name" "$kind" "$port" "$pid" "${WORKLOAD[@]}" --reads "$reads" \
+                --pipeline "$pipeline" ${preload[$server]}
+            preload[$server]=
+            result throughput "$name" "$(json "$name" "round(d['ops_per_server_cpu_second'] or 0)")" ops/cpu-s
+            result throughput-rate "$name" "$(json "$name" "round(d['ops_per_second'])")" ops/s
+            result throughput-errors "$name" "$(json "$name" "d['errors_total']")" errors
+        done
+    done
+done
+
+# --- 2. open-loop p99 at half and 80% of Redis's closed-loop maximum --------------------------
+redis_max=$(json redis-r0.9-p1 "round(d['ops_per_second'])")
+for share in 50 80; do
+    rate=$((redis_max * share / 100))
+    for server in repram redis; do
+        if [ "$server" = repram ]; then port=$repram_PORT pid=$repram_PID kind=repram; else
+            port=$REDIS_PORT pid=$REDIS_PID kind=redis; fi
+        name="$server-open$share"
+        echo "== $name ($rate/s)" >&2
+        load "$name" "$kind" "$port" "$pid" "${WORKLOAD[@]}" --reads 0.9 --rate "$rate"
+        result open-loop "$name" "$(json "$name" "d['latency']['all']['p99']")" "us p99 at $rate/s"
+    done
+done
+
+# --- 3. redis-benchmark on the RESP port ----------------------------------------------------
+for pipeline in 1 16; do
+    for test in set get; do
+        for server in repram redis; do
+            if [ "$server" = repram ]; then port=$repram_RESP pid=$repram_PID; else
+                port=$REDIS_PORT pid=$REDIS_PID; fi
+            before=$(cpu_ticks "$pid")
+            rps=$(taskset -c "$CLIENT_CPU" redis-benchmark -h 127.0.0.1 -p "$port" -c 50 -d 100 \
+                -r 100000 -n "${BENCH_REQUESTS:-300000}" -P "$pipeline" -t "$test" --csv 2>/dev/null |
+                tail -1 | cut -d, -f2 | tr -d '"')
+            ticks=$(($(cpu_ticks "$pid") - before))
+            per_cpu=$(python3 -c "print(round(${BENCH_REQUESTS:-300000} / max($ticks, 1) * $HZ))")
+            result redis-benchmark "$server-$test-p$pipeline" "$per_cpu" "req/cpu-s ($rps req/s)"
+        done
+    done
+done
+
+# --- 4. HTTP with wrk -----------------------------------------------------------------------
+cat >"$OUT/put.lua" <<'LUA'
+wrk.method = "PUT"
+wrk.body = string.rep("v", 100)
+counter = 0
+request = function()
+    counter = counter + 1
+    return wrk.format(nil, "/v1/data/key:" .. (counter % 100000))
+end
+LUA
+cat >"$OUT/get.lua" <<'LUA'
+counter = 0
+request = function()
+    counter = counter + 1
+    return wrk.format(nil, "/v1/data/key:" .. (counter % 100000))
+end
+LUA
+for method in put get; do
+    before=$(cpu_ticks "$repram_PID")
+    taskset -c "$CLIENT_CPU" wrk -t2 -c50 -d"$DURATION" -s "$OUT/$method.lua" \
+        "http://127.0.0.1:$repram_HTTP" >"$OUT/wrk-$method.txt" 2>&1
+    ticks=$(($(cpu_ticks "$repram_PID") - before))
+    requests=$(awk '/requests in/ { print $1 }' "$OUT/wrk-$method.txt")
+    non2xx=$(awk '/Non-2xx/ { print $NF }' "$OUT/wrk-$method.txt")
+    per_cpu=$(python3 -c "print(round($requests / max($ticks, 1) * $HZ))")
+    result http "wrk-$method" "$per_cpu" "req/cpu-s ($requests requests, non-2xx ${non2xx:-0})"
+done
+
+# --- 5. system calls per request ------------------------------------------------------------
+SYSCALL_REQUESTS=${SYSCALL_REQUESTS:-100000}
+for server in repram redis; do
+    if [ "$server" = repram ]; then port=$repram_PORT pid=$repram_PID kind=repram; else
+        port=$REDIS_PORT pid=$REDIS_PID kind=redis; fi
+    for pipeline in 1 16; do
+        tids=$(ls "/proc/$pid/task" | paste -sd,)
+        strace -c -f -q -p "$tids" -o "$OUT/strace-$server-p$pipeline.txt" &
+        tracer=$!
+        sleep 1
+        load "strace-$server-p$pipeline" "$kind" "$port" "$pid" --keys 100000 --value-size 100 \
+            --reads 0.9 --pipeline "$pipeline" --requests "$SYSCALL_REQUESTS" --duration 60s
+        kill -INT "$tracer"
+        wait "$tracer" 2>/dev/null || true
+        calls=$(awk '/total$/ { print $(NF-2) }' "$OUT/strace-$server-p$pipeline.txt")
+        ops=$(json "strace-$server-p$pipeline" "d['ops']")
+        result syscalls "$server-p$pipeline" "$(python3 -c "print(round($calls / $ops, 2))")" \
+            "syscalls/request ($calls for $ops)"
+    done
+done
+stop_all
+
+# --- 6. memory per live key -----------------------------------------------------------------
+MEMORY_KEYS=${MEMORY_KEYS:-1000000}
+start_repram fresh
+start_redis
+sleep 1
+for server in fresh redis; do
+    if [ "$server" = fresh ]; then port=$fresh_PORT pid=$fresh_PID kind=repram; else
+        port=$REDIS_PORT pid=$REDIS_PID kind=redis; fi
+    idle=$(rss_bytes "$pid")
+    load "memory-$server" "$kind" "$port" "$pid" --keys "$MEMORY_KEYS" --value-size 100 \
+        --preload --reads 1 --duration 1s --pipeline 16 --preload-timeout 300s
+    sleep 2
+    full=$(rss_bytes "$pid")
+    result memory "${server/fresh/repram}" "$(python3 -c "print(round(($full - $idle) / $MEMORY_KEYS, 1))")" \
+        "bytes/key (idle $((idle / 1048576)) MiB, full $((full / 1048576)) MiB)"
+done
+stop_all
+
+# --- 7. 16 KiB values -----------------------------------------------------------------------
+start_repram big --memory-budget 4GiB
+start_repram bignull --null-store
+for server in big bignull; do
+    pid_var=${server}_PID port_var=${server}_PORT
+    load "$server-16k" repram "${!port_var}" "${!pid_var}" --keys 10000 --value-size 16384 \
+        --duration "$DURATION" --preload --reads 0.9 --pipeline 1
+    result 16k "$server" "$(json "$server-16k" "round((d['ops_per_server_cpu_second'] or 0) * 16384 / 1e6)")" \
+        "MB/cpu-s"
+done
+stop_all
+
+echo "perf: runs took $(($(date +%s) - started)) s; reports in $OUT" >&2
+python3 - "$OUT/results.tsv" <<'PY'
+import sys
+rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1])]
+v = {(s, n): float(x) for s, n, x, _ in rows}
+unit = {(s, n): u for s, n, _, u in rows}
+
+def ratio(a, b):
+    return f"{a / b:.2f}x" if b else "n/a"
+
+print("## 1. Native protocol: ops per server CPU-second (100 B, 100,000 keys, 50 connections)")
+print(f"{'reads':>5} {'P':>3} {'REPRAM':>9} {'null':>9} {'Redis':>9} {'memcached':>9}  "
+      f"{'vs Redis':>8} {'vs memc.':>8} {'vs null':>8}   (target 1.5x, 1.2x, 0.7x)")
+for reads in ("0.9", "0.5"):
+    for p in ("1", "16"):
+        get = lambda s: v[("throughput", f"{s}-r{reads}-p{p}")]
+        r, n, rd, m = get("repram"), get("null"), get("redis"), get("memcached")
+        print(f"{reads:>5} {p:>3} {r:>9.0f} {n:>9.0f} {rd:>9.0f} {m:>9.0f}  "
+              f"{ratio(r, rd):>8} {ratio(r, m):>8} {ratio(r, n):>8}")
+errors = sum(x for (s, _), x in v.items() if s == "throughput-errors")
+print(f"(errors in these runs: {errors:.0f})")
+print()
+print("## 2. Open loop, 90% reads, P1: p99 in microseconds (target: REPRAM <= Redis)")
+for share in ("50", "80"):
+    r, rd = v[("open-loop", f"repram-open{share}")], v[("open-loop", f"redis-open{share}")]
+    print(f"{share}% of Redis's maximum ({unit[('open-loop', f'repram-open{share}')].split('at ')[1]}): "
+          f"REPRAM {r:.0f}, Redis {rd:.0f} ({ratio(r, rd)})")
+print()
+print("## 3. redis-benchmark -c 50 -d 100 -r 100000: requests per server CPU-second (target 1.5x)")
+for p in ("1", "16"):
+    for t in ("set", "get"):
+        r, rd = v[("redis-benchmark", f"repram-{t}-p{p}")], v[("redis-benchmark", f"redis-{t}-p{p}")]
+        print(f"{t.upper()} P{p:<3} REPRAM {r:>9.0f}  Redis {rd:>9.0f}  {ratio(r, rd)}")
+print()
+print("## 4. HTTP, wrk -t2 -c50, 100 B: requests per server CPU-second (target 200,000)")
+for m in ("get", "put"):
+    print(f"{m.upper():<4} {v[('http', f'wrk-{m}')]:>9.0f}  {unit[('http', f'wrk-{m}')]}")
+print()
+print("## 5. System calls per request, 90% reads (target: REPRAM <= Redis)")
+for p in ("1", "16"):
+    r, rd = v[("syscalls", f"repram-p{p}")], v[("syscalls", f"redis-p{p}")]
+    print(f"P{p:<3} REPRAM {r:.2f}  Redis {rd:.2f}  ({ratio(r, rd)})")
+print()
+print("## 6. Resident memory per live key, 100 B values (target: REPRAM <= Redis)")
+r, rd = v[("memory", "repram")], v[("memory", "redis")]
+print(f"REPRAM {r:.1f} B/key ({unit[('memory', 'repram')].split('(')[1]}, "
+      f"Redis {rd:.1f} B/key ({unit[('memory', 'redis')].split('(')[1]}: {ratio(r, rd)}")
+print()
+print("## 7. 16 KiB values, 90% reads, P1: MB per server CPU-second (target 0.6x of null)")
+r, n = v[("16k", "big")], v[("16k", "bignull")]
+print(f"REPRAM {r:.0f}, null store {n:.0f}: {ratio(r, n)}")
+PY
