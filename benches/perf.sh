@@ -161,7 +161,7 @@ for share in 50 80; do
         name="$server-open$share"
         echo "== $name ($rate/s)" >&2
         load "$name" "$kind" "$port" "$pid" "${WORKLOAD[@]}" --reads 0.9 --rate "$rate"
-        result open-loop "$name" "$(json "$name" "d['latency']['all']['p99']")" "us p99 at $rate/s"
+        result open-loop "$name" "$(json "$name" "d['latency']['all']['p99_us']")" "us p99 at $rate/s"
     done
 done
 
@@ -211,26 +211,48 @@ for method in put get; do
 done
 
 # --- 5. system calls per request ------------------------------------------------------------
+# Each server runs under `strace -c -f` (attaching to a running process needs ptrace rights
+# a container may not grant): once with the preload alone, once with the preload and then
+# SYSCALL_REQUESTS requests; the difference, per request, is the figure.
+stop_all
 SYSCALL_REQUESTS=${SYSCALL_REQUESTS:-100000}
+# traced SERVER PIPELINE REQUESTS: calls in all, with `REQUESTS` measured after the preload.
+traced() {
+    local server=$1 pipeline=$2 requests=$3 port kind tracer
+    port=$(free_port)
+    local file="$OUT/strace-$server-p$pipeline-$requests.txt"
+    if [ "$server" = repram ]; then
+        kind=repram
+        taskset -c "$SERVER_CPU" strace -c -f -q -o "$file" "$REPRAM" serve --shards 1 \
+            --listen "127.0.0.1:$port" --resp-listen off --http-listen off \
+            --peer-listen 127.0.0.1:0 >"$OUT/strace-repram.out" 2>&1 &
+    else
+        kind=redis
+        taskset -c "$SERVER_CPU" strace -c -f -q -o "$file" redis-server --port "$port" \
+            --bind 127.0.0.1 --save "" --appendonly no --daemonize no >"$OUT/strace-redis.out" 2>&1 &
+    fi
+    tracer=$!
+    wait_for_port "$port"
+    taskset -c "$CLIENT_CPU" "$LOADGEN" run --target "$kind" --addr "127.0.0.1:$port" \
+        --keys 100000 --value-size 100 --preload --requests 1 --connections 1 --quiet >/dev/null
+    if [ "$requests" -gt 0 ]; then
+        load "strace-$server-p$pipeline" "$kind" "$port" "$tracer" --keys 100000 \
+            --value-size 100 --reads 0.9 --pipeline "$pipeline" --requests "$requests" \
+            --duration 120s
+    fi
+    pkill -TERM -P "$tracer" || true
+    wait "$tracer" 2>/dev/null || true
+    awk '/total$/ { print $4 }' "$file"
+}
 for server in repram redis; do
-    if [ "$server" = repram ]; then port=$repram_PORT pid=$repram_PID kind=repram; else
-        port=$REDIS_PORT pid=$REDIS_PID kind=redis; fi
     for pipeline in 1 16; do
-        tids=$(ls "/proc/$pid/task" | paste -sd,)
-        strace -c -f -q -p "$tids" -o "$OUT/strace-$server-p$pipeline.txt" &
-        tracer=$!
-        sleep 1
-        load "strace-$server-p$pipeline" "$kind" "$port" "$pid" --keys 100000 --value-size 100 \
-            --reads 0.9 --pipeline "$pipeline" --requests "$SYSCALL_REQUESTS" --duration 60s
-        kill -INT "$tracer"
-        wait "$tracer" 2>/dev/null || true
-        calls=$(awk '/total$/ { print $(NF-2) }' "$OUT/strace-$server-p$pipeline.txt")
+        base=$(traced "$server" "$pipeline" 0)
+        full=$(traced "$server" "$pipeline" "$SYSCALL_REQUESTS")
         ops=$(json "strace-$server-p$pipeline" "d['ops']")
-        result syscalls "$server-p$pipeline" "$(python3 -c "print(round($calls / $ops, 2))")" \
-            "syscalls/request ($calls for $ops)"
+        result syscalls "$server-p$pipeline" "$(python3 -c "print(round(($full - $base) / $ops, 2))")" \
+            "syscalls/request ($full - $base for $ops)"
     done
 done
-stop_all
 
 # --- 6. memory per live key -----------------------------------------------------------------
 MEMORY_KEYS=${MEMORY_KEYS:-1000000}
@@ -251,7 +273,7 @@ done
 stop_all
 
 # --- 7. 16 KiB values -----------------------------------------------------------------------
-start_repram big --memory-budget 4GiB
+start_repram big
 start_repram bignull --null-store
 for server in big bignull; do
     pid_var=${server}_PID port_var=${server}_PORT

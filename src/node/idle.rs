@@ -2,10 +2,9 @@
 //! per shard that closes those past their time.
 //!
 //! A per-read socket timeout would do the same, but glommio keeps read timeouts in a timer
-//! map that every pending read inserts into and removes from: about 450 instructions a
-//! request at pipeline 1 (callgrind), a tenth of the server's own work on a read. Here a
-//! request costs a store into a cell, and the shard walks its connections a few times a
-//! second. Owns the deadlines and the sweep; it never reads or writes a connection's bytes.
+//! map that every pending read inserts into and removes from: a GET at pipeline 1 cost 7,290
+//! server instructions with it and 6,323 without (callgrind). Here a request costs a store
+//! into a cell, and the shard walks its connections a few times a second. Owns the deadlines and the sweep; it never reads or writes a connection's bytes.
 
 use std::cell::{Cell, RefCell};
 use std::io;
