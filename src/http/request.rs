@@ -163,6 +163,10 @@ pub fn query_value(query: &str, name: &str) -> Option<String> {
 /// Percent-decodes `text` (`+` stays a plus: paths and REPRAM's clients do not use it for
 /// spaces).
 pub fn decode(text: &str) -> String {
+    if !text.contains('%') {
+        // Nearly every path: nothing to decode, and nothing to check (it is already UTF-8).
+        return text.to_owned();
+    }
     percent_encoding::percent_decode_str(text)
         .decode_utf8_lossy()
         .into_owned()
