@@ -2,9 +2,9 @@
 # Server user-space instructions per request under callgrind (instruction counts repeat run to
 # run, unlike times on this noisy machine): REPRAM's native port (every SET sealed, every GET
 # opened) and redis-server, 100 B values over 10,000 preloaded keys, GETs and SETs apart, at
-# pipeline 1 and 16, 50 connections, driven by repram-loadgen. Counters are zeroed after the
-# preload and dumped after each run of REQUESTS requests, so start-up and preload are left out.
-# Slow (the servers run under valgrind): about 3 minutes.
+# pipeline 1 and 16, 50 connections, driven by repram-loadgen; and REPRAM's HTTP GET and PUT
+# driven by wrk. Counters are zeroed after the preload and dumped after each run, so start-up
+# and preload are left out. Slow (the servers run under valgrind): about 5 minutes.
 #
 #   bash benches/perf-instructions.sh             # results in target/perf-instructions/
 #   REQUESTS=50000 bash benches/perf-instructions.sh
@@ -97,6 +97,38 @@ wait_for_port "$port"
 measure redis redis "$port" "${PIDS[-1]}"
 stop_all
 
+# HTTP: wrk (-t1 -c10, 8 s each) over 2,000 keys of 100 B, PUTs first; per request from wrk's
+# count (the server is slow under valgrind, so a time, not a count, bounds each run).
+if command -v wrk >/dev/null 2>&1; then
+    for method in put get; do
+        {
+            [ "$method" = put ] && printf 'wrk.method = "PUT"\nwrk.body = string.rep("v", 100)\n'
+            printf 'counter = 0\nrequest = function()\n    counter = counter + 1\n'
+            printf '    return wrk.format(nil, "/v1/data/key:" .. (counter %% 2000))\nend\n'
+        } >"$OUT/$method.lua"
+    done
+    taskset -c 0 "${CALLGRIND[@]}" "$REPRAM" serve --shards 1 --listen 127.0.0.1:0 \
+        --resp-listen off --http-listen 127.0.0.1:0 >"$OUT/http.out" 2>"$OUT/http.log" &
+    PIDS+=($!)
+    for _ in $(seq 1 600); do
+        grep -q '^repram listening' "$OUT/http.out" 2>/dev/null && break
+        sleep 0.1
+    done
+    http=$(sed 's/.* http=\([^ ]*\).*/\1/' "$OUT/http.out")
+    taskset -c 1 wrk -t1 -c10 -d4s -s "$OUT/put.lua" "http://$http" >/dev/null
+    for method in put get; do
+        callgrind_control -z "${PIDS[-1]}" >/dev/null 2>&1
+        requests=$(taskset -c 1 wrk -t1 -c10 -d8s -s "$OUT/$method.lua" "http://$http" |
+            awk '/requests in/ { print $1 }')
+        ir=$(instructions_since_zero "${PIDS[-1]}")
+        printf '%s\t%s\t%s\t%s\n' http "$method" - "$((ir / requests))" >>"$OUT/results.tsv"
+        echo "http $method: $ir instructions for $requests requests" >&2
+    done
+    stop_all
+else
+    echo "perf-instructions: no wrk (apt-get install wrk): HTTP left out" >&2
+fi
+
 python3 - "$OUT/results.tsv" <<'PY'
 import sys
 v = {}
@@ -108,4 +140,7 @@ for op in ("get", "set"):
     for p in ("1", "16"):
         r, rd = v[("repram", op, p)], v[("redis", op, p)]
         print(f"{op.upper()} P{p:<3} REPRAM {r:>7}  Redis {rd:>7}  ({r / rd:.2f}x)")
+for op in ("get", "put"):
+    if ("http", op, "-") in v:
+        print(f"HTTP {op.upper():<4} REPRAM {v[('http', op, '-')]:>7}  (wrk -t1 -c10, 100 B)")
 PY
