@@ -19,27 +19,7 @@ for tool in valgrind callgrind_control redis-server; do
     command -v "$tool" >/dev/null 2>&1 || { echo "needs $tool (apt-get install valgrind redis-server)" >&2; exit 1; }
 done
 
-cargo build --release --locked -p repram --bin repram -p repram-loadgen --bin repram-loadgen
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-REPRAM=$TARGET_DIR/release/repram
-LOADGEN=$TARGET_DIR/release/repram-loadgen
-
-PIDS=()
-stop_all() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    PIDS=()
-}
-trap stop_all EXIT INT TERM
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_for_port() {
-    for _ in $(seq 1 600); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "perf-instructions: nothing listens on 127.0.0.1:$1" >&2
-    exit 1
-}
+source benches/servers.sh
 CALLGRIND=(valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.%p")
 
 # Instructions since the last zeroing, from a fresh dump of `pid`'s counters.
@@ -100,13 +80,7 @@ stop_all
 # HTTP: wrk (-t1 -c10, 8 s each) over 2,000 keys of 100 B, PUTs first; per request from wrk's
 # count (the server is slow under valgrind, so a time, not a count, bounds each run).
 if command -v wrk >/dev/null 2>&1; then
-    for method in put get; do
-        {
-            [ "$method" = put ] && printf 'wrk.method = "PUT"\nwrk.body = string.rep("v", 100)\n'
-            printf 'counter = 0\nrequest = function()\n    counter = counter + 1\n'
-            printf '    return wrk.format(nil, "/v1/data/key:" .. (counter %% 2000))\nend\n'
-        } >"$OUT/$method.lua"
-    done
+    write_wrk_scripts "$OUT" 2000
     taskset -c 0 "${CALLGRIND[@]}" "$REPRAM" serve --shards 1 --listen 127.0.0.1:0 \
         --resp-listen off --http-listen 127.0.0.1:0 >"$OUT/http.out" 2>"$OUT/http.log" &
     PIDS+=($!)

@@ -40,28 +40,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null
 fi
 
-cargo build --release --locked -p repram --bin repram -p repram-loadgen --bin repram-loadgen
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-REPRAM=$TARGET_DIR/release/repram
-LOADGEN=$TARGET_DIR/release/repram-loadgen
-
-PIDS=()
-stop_all() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    PIDS=()
-}
-trap stop_all EXIT INT TERM
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_for_port() {
-    for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "perf: nothing listens on 127.0.0.1:$1" >&2
-    exit 1
-}
+source benches/servers.sh
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_bytes() { awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/$1/status"; }
 HZ=$(getconf CLK_TCK)
@@ -183,22 +162,7 @@ for pipeline in 1 16; do
 done
 
 # --- 4. HTTP with wrk -----------------------------------------------------------------------
-cat >"$OUT/put.lua" <<'LUA'
-wrk.method = "PUT"
-wrk.body = string.rep("v", 100)
-counter = 0
-request = function()
-    counter = counter + 1
-    return wrk.format(nil, "/v1/data/key:" .. (counter % 100000))
-end
-LUA
-cat >"$OUT/get.lua" <<'LUA'
-counter = 0
-request = function()
-    counter = counter + 1
-    return wrk.format(nil, "/v1/data/key:" .. (counter % 100000))
-end
-LUA
+write_wrk_scripts "$OUT" 100000
 for method in put get; do
     before=$(cpu_ticks "$repram_PID")
     taskset -c "$CLIENT_CPU" wrk -t2 -c50 -d"$DURATION" -s "$OUT/$method.lua" \

@@ -1,0 +1,40 @@
+# Shared by the single-server benchmark scripts (perf.sh, perf-instructions.sh; sourced, not
+# run): builds the release binaries ($REPRAM, $LOADGEN), tracks the servers they start
+# (PIDS, stopped by stop_all and on exit), and finds free and listening ports.
+
+cargo build --release --locked -p repram --bin repram -p repram-loadgen --bin repram-loadgen
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+REPRAM=$TARGET_DIR/release/repram
+LOADGEN=$TARGET_DIR/release/repram-loadgen
+
+PIDS=()
+stop_all() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    PIDS=()
+}
+trap stop_all EXIT INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# wait_for_port PORT [TENTHS]: waits until something listens on 127.0.0.1:PORT (60 s at most
+# by default: a server under valgrind starts slowly).
+wait_for_port() {
+    for _ in $(seq 1 "${2:-600}"); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "$(basename "$0"): nothing listens on 127.0.0.1:$1" >&2
+    exit 1
+}
+
+# write_wrk_scripts DIR KEYS: DIR/put.lua and DIR/get.lua, wrk scripts that PUT 100 B values
+# to and GET /v1/data/key:N, N cycling through KEYS keys.
+write_wrk_scripts() {
+    for method in put get; do
+        {
+            [ "$method" = put ] && printf 'wrk.method = "PUT"\nwrk.body = string.rep("v", 100)\n'
+            printf 'counter = 0\nrequest = function()\n    counter = counter + 1\n'
+            printf '    return wrk.format(nil, "/v1/data/key:" .. (counter %% %d))\nend\n' "$2"
+        } >"$1/$method.lua"
+    done
+}
