@@ -17,10 +17,7 @@ cargo build --release --quiet -p repram -p repram-loadgen
 OUT=${OUT:-$(mktemp -d)}
 echo "burst: logs in $OUT"
 source benches/nodes.sh
-start A
-start B --root "$A_PEER"
-start C --root "$A_PEER"
-sleep 3
+start_network
 
 rss_mib() { awk '/^VmRSS:/ { printf "%d", $2 / 1024 }' "/proc/$1/status"; }
 (

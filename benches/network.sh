@@ -34,10 +34,7 @@ start SOLO
 kill -TERM "$SOLO_PID"
 
 echo "== 1. write path: the same node with two peers"
-start A
-start B --root "$A_PEER"
-start C --root "$A_PEER"
-sleep 3
+start_network
 "$LOADGEN" run --addr "$A_CLIENT" --server-pid "$A_PID" --label in-network-of-3 \
     --out "$OUT/network" "${workload[@]}"
 "$LOADGEN" compare "$OUT/alone.json" "$OUT/network.json"

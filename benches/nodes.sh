@@ -40,3 +40,12 @@ start() {
     printf -v "${name}_PID" '%s' "$pid"
 }
 
+
+# start_network [serve options]: the three-node network the benchmarks use, A the root and B
+# and C joined to it, each with the same options; waits 3 s for the tree to form.
+start_network() {
+    start A "$@"
+    start B --root "$A_PEER" "$@"
+    start C --root "$A_PEER" "$@"
+    sleep 3
+}

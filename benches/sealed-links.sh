@@ -29,10 +29,7 @@ for mode in open sealed; do
     keys=()
     [ "$mode" = sealed ] && keys=(--cluster-key-file "$OUT/cluster.key")
     echo "== $mode links: three nodes"
-    start A "${keys[@]}"
-    start B --root "$A_PEER" "${keys[@]}"
-    start C --root "$A_PEER" "${keys[@]}"
-    sleep 3
+    start_network "${keys[@]}"
     "$LOADGEN" run --addr "$A_CLIENT" --server-pid "$A_PID" --label "$mode" \
         --out "$OUT/$mode" "${workload[@]}"
     "$LOADGEN" lag --writer "$A_CLIENT" --reader "$B_CLIENT" --reader "$C_CLIENT" \

@@ -21,10 +21,7 @@ cargo build --release --quiet -p repram -p repram-loadgen
 OUT=${OUT:-$(mktemp -d)}
 echo "soak: logs and runs in $OUT"
 source benches/nodes.sh
-start A
-start B --root "$A_PEER"
-start C --root "$A_PEER"
-sleep 3
+start_network
 
 echo "seconds,node,bytes" >"$OUT/memory.csv"
 (
