@@ -24,12 +24,18 @@ struct IdleClock {
     fd: RawFd,
     /// Past this the connection is closed; `None` while it is not waiting on its client.
     deadline: Cell<Option<Instant>>,
+    /// The sweep shut the socket down; the connection task has not ended yet.
+    shut: Cell<bool>,
+    /// The shard's count of such connections (`IdleConnections::closing`).
+    closing: Rc<Cell<usize>>,
 }
 
 /// The connections of one shard that have an idle timeout.
 #[derive(Default)]
 pub(crate) struct IdleConnections {
     clocks: RefCell<Vec<Weak<IdleClock>>>,
+    /// Connections shut down by the sweep whose tasks have not ended yet.
+    closing: Rc<Cell<usize>>,
 }
 
 impl IdleConnections {
@@ -48,6 +54,9 @@ impl IdleConnections {
             };
             if clock.deadline.get().is_some_and(|at| at <= now) {
                 clock.deadline.set(None);
+                if !clock.shut.replace(true) {
+                    self.closing.set(self.closing.get() + 1);
+                }
                 // SAFETY: `clock` is alive, so the `ReadDeadline` holding it is, and that
                 // lives inside a connection task that owns the socket `fd` for longer (the
                 // deadline is dropped before the stream). This executor is single-threaded:
@@ -59,6 +68,13 @@ impl IdleConnections {
             true
         });
         closed
+    }
+
+    /// Connections the sweep has shut down whose tasks have not ended yet. They hold no slot
+    /// under the connection limit: their client has already read the end of the stream and
+    /// may connect again at once, before the task gets its turn to wake up and end.
+    pub(crate) fn closing(&self) -> usize {
+        self.closing.get()
     }
 
     fn register(&self, clock: &Rc<IdleClock>) {
@@ -86,6 +102,8 @@ impl ReadDeadline {
             let clock = Rc::new(IdleClock {
                 fd,
                 deadline: Cell::new(None),
+                shut: Cell::new(false),
+                closing: connections.closing.clone(),
             });
             connections.register(&clock);
             clock
@@ -137,6 +155,18 @@ impl ReadDeadline {
     }
 }
 
+impl Drop for ReadDeadline {
+    fn drop(&mut self) {
+        // The task's end: a connection the sweep shut down stops counting as closing. The
+        // caller releases its slot under the limit in the same turn, with no await between.
+        if let Some(clock) = &self.clock {
+            if clock.shut.get() {
+                clock.closing.set(clock.closing.get().saturating_sub(1));
+            }
+        }
+    }
+}
+
 /// Sweeps `connections` for as long as the shard runs.
 pub(crate) async fn sweep_loop(connections: Rc<IdleConnections>, idle: Duration) {
     let interval = IdleConnections::sweep_interval(idle);
@@ -175,7 +205,9 @@ mod tests {
         stale.arm(&rx, t0).expect("arm");
         fresh.arm(&rx, t0 + Duration::from_secs(1)).expect("arm");
         assert_eq!(connections.sweep(t0 + Duration::from_millis(1_999)), 0);
+        assert_eq!(connections.closing(), 0);
         assert_eq!(connections.sweep(t0 + Duration::from_secs(2)), 1);
+        assert_eq!(connections.closing(), 1, "shut, its task not ended");
         // The peer of the closed socket reads its end.
         let mut byte = [0u8; 1];
         assert_eq!(idle_peer.read(&mut byte).expect("read"), 0);
@@ -184,7 +216,9 @@ mod tests {
         busy_peer.set_nonblocking(true).expect("nonblocking");
         let still_open = (&busy_peer).read(&mut byte).map_err(|e| e.kind());
         assert_eq!(still_open, Err(io::ErrorKind::WouldBlock));
+        assert_eq!(connections.closing(), 1, "shut once, counted once");
         drop((stale, fresh));
+        assert_eq!(connections.closing(), 0, "the task ended");
         assert_eq!(connections.sweep(t0 + Duration::from_secs(9)), 0);
         assert!(
             connections.clocks.borrow().is_empty(),

@@ -298,12 +298,13 @@ impl Shard {
         }
     }
 
-    /// Whether this shard holds as many connections as it may (open ones and those still in
-    /// their TLS handshake).
+    /// Whether this shard holds as many connections as it may: open ones (less those the idle
+    /// sweep has shut down and that are only waiting to end) and those still in their TLS
+    /// handshake.
     pub(crate) fn at_connection_limit(&self) -> bool {
         let c = &self.counters;
-        (c.connections_open.get() + c.connections_entering.get()) as usize
-            >= self.connections_max_per_shard
+        let holding = (c.connections_open.get() + c.connections_entering.get()) as usize;
+        holding.saturating_sub(self.idle_connections.closing()) >= self.connections_max_per_shard
     }
 
     /// Wall-clock milliseconds, never earlier than a time this shard already used.
