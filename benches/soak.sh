@@ -7,6 +7,8 @@
 # Samples each node's resident memory every 5 s, then prints the latency per minute and the
 # memory spread once warm ($WARM_UP, default 3m), and plots both (docs/soak-latency.* and
 # docs/soak-memory.*, or PLOT=prefix).
+# FEATURES=heap-stats builds the node counting its live heap bytes, which RUST_LOG=repram=debug
+# logs every 10 s beside its collections (the footprint lines in $OUT/*.log).
 # Usage: bash benches/soak.sh [MINUTES] [REQUESTS_PER_SECOND_PER_NODE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +19,8 @@ KEYS=${KEYS:-100000}
 TTL=${TTL:-30s}
 WARM_UP=${WARM_UP:-3m}
 PRELOAD=${PRELOAD:-0}
-cargo build --release --quiet -p repram -p repram-loadgen
+cargo build --release --quiet -p repram-loadgen
+cargo build --release --quiet -p repram ${FEATURES:+--features "$FEATURES"}
 OUT=${OUT:-$(mktemp -d)}
 echo "soak: logs and runs in $OUT"
 source benches/nodes.sh

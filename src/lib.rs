@@ -30,6 +30,7 @@ pub mod doctor;
 mod frontend;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod heap;
 pub mod http;
 pub mod limits;
 pub mod node;

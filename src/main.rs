@@ -8,8 +8,13 @@ use repram::client::{BlockingClient, ClientError, ClientOptions, ADDR_DEFAULT};
 use repram::config::{parse_duration, ServeArgs};
 use repram::StoreLimits;
 
+#[cfg(not(feature = "heap-stats"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(feature = "heap-stats")]
+#[global_allocator]
+static GLOBAL: repram::heap::CountingAllocator<mimalloc::MiMalloc> =
+    repram::heap::CountingAllocator(mimalloc::MiMalloc);
 
 /// REPRAM: an ephemeral, encrypted-at-rest key-value node. Every value has a time-to-live and
 /// is sealed (AES-256-GCM) from the moment it arrives until it expires and is forgotten.

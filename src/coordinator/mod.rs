@@ -537,6 +537,8 @@ impl Coordinator {
                 pulls = self.pulls.borrow().len(),
                 writes = self.writes.borrow().len(),
                 to_shards,
+                heap_live = crate::heap::live_bytes(),
+                resident = crate::heap::resident_bytes(),
                 "footprint"
             );
         }
