@@ -468,6 +468,22 @@ fn simulate(args: &SimArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Transparent huge pages off for this process, as Redis does. mimalloc asks for them on its
+/// arena, and the kernel's khugepaged then fills each 2 MiB range it finds even sparsely used
+/// into a whole huge page. After a burst's entries expire, that made a node's resident memory
+/// climb by about 1.5 MiB a second (khugepaged's scan rate) for minutes while its live heap
+/// stayed flat (docs/robustness.md). Applies to every mapping, those made before too.
+fn refuse_transparent_huge_pages() -> std::io::Result<()> {
+    // SAFETY: PR_SET_THP_DISABLE reads only its integer arguments and sets a flag of this
+    // process's memory map.
+    let result = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// A core dump would hold the live data keys and every value they open: the process's core
 /// size limit is set to zero (soft and hard, so nothing it starts can raise it).
 fn refuse_core_dumps() -> std::io::Result<()> {
@@ -503,6 +519,9 @@ fn serve(args: &ServeArgs) -> ExitCode {
                 "cannot turn core dumps off ({e}); --allow-core-dumps to run anyway"
             ));
         }
+    }
+    if let Err(e) = refuse_transparent_huge_pages() {
+        tracing::warn!(error = %e, "cannot turn transparent huge pages off; resident memory may grow");
     }
     let shards = config.shard_listen.len();
     let budget = config.shard_limits.memory_budget_bytes * shards;

@@ -629,6 +629,19 @@ fn a_node_refuses_core_dumps_of_its_memory() {
     );
 }
 
+/// Huge pages would let the kernel fill sparsely used ranges of the allocator's arena, so
+/// resident memory would grow while the live heap does not.
+#[test]
+fn a_node_runs_without_transparent_huge_pages() {
+    let node = NodeProcess::start(&["--shards", "1"]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", node.pid())).expect("status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("THP_enabled:"))
+        .expect("a THP_enabled line (Linux 5.0 and later)");
+    assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+}
+
 /// The benchmark baseline: the same ports, framing and dispatch, but nothing is stored, so a
 /// read answers zeros as long as the shard's last write, and the store stays empty.
 #[test]
