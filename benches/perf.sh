@@ -231,8 +231,8 @@ for server in fresh redis; do
         --preload --reads 1 --duration 1s --pipeline 16 --preload-timeout 300s
     sleep 2
     written=$(rss_bytes "$pid")
-    # The figure is taken once the writes have settled: for its first 10 s a write is also
-    # noted for sync rounds (32 B; SETTLE_WINDOW_MS), room given back when that passes.
+    # The figure is taken once the writes have settled (sync notes each write for its first
+    # 10 s, SETTLE_WINDOW_MS), with the figure 2 s after them beside it.
     sleep 12
     full=$(rss_bytes "$pid")
     result memory "${server/fresh/repram}" "$(python3 -c "print(round(($full - $idle) / $MEMORY_KEYS, 1))")" \

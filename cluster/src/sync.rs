@@ -60,9 +60,6 @@ pub struct BucketDigest {
 /// the entries with versions this young aside (see [`RecentEntries`]).
 pub const SETTLE_WINDOW_MS: u64 = 10_000;
 
-/// `RecentEntries` keeps room for this many entries however few it holds.
-const RECENT_CAPACITY_KEPT: usize = 4096;
-
 /// Whether an entry of `version` counts in a round that only compares entries settled before
 /// `settled_before_ms` (older writes; younger ones are still on their way by push).
 pub fn is_settled(version: Version, settled_before_ms: u64) -> bool {
@@ -116,18 +113,6 @@ impl<H: Copy + Ord> RecentEntries<H> {
             }
             self.items.pop_front();
         }
-        // A burst of writes leaves a queue sized for ten seconds of it; once the burst has
-        // passed, give that back (32 B an entry: a million-write burst held 32 MiB for good).
-        let capacity = self.items.capacity();
-        if capacity > RECENT_CAPACITY_KEPT && self.items.len() < capacity / 4 {
-            self.items
-                .shrink_to((self.items.len() * 2).max(RECENT_CAPACITY_KEPT));
-        }
-    }
-
-    /// How many entries the queue has room for without growing.
-    pub fn capacity(&self) -> usize {
-        self.items.capacity()
     }
 
     /// Takes the entries younger than `settled_before_ms` out of `digests` (sorted by bucket),
@@ -274,35 +259,6 @@ impl FilterData {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn recent_entries_give_back_a_bursts_room_once_it_has_settled() {
-        let mut recent = RecentEntries::<u32>::default();
-        let t0 = 1_700_000_000_000;
-        for i in 0..100_000u32 {
-            recent.note(Version::new(t0, 0, 1), 0, u64::from(i), i, t0);
-        }
-        assert!(recent.capacity() >= 100_000);
-        // A trickle after the burst: only its entries remain once the burst is old.
-        let later = t0 + SETTLE_WINDOW_MS;
-        for i in 0..10u32 {
-            recent.note(Version::new(later, 0, 1), 0, u64::from(i), i, later);
-        }
-        recent.forget_old(later);
-        assert_eq!(recent.len(), 10);
-        assert!(
-            recent.capacity() <= 2 * RECENT_CAPACITY_KEPT,
-            "room for {} entries kept",
-            recent.capacity()
-        );
-        // A queue that is busy, not drained, keeps its room.
-        for i in 0..20_000u32 {
-            recent.note(Version::new(later, 0, 1), 0, u64::from(i), i, later);
-        }
-        let busy = recent.capacity();
-        recent.forget_old(later + 1);
-        assert_eq!(recent.capacity(), busy);
-    }
 
     #[test]
     fn a_filter_never_misses_what_it_was_built_from() {
