@@ -16,6 +16,18 @@ fn count(delta: isize) {
     LIVE_BYTES.fetch_add(delta, Ordering::Relaxed);
 }
 
+/// Counts a new allocation of `layout` at `ptr` (none when null), and notes that this binary
+/// counts: a load first, so the flag's cache line is written once, not on every allocation.
+fn allocated(ptr: *mut u8, layout: Layout) -> *mut u8 {
+    if !COUNTING.load(Ordering::Relaxed) {
+        COUNTING.store(true, Ordering::Relaxed);
+    }
+    if !ptr.is_null() {
+        count(size(layout));
+    }
+    ptr
+}
+
 fn size(layout: Layout) -> isize {
     // A layout's size never exceeds `isize::MAX`.
     isize::try_from(layout.size()).unwrap_or(isize::MAX)
@@ -25,23 +37,13 @@ fn size(layout: Layout) -> isize {
 // `GlobalAlloc` contract; the counting beside it touches only atomics, never the memory.
 unsafe impl<A: GlobalAlloc> GlobalAlloc for CountingAllocator<A> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        COUNTING.store(true, Ordering::Relaxed);
         // SAFETY: the caller's guarantees for `layout` are the inner allocator's.
-        let ptr = unsafe { self.0.alloc(layout) };
-        if !ptr.is_null() {
-            count(size(layout));
-        }
-        ptr
+        allocated(unsafe { self.0.alloc(layout) }, layout)
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        COUNTING.store(true, Ordering::Relaxed);
         // SAFETY: as for `alloc`.
-        let ptr = unsafe { self.0.alloc_zeroed(layout) };
-        if !ptr.is_null() {
-            count(size(layout));
-        }
-        ptr
+        allocated(unsafe { self.0.alloc_zeroed(layout) }, layout)
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {

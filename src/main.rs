@@ -476,12 +476,7 @@ fn simulate(args: &SimArgs) -> ExitCode {
 fn refuse_transparent_huge_pages() -> std::io::Result<()> {
     // SAFETY: PR_SET_THP_DISABLE reads only its integer arguments and sets a flag of this
     // process's memory map.
-    let result = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    os_result(unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) })
 }
 
 /// A core dump would hold the live data keys and every value they open: the process's core
@@ -493,7 +488,11 @@ fn refuse_core_dumps() -> std::io::Result<()> {
     };
     // SAFETY: setrlimit reads the struct we pass by pointer for the duration of the call only;
     // it is a valid, initialised `rlimit`.
-    let result = unsafe { libc::setrlimit(libc::RLIMIT_CORE, &none) };
+    os_result(unsafe { libc::setrlimit(libc::RLIMIT_CORE, &none) })
+}
+
+/// A system call's 0-or-−1 result, with the error it set.
+fn os_result(result: libc::c_int) -> std::io::Result<()> {
     if result == 0 {
         Ok(())
     } else {

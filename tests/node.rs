@@ -616,11 +616,7 @@ fn the_coordinator_gets_a_spare_cpu_and_otherwise_shares_shard_zeros() {
 #[test]
 fn a_node_refuses_core_dumps_of_its_memory() {
     let node = NodeProcess::start(&["--shards", "1"]);
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", node.pid())).expect("limits");
-    let core = limits
-        .lines()
-        .find(|l| l.starts_with("Max core file size"))
-        .expect("a core size line");
+    let core = proc_line(&node, "limits", "Max core file size");
     let fields: Vec<&str> = core.split_whitespace().collect();
     assert_eq!(
         &fields[4..6],
@@ -629,16 +625,22 @@ fn a_node_refuses_core_dumps_of_its_memory() {
     );
 }
 
+/// The line of the node's `/proc/PID/FILE` that starts with `prefix`.
+fn proc_line(node: &NodeProcess, file: &str, prefix: &str) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{}/{file}", node.pid())).expect(file);
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("a {prefix} line in /proc/PID/{file}"))
+        .to_string()
+}
+
 /// Huge pages would let the kernel fill sparsely used ranges of the allocator's arena, so
 /// resident memory would grow while the live heap does not.
 #[test]
 fn a_node_runs_without_transparent_huge_pages() {
     let node = NodeProcess::start(&["--shards", "1"]);
-    let status = std::fs::read_to_string(format!("/proc/{}/status", node.pid())).expect("status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("THP_enabled:"))
-        .expect("a THP_enabled line (Linux 5.0 and later)");
+    // `THP_enabled` is in the status of Linux 5.0 and later.
+    let line = proc_line(&node, "status", "THP_enabled:");
     assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
 }
 
