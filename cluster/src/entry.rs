@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use hashbrown::HashMap;
 
-use crate::sync::{bucket_of, is_settled, BucketDigest, RecentEntries, SYNC_BUCKET_MS};
+use crate::sync::{bucket_of, is_settled, BucketDigest, HeldEntry, RecentEntries, SYNC_BUCKET_MS};
 use crate::Version;
 
 /// A value's bytes in the clear, on their way between a store and a peer: overwritten with
@@ -156,9 +156,8 @@ impl MemStore {
         }
     }
 
-    fn note_recent(&mut self, entry: &Entry, at: usize, hash: u64, now_ms: u64) {
-        let bucket = bucket_of(entry.expires_ms, SYNC_BUCKET_MS);
-        self.recent.note(entry.version, bucket, hash, at, now_ms);
+    fn note_recent(&mut self, entry: &Entry, at: usize, now_ms: u64) {
+        self.recent.note(entry.version, at, now_ms);
     }
 
     fn file(&mut self, at: usize, expires_ms: u64, hash: u64) {
@@ -203,7 +202,7 @@ impl EntryStore for MemStore {
             self.unfile(at, held.expires_ms, held_hash);
             self.slots[at] = Some((entry.clone(), hash));
             self.file(at, entry.expires_ms, hash);
-            self.note_recent(entry, at, hash, now_ms);
+            self.note_recent(entry, at, now_ms);
             return Applied::Stored;
         }
         if self.capacity.is_some_and(|max| self.by_key.len() >= max) {
@@ -221,7 +220,7 @@ impl EntryStore for MemStore {
         };
         self.by_key.insert(entry.key.clone(), at);
         self.file(at, entry.expires_ms, hash);
-        self.note_recent(entry, at, hash, now_ms);
+        self.note_recent(entry, at, now_ms);
         Applied::Stored
     }
 
@@ -267,13 +266,14 @@ impl EntryStore for MemStore {
                 xor: b.xor,
             })
             .collect();
-        self.recent
-            .settle(&mut digests, settled_before_ms, |at, hash| {
-                self.slots
-                    .get(at)
-                    .and_then(Option::as_ref)
-                    .is_some_and(|(_, h)| *h == hash)
-            });
+        self.recent.settle(&mut digests, settled_before_ms, |at| {
+            let (entry, hash) = self.slots.get(at)?.as_ref()?;
+            Some(HeldEntry {
+                version: entry.version,
+                bucket: bucket_of(entry.expires_ms, SYNC_BUCKET_MS),
+                hash: *hash,
+            })
+        });
         digests
     }
 

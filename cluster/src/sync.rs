@@ -68,14 +68,16 @@ pub fn is_settled(version: Version, settled_before_ms: u64) -> bool {
 
 /// The entries a store took in whose versions are younger than [`SETTLE_WINDOW_MS`], so that it
 /// can give its digests as of a round's settle cutoff without a scan: the digests of everything
-/// it holds, less these when they are younger than the cutoff.
+/// it holds, less the held entries younger than the cutoff.
 ///
-/// `H` names an entry in the store (a slot, an index); the store says whether that entry is
-/// still held when asked, so entries replaced or expired since need no bookkeeping here.
+/// `H` names an entry in the store (a slot, an index). A note keeps only the handle and the
+/// second of the version: the store says what the handle holds now when asked, so entries
+/// replaced or expired since need no bookkeeping here, and a note costs 8 bytes (with a `u32`
+/// handle), which matters in a burst of writes: every write of the last 10 s has one.
 #[derive(Debug)]
 pub struct RecentEntries<H> {
-    /// (version milliseconds, bucket, stable hash, handle), roughly in arrival order.
-    items: VecDeque<(u64, u64, u64, H)>,
+    /// (whole seconds of the version's milliseconds, handle), roughly in arrival order.
+    items: VecDeque<(u32, H)>,
 }
 
 impl<H> Default for RecentEntries<H> {
@@ -86,12 +88,31 @@ impl<H> Default for RecentEntries<H> {
     }
 }
 
+/// A held entry as [`RecentEntries::settle`] needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldEntry {
+    pub version: Version,
+    pub bucket: u64,
+    pub hash: u64,
+}
+
+/// The seconds of a version's milliseconds: rounded down, and capped (versions are never
+/// that far ahead: stores refuse them beyond a small skew).
+fn seconds_of(ms: u64) -> u32 {
+    u32::try_from(ms / 1_000).unwrap_or(u32::MAX)
+}
+
+/// The latest millisecond a note of `seconds` may stand for.
+fn last_ms_of(seconds: u32) -> u64 {
+    u64::from(seconds) * 1_000 + 999
+}
+
 impl<H: Copy + Ord> RecentEntries<H> {
     /// Notes an entry just stored, if its version is young enough to matter.
-    pub fn note(&mut self, version: Version, bucket: u64, hash: u64, handle: H, now_ms: u64) {
+    pub fn note(&mut self, version: Version, handle: H, now_ms: u64) {
         let ms = version.physical_ms();
         if ms.saturating_add(SETTLE_WINDOW_MS) > now_ms {
-            self.items.push_back((ms, bucket, hash, handle));
+            self.items.push_back((seconds_of(ms), handle));
         }
     }
 
@@ -107,41 +128,46 @@ impl<H: Copy + Ord> RecentEntries<H> {
     /// Forgets entries noted long enough ago that no cutoff can reach them. Works from the
     /// front only: an entry that arrived late stays a little longer, which costs nothing.
     pub fn forget_old(&mut self, now_ms: u64) {
-        while let Some(&(ms, ..)) = self.items.front() {
-            if ms.saturating_add(SETTLE_WINDOW_MS) > now_ms {
+        while let Some(&(seconds, _)) = self.items.front() {
+            if last_ms_of(seconds).saturating_add(SETTLE_WINDOW_MS) > now_ms {
                 break;
             }
             self.items.pop_front();
         }
     }
 
-    /// Takes the entries younger than `settled_before_ms` out of `digests` (sorted by bucket),
-    /// counting only those `held(handle, hash)` says are still held, each once. Buckets left
-    /// empty go.
+    /// Takes the held entries younger than `settled_before_ms` out of `digests` (sorted by
+    /// bucket), each once. `held(handle)` says what the handle holds now, if anything. Buckets
+    /// left empty go.
     pub fn settle(
         &self,
         digests: &mut Vec<BucketDigest>,
         settled_before_ms: u64,
-        held: impl Fn(H, u64) -> bool,
+        held: impl Fn(H) -> Option<HeldEntry>,
     ) {
-        let mut young: Vec<(H, u64, u64)> = self
+        let mut young: Vec<H> = self
             .items
             .iter()
-            .filter(|&&(ms, ..)| ms >= settled_before_ms)
-            .map(|&(_, bucket, hash, handle)| (handle, bucket, hash))
+            .filter(|&&(seconds, _)| last_ms_of(seconds) >= settled_before_ms)
+            .map(|&(_, handle)| handle)
             .collect();
         if young.is_empty() {
             return;
         }
         young.sort_unstable();
         young.dedup();
-        for (handle, bucket, hash) in young {
-            if !held(handle, hash) {
+        for handle in young {
+            let Some(entry) = held(handle) else {
+                continue;
+            };
+            // A handle noted young may hold an older entry by now (its slot reused by a
+            // replica of an old write): that one is settled and stays in the digests.
+            if is_settled(entry.version, settled_before_ms) {
                 continue;
             }
-            if let Ok(at) = digests.binary_search_by_key(&bucket, |d| d.bucket) {
+            if let Ok(at) = digests.binary_search_by_key(&entry.bucket, |d| d.bucket) {
                 digests[at].count = digests[at].count.saturating_sub(1);
-                digests[at].xor ^= hash;
+                digests[at].xor ^= entry.hash;
             }
         }
         digests.retain(|d| d.count > 0);
@@ -259,6 +285,92 @@ impl FilterData {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn held(version_ms: u64, bucket: u64, hash: u64) -> HeldEntry {
+        HeldEntry {
+            version: Version::new(version_ms, 0, 1),
+            bucket,
+            hash,
+        }
+    }
+
+    #[test]
+    fn settle_leaves_out_young_held_entries_once_and_keeps_settled_ones() {
+        // Slot 0 holds a young entry (noted twice), slot 1 a young entry since removed, slot 2
+        // was noted young but now holds a replica of an old write.
+        let mut recent = RecentEntries::default();
+        let now = 100_000;
+        recent.note(Version::new(now - 500, 0, 1), 0u32, now);
+        recent.note(Version::new(now - 400, 0, 1), 0u32, now);
+        recent.note(Version::new(now - 300, 0, 1), 1u32, now);
+        recent.note(Version::new(now - 200, 0, 1), 2u32, now);
+        let slots = [
+            Some(held(now - 400, 7, 0b0011)),
+            None,
+            Some(held(now - 60_000, 7, 0b0100)),
+        ];
+        let mut digests = vec![
+            BucketDigest {
+                bucket: 7,
+                count: 3,
+                xor: 0b0011 ^ 0b0100 ^ 0b1000,
+            },
+            BucketDigest {
+                bucket: 9,
+                count: 1,
+                xor: 0b0011,
+            },
+        ];
+        recent.settle(&mut digests, now - 1_000, |at: u32| slots[at as usize]);
+        assert_eq!(
+            digests,
+            vec![
+                BucketDigest {
+                    bucket: 7,
+                    count: 2,
+                    xor: 0b0100 ^ 0b1000,
+                },
+                BucketDigest {
+                    bucket: 9,
+                    count: 1,
+                    xor: 0b0011,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn settle_counts_an_entry_exactly_at_the_cutoff_as_young() {
+        let mut recent = RecentEntries::default();
+        recent.note(Version::new(5_000, 0, 1), 0u32, 5_000);
+        let mut digests = vec![BucketDigest {
+            bucket: 1,
+            count: 1,
+            xor: 9,
+        }];
+        recent.settle(&mut digests, 5_001, |_| Some(held(5_000, 1, 9)));
+        assert_eq!(digests.len(), 1, "settled before the cutoff: stays");
+        recent.settle(&mut digests, 5_000, |_| Some(held(5_000, 1, 9)));
+        assert!(digests.is_empty(), "at the cutoff: young, taken out");
+    }
+
+    #[test]
+    fn recent_entries_are_noted_only_while_young_and_forgotten_after_the_window() {
+        let mut recent = RecentEntries::default();
+        let now = 50_000;
+        recent.note(Version::new(now - SETTLE_WINDOW_MS, 0, 1), 0u32, now);
+        assert!(recent.is_empty(), "already past the window");
+        recent.note(Version::new(now, 0, 1), 1u32, now);
+        recent.note(Version::new(now + 2_000, 0, 1), 2u32, now);
+        assert_eq!(recent.len(), 2);
+        recent.forget_old(now + SETTLE_WINDOW_MS - 1);
+        assert_eq!(recent.len(), 2, "the first is still young enough to matter");
+        // The note keeps whole seconds, so it may stay up to a second longer, never less.
+        recent.forget_old(now + SETTLE_WINDOW_MS + 1_000);
+        assert_eq!(recent.len(), 1);
+        recent.forget_old(now + 2_000 + SETTLE_WINDOW_MS + 1_000);
+        assert!(recent.is_empty());
+    }
 
     #[test]
     fn a_filter_never_misses_what_it_was_built_from() {

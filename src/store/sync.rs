@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use repram_cluster::entry::Plaintext;
 use repram_cluster::sync::{
-    bucket_of, entry_hash, is_settled, salted, BucketDigest, CheckedFilter, RecentEntries,
-    SYNC_BUCKET_MS,
+    bucket_of, entry_hash, is_settled, salted, BucketDigest, CheckedFilter, HeldEntry,
+    RecentEntries, SYNC_BUCKET_MS,
 };
 use repram_cluster::{Entry, Version};
 use zeroize::Zeroizing;
@@ -128,8 +128,7 @@ impl SyncIndex {
         let sum = self.buckets.entry(bucket).or_default();
         sum.count += 1;
         sum.xor ^= hash;
-        self.recent
-            .note(record.version(), bucket, hash, index, now_ms);
+        self.recent.note(record.version(), index, now_ms);
     }
 
     /// The entry at a slab index went (replaced, deleted or reclaimed).
@@ -170,15 +169,15 @@ impl Store {
                 xor: sum.xor,
             })
             .collect();
-        index
-            .recent
-            .settle(&mut digests, settled_before_ms, |at, hash| {
-                self.entries
-                    .slab
-                    .get(at as usize)
-                    .and_then(Option::as_ref)
-                    .is_some_and(|r| entry_hash(r.key(), r.version()) == hash)
-            });
+        index.recent.settle(&mut digests, settled_before_ms, |at| {
+            let record = self.entries.slab.get(at as usize)?.as_ref()?;
+            let (bucket, hash) = bucket_and_hash(record);
+            Some(HeldEntry {
+                version: record.version(),
+                bucket,
+                hash,
+            })
+        });
         digests
     }
 

@@ -18,7 +18,9 @@ use std::rc::Rc;
 use hashbrown::HashMap;
 
 use crate::entry::{Applied, Entry, EntryStore, Plaintext};
-use crate::sync::{bucket_of, entry_hash, is_settled, BucketDigest, RecentEntries, SYNC_BUCKET_MS};
+use crate::sync::{
+    bucket_of, entry_hash, is_settled, BucketDigest, HeldEntry, RecentEntries, SYNC_BUCKET_MS,
+};
 use crate::Version;
 
 /// One entry, compactly: 4-byte fields only. The node id's top bit marks a tombstone; the
@@ -314,10 +316,7 @@ impl SimStore {
 
     fn hold(&mut self, index: u32, interned: &Interned, now_ms: u64) {
         self.held.insert(index);
-        let bucket = u64::from(interned.entry.bucket());
-        let version = interned.entry.version();
-        self.recent
-            .note(version, bucket, interned.hash, index, now_ms);
+        self.recent.note(interned.entry.version(), index, now_ms);
         let sum = self.buckets.slot(interned.entry.bucket());
         sum.count += 1;
         sum.xor ^= interned.hash;
@@ -451,9 +450,18 @@ impl EntryStore for SimStore {
                 xor: sum.xor,
             })
             .collect();
+        let table = self.table.borrow();
         self.recent
-            .settle(&mut digests, settled_before_ms, |index, _| {
-                self.held.contains(index)
+            .settle(&mut digests, settled_before_ms, |index| {
+                if !self.held.contains(index) {
+                    return None;
+                }
+                let interned = table.entries.get(index as usize)?;
+                Some(HeldEntry {
+                    version: interned.entry.version(),
+                    bucket: u64::from(interned.entry.bucket()),
+                    hash: interned.hash,
+                })
             });
         digests
     }
