@@ -6,8 +6,8 @@ use std::fmt;
 
 /// Default longest key, in bytes (memcached allows 250, REPRAM's HTTP keys are path segments).
 pub const KEY_BYTES_MAX_DEFAULT: usize = 1024;
-/// Hard ceiling for `key_bytes_max`: record headers store a key length in a `u16`.
-pub const KEY_BYTES_CEILING: usize = u16::MAX as usize;
+/// Hard ceiling for `key_bytes_max`: record headers store a key length in 15 bits.
+pub const KEY_BYTES_CEILING: usize = (1 << 15) - 1;
 /// Default largest value, in bytes (memcached's default item size).
 pub const VALUE_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
 /// Hard ceiling for `value_bytes_max`: one AES-GCM seal must stay far below its 64 GiB limit,

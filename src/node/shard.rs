@@ -867,7 +867,9 @@ pub(crate) fn error_code_of(error: &StoreError) -> ErrorCode {
     match error {
         StoreError::EmptyKey | StoreError::KeyTooLong { .. } => ErrorCode::BadKey,
         StoreError::ValueTooLarge { .. } => ErrorCode::ValueTooLarge,
-        StoreError::BadTtl { .. } | StoreError::ExpiryTooFar { .. } => ErrorCode::BadTtl,
+        StoreError::BadTtl { .. }
+        | StoreError::ExpiryTooFar { .. }
+        | StoreError::ExpiryFarFromVersion { .. } => ErrorCode::BadTtl,
         StoreError::StoreFull { .. } => ErrorCode::StoreFull,
         StoreError::NotFound
         | StoreError::VersionFromFuture { .. }

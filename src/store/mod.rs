@@ -26,7 +26,7 @@ pub use sync::{KeyHeap, KeyQuery, Lacking, LackingQuery, OwnedEntry};
 use crate::limits::{InvalidLimits, StoreLimits, TICK_WORK_MAX_DEFAULT};
 use crate::version::{HybridClock, Version};
 use keyring::{EpochKeyring, KeyUnavailable};
-use record::{NonceCounter, SealedRecord};
+use record::{NonceCounter, RecordStamp, SealedRecord};
 use wheel::{ExpiryWheel, FiledEntries};
 
 /// Bytes charged to the budget for each entry on top of its record's allocation: the slab slot
@@ -59,6 +59,8 @@ pub enum StoreError {
     ExpiryTooFar { expires_ms: u64, latest_ms: u64 },
     #[error("version {version:?} is more than {skew_ms} ms ahead of this node's clock")]
     VersionFromFuture { version: Version, skew_ms: u64 },
+    #[error("expiry {expires_ms} is more than 24 days from the time of its version {version:?}")]
+    ExpiryFarFromVersion { expires_ms: u64, version: Version },
     #[error("store full: {needed_bytes} more bytes would exceed the memory budget of {budget_bytes} bytes")]
     StoreFull {
         needed_bytes: usize,
@@ -244,7 +246,7 @@ impl Store {
         self.check_ttl(ttl_ms)?;
         let expires_ms = now + ttl_ms;
         let version = self.clock.stamp(now);
-        let record = self.seal(key, value, expires_ms, version)?;
+        let record = self.seal(key, value, record_stamp(expires_ms, version)?)?;
         self.install(key, record)?;
         Ok(version)
     }
@@ -295,10 +297,11 @@ impl Store {
                 return Ok(Applied::Stale);
             }
         }
+        let stamp = record_stamp(entry.expires_ms, entry.version)?;
         self.clock.observe(entry.version);
         let record = match entry.value.as_deref() {
-            Some(value) => self.seal(entry.key, value, entry.expires_ms, entry.version)?,
-            None => SealedRecord::tombstone(entry.key, entry.expires_ms, entry.version),
+            Some(value) => self.seal(entry.key, value, stamp)?,
+            None => SealedRecord::tombstone(entry.key, stamp),
         };
         self.install(entry.key, record)?;
         Ok(Applied::Stored)
@@ -343,7 +346,8 @@ impl Store {
             .ok_or(StoreError::NotFound)?
             .expires_ms();
         let version = self.clock.stamp(now);
-        self.install(key, SealedRecord::tombstone(key, expires_ms, version))?;
+        let stamp = record_stamp(expires_ms, version)?;
+        self.install(key, SealedRecord::tombstone(key, stamp))?;
         Ok(version)
     }
 
@@ -359,6 +363,7 @@ impl Store {
             .expires_ms()
             / self.limits.epoch_ms;
         let version = self.clock.stamp(now);
+        let stamp = record_stamp(expires_ms, version)?;
         let nonce = self.nonces.take().ok_or(StoreError::Exhausted)?;
         // Derive the new epoch's key first: the old one is then borrowed alongside it.
         self.keyring
@@ -375,7 +380,7 @@ impl Store {
         let record = self
             .live_value(key, now)
             .ok_or(StoreError::NotFound)?
-            .reseal(old_key, new_key, self.shard_id, nonce, expires_ms, version)
+            .reseal(old_key, new_key, self.shard_id, nonce, stamp)
             .map_err(|_| StoreError::Unreadable)?;
         self.install(key, record)?;
         Ok(version)
@@ -494,8 +499,7 @@ impl Store {
         &mut self,
         key: &[u8],
         value: &[u8],
-        expires_ms: u64,
-        version: Version,
+        stamp: RecordStamp,
     ) -> Result<SealedRecord, StoreError> {
         // Refuse before sealing when even the new record alone cannot fit.
         let needed =
@@ -515,11 +519,9 @@ impl Store {
         let nonce = self.nonces.take().ok_or(StoreError::Exhausted)?;
         let aead_key = self
             .keyring
-            .sealing_key(expires_ms / self.limits.epoch_ms)
+            .sealing_key(stamp.expires_ms() / self.limits.epoch_ms)
             .map_err(key_unavailable)?;
-        Ok(SealedRecord::seal(
-            aead_key, nonce, key, value, expires_ms, version,
-        ))
+        Ok(SealedRecord::seal(aead_key, nonce, key, value, stamp))
     }
 
     /// Puts `record` in place of whatever `key` held, keeping the wheel and the budget true.
@@ -597,6 +599,14 @@ fn key_unavailable(reason: KeyUnavailable) -> StoreError {
 /// allocator's size class, plus the per-entry index overhead.
 fn record_cost(len: usize) -> usize {
     size_class_bytes(len) + ENTRY_OVERHEAD_BYTES
+}
+
+/// A record's expiry and version, or the error for a pair the record header cannot hold.
+fn record_stamp(expires_ms: u64, version: Version) -> Result<RecordStamp, StoreError> {
+    RecordStamp::new(expires_ms, version).ok_or(StoreError::ExpiryFarFromVersion {
+        expires_ms,
+        version,
+    })
 }
 
 /// The block size mimalloc (like most size-class allocators) hands out for `len` bytes: word
@@ -823,14 +833,10 @@ pub mod test_hooks {
 
         pub fn seal(&mut self, key: &[u8], value: &[u8], expires_ms: u64) -> Sealed {
             let nonce = self.nonces.take().expect("nonce");
-            Sealed(SealedRecord::seal(
-                &self.key,
-                nonce,
-                key,
-                value,
-                expires_ms,
-                Version::default(),
-            ))
+            // A version just before the expiry, as a real write's would be.
+            let version = Version::new(expires_ms.saturating_sub(60_000), 0, 1);
+            let stamp = record::RecordStamp::new(expires_ms, version).expect("a minute fits");
+            Sealed(SealedRecord::seal(&self.key, nonce, key, value, stamp))
         }
 
         pub fn open(&self, sealed: &Sealed, out: &mut Vec<u8>) -> bool {

@@ -5,15 +5,18 @@
 //! Layout of a `SealedRecord` (all integers little-endian):
 //!
 //! ```text
-//! [0..8)    seal counter   nonce = shard id (4 B) || seal counter (8 B)
-//! [8..10)   key length
-//! [10]      flags          ┐ bit 0: tombstone (no ciphertext follows)
-//! [11..19)  expires at, ms │
-//! [19..27)  version clock  │ associated data: binds the ciphertext to its
-//! [27..35)  version node   │ flags, expiry, version and key
-//! [35..)    key            ┘
+//! [0..6)    seal counter   nonce = shard id (4 B) || seal counter (8 B, below 2^48)
+//! [6..8)    key length     ┐ bits 0-14; bit 15: tombstone (no ciphertext follows)
+//! [8..12)   expiry         │ ms after the version's ms (i32)  associated data: binds the
+//! [12..20)  version clock  │                                  ciphertext to its flag,
+//! [20..28)  version node   │                                  expiry, version and key
+//! [28..)    key            ┘
 //! [..]      ciphertext || 16-byte tag
 //! ```
+//!
+//! The header is kept to 28 bytes because records live in size-class blocks: a 16-byte key
+//! with a 100-byte value makes a 160-byte record, one class below the 192 the 35-byte header
+//! of before needed.
 
 use ring::aead::{Aad, LessSafeKey, Nonce, NONCE_LEN};
 use zeroize::Zeroize;
@@ -22,18 +25,54 @@ use crate::version::Version;
 
 pub(crate) const TAG_BYTES: usize = 16;
 const COUNTER_AT: usize = 0;
-const KEY_LEN_AT: usize = 8;
-const FLAGS_AT: usize = 10;
-pub(crate) const EXPIRES_AT: usize = 11;
-const CLOCK_AT: usize = 19;
-const NODE_AT: usize = 27;
-pub(crate) const HEADER_BYTES: usize = 35;
-const FLAG_TOMBSTONE: u8 = 1;
+const COUNTER_BYTES: usize = 6;
+/// Seals one shard may make in a process's life: the counter is stored in 48 bits.
+pub(crate) const SEAL_COUNTER_LIMIT: u64 = 1 << (8 * COUNTER_BYTES);
+const KEY_LEN_AT: usize = 6;
+pub(crate) const EXPIRES_AT: usize = 8;
+const CLOCK_AT: usize = 12;
+const NODE_AT: usize = 20;
+pub(crate) const HEADER_BYTES: usize = 28;
+/// The key length field's top bit marks a tombstone.
+const TOMBSTONE_BIT: u16 = 1 << 15;
+/// Longest key a record can hold: the rest of the key length field.
+pub(crate) const KEY_BYTES_LIMIT: usize = (TOMBSTONE_BIT - 1) as usize;
+const _: () = assert!(KEY_BYTES_LIMIT == crate::limits::KEY_BYTES_CEILING);
 
 /// The sealed value failed to authenticate: the record was altered, moved to another key or
 /// expiry, or its epoch key is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Unreadable;
+
+/// A record's version and expiry, checked to fit the header: the expiry is stored as an
+/// offset of at most ±24 days from the version's milliseconds. Every write this node makes
+/// fits (TTLs are at most a week, versions at most an hour ahead); a replica that does not
+/// fit is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RecordStamp {
+    version: Version,
+    expiry_offset_ms: i32,
+}
+
+impl RecordStamp {
+    pub(crate) fn new(expires_ms: u64, version: Version) -> Option<Self> {
+        let offset = i128::from(expires_ms) - i128::from(version.physical_ms());
+        Some(Self {
+            version,
+            expiry_offset_ms: i32::try_from(offset).ok()?,
+        })
+    }
+
+    pub(crate) fn expires_ms(self) -> u64 {
+        expires_ms(self.version, self.expiry_offset_ms)
+    }
+}
+
+fn expires_ms(version: Version, offset_ms: i32) -> u64 {
+    version
+        .physical_ms()
+        .saturating_add_signed(i64::from(offset_ms))
+}
 
 /// A key, its metadata and its sealed value, in one heap allocation.
 #[derive(Clone)]
@@ -47,12 +86,11 @@ impl SealedRecord {
         nonce: RecordNonce,
         key: &[u8],
         plaintext: &[u8],
-        expires_ms: u64,
-        version: Version,
+        stamp: RecordStamp,
     ) -> Self {
         let total = HEADER_BYTES + key.len() + plaintext.len() + TAG_BYTES;
         let mut bytes = vec![0u8; total].into_boxed_slice();
-        write_header(&mut bytes, nonce.counter, key, 0, expires_ms, version);
+        write_header(&mut bytes, nonce.counter, key, false, stamp);
         let body_at = HEADER_BYTES + key.len();
         bytes[body_at..body_at + plaintext.len()].copy_from_slice(plaintext);
         seal_body(aead_key, nonce, &mut bytes, key.len());
@@ -60,9 +98,9 @@ impl SealedRecord {
     }
 
     /// A tombstone: a version with no value, kept until the deleted value would have expired.
-    pub(crate) fn tombstone(key: &[u8], expires_ms: u64, version: Version) -> Self {
+    pub(crate) fn tombstone(key: &[u8], stamp: RecordStamp) -> Self {
         let mut bytes = vec![0u8; HEADER_BYTES + key.len()].into_boxed_slice();
-        write_header(&mut bytes, 0, key, FLAG_TOMBSTONE, expires_ms, version);
+        write_header(&mut bytes, 0, key, true, stamp);
         Self(bytes)
     }
 
@@ -71,7 +109,9 @@ impl SealedRecord {
     }
 
     pub(crate) fn expires_ms(&self) -> u64 {
-        read_u64(&self.0, EXPIRES_AT)
+        let mut offset = [0u8; 4];
+        offset.copy_from_slice(&self.0[EXPIRES_AT..EXPIRES_AT + 4]);
+        expires_ms(self.version(), i32::from_le_bytes(offset))
     }
 
     pub(crate) fn version(&self) -> Version {
@@ -82,11 +122,13 @@ impl SealedRecord {
     }
 
     pub(crate) fn seal_counter(&self) -> u64 {
-        read_u64(&self.0, COUNTER_AT)
+        let mut counter = [0u8; 8];
+        counter[..COUNTER_BYTES].copy_from_slice(&self.0[COUNTER_AT..COUNTER_AT + COUNTER_BYTES]);
+        u64::from_le_bytes(counter)
     }
 
     pub(crate) fn is_tombstone(&self) -> bool {
-        self.0[FLAGS_AT] & FLAG_TOMBSTONE != 0
+        self.key_len_field() & TOMBSTONE_BIT != 0
     }
 
     /// Length of the plaintext value (0 for a tombstone).
@@ -104,15 +146,16 @@ impl SealedRecord {
         &self.0[HEADER_BYTES + self.key_len()..]
     }
 
+    fn key_len_field(&self) -> u16 {
+        u16::from_le_bytes([self.0[KEY_LEN_AT], self.0[KEY_LEN_AT + 1]])
+    }
+
     fn key_len(&self) -> usize {
-        usize::from(u16::from_le_bytes([
-            self.0[KEY_LEN_AT],
-            self.0[KEY_LEN_AT + 1],
-        ]))
+        usize::from(self.key_len_field() & !TOMBSTONE_BIT)
     }
 
     fn associated_data(&self) -> &[u8] {
-        &self.0[FLAGS_AT..HEADER_BYTES + self.key_len()]
+        &self.0[KEY_LEN_AT..HEADER_BYTES + self.key_len()]
     }
 
     /// Opens the value into `out` (cleared first). The caller owns the plaintext and wipes it
@@ -159,8 +202,7 @@ impl SealedRecord {
         new_key: &LessSafeKey,
         shard: u32,
         nonce: RecordNonce,
-        expires_ms: u64,
-        version: Version,
+        stamp: RecordStamp,
     ) -> Result<Self, Unreadable> {
         if self.is_tombstone() {
             return Err(Unreadable);
@@ -174,7 +216,7 @@ impl SealedRecord {
         let mut bytes = self.0.clone();
         {
             let (head, body) = bytes.split_at_mut(body_at);
-            let aad = Aad::from(&head[FLAGS_AT..]);
+            let aad = Aad::from(&head[KEY_LEN_AT..]);
             if old_key
                 .open_in_place(old_nonce.to_ring(), aad, body)
                 .is_err()
@@ -184,7 +226,7 @@ impl SealedRecord {
             }
         }
         // Rewrite the header around the unchanged key, then seal the body in place.
-        write_seal_fields(&mut bytes, nonce.counter, expires_ms, version);
+        write_seal_fields(&mut bytes, nonce.counter, stamp);
         seal_body(new_key, nonce, &mut bytes, key_len);
         Ok(Self(bytes))
     }
@@ -196,7 +238,7 @@ impl SealedRecord {
     }
 }
 
-/// The nonce of one seal: the shard id and that shard's 64-bit seal counter. Unique under any
+/// The nonce of one seal: the shard id and that shard's seal counter (below 2^48). Unique under any
 /// key of the process as long as the counter never repeats within a shard (see `NonceCounter`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct RecordNonce {
@@ -229,11 +271,14 @@ impl NonceCounter {
         Self { shard, next: 0 }
     }
 
-    /// The next nonce, or `None` once all 2^64 are used (never, at any real rate, but a nonce
-    /// must not wrap).
+    /// The next nonce, or `None` once all 2^48 are used: a nonce must not wrap. At a million
+    /// seals a second that is nine years of one shard's life; a restart starts new keys.
     pub(crate) fn take(&mut self) -> Option<RecordNonce> {
         let counter = self.next;
-        self.next = self.next.checked_add(1)?;
+        if counter >= SEAL_COUNTER_LIMIT {
+            return None;
+        }
+        self.next = counter + 1;
         Some(RecordNonce {
             shard: self.shard,
             counter,
@@ -241,28 +286,31 @@ impl NonceCounter {
     }
 }
 
-fn write_header(
-    bytes: &mut [u8],
-    counter: u64,
-    key: &[u8],
-    flags: u8,
-    expires_ms: u64,
-    version: Version,
-) {
-    debug_assert!(key.len() <= usize::from(u16::MAX));
-    let key_len = key.len() as u16;
+fn write_header(bytes: &mut [u8], counter: u64, key: &[u8], tombstone: bool, stamp: RecordStamp) {
+    debug_assert!(
+        key.len() <= KEY_BYTES_LIMIT,
+        "keys are checked against the limits"
+    );
+    let mut key_len = (key.len() & KEY_BYTES_LIMIT) as u16;
+    if tombstone {
+        key_len |= TOMBSTONE_BIT;
+    }
     bytes[KEY_LEN_AT..KEY_LEN_AT + 2].copy_from_slice(&key_len.to_le_bytes());
-    bytes[FLAGS_AT] = flags;
     bytes[HEADER_BYTES..HEADER_BYTES + key.len()].copy_from_slice(key);
-    write_seal_fields(bytes, counter, expires_ms, version);
+    write_seal_fields(bytes, counter, stamp);
 }
 
 /// The fields that change when a value is sealed again: nonce counter, expiry and version.
-fn write_seal_fields(bytes: &mut [u8], counter: u64, expires_ms: u64, version: Version) {
-    bytes[COUNTER_AT..COUNTER_AT + 8].copy_from_slice(&counter.to_le_bytes());
-    bytes[EXPIRES_AT..EXPIRES_AT + 8].copy_from_slice(&expires_ms.to_le_bytes());
-    bytes[CLOCK_AT..CLOCK_AT + 8].copy_from_slice(&version.clock.to_le_bytes());
-    bytes[NODE_AT..NODE_AT + 8].copy_from_slice(&version.node.to_le_bytes());
+fn write_seal_fields(bytes: &mut [u8], counter: u64, stamp: RecordStamp) {
+    debug_assert!(
+        counter < SEAL_COUNTER_LIMIT,
+        "NonceCounter stops below the limit"
+    );
+    bytes[COUNTER_AT..COUNTER_AT + COUNTER_BYTES]
+        .copy_from_slice(&counter.to_le_bytes()[..COUNTER_BYTES]);
+    bytes[EXPIRES_AT..EXPIRES_AT + 4].copy_from_slice(&stamp.expiry_offset_ms.to_le_bytes());
+    bytes[CLOCK_AT..CLOCK_AT + 8].copy_from_slice(&stamp.version.clock.to_le_bytes());
+    bytes[NODE_AT..NODE_AT + 8].copy_from_slice(&stamp.version.node.to_le_bytes());
 }
 
 /// Encrypts the body (everything between the key and the tag) in place and writes the tag.
@@ -271,7 +319,7 @@ fn seal_body(aead_key: &LessSafeKey, nonce: RecordNonce, bytes: &mut [u8], key_l
     let tag_at = bytes.len() - TAG_BYTES;
     let (head, rest) = bytes.split_at_mut(body_at);
     let (body, tag_out) = rest.split_at_mut(tag_at - body_at);
-    let aad = Aad::from(&head[FLAGS_AT..]);
+    let aad = Aad::from(&head[KEY_LEN_AT..]);
     // Sealing fails only for inputs over AES-GCM's 64 GiB limit; values are capped far below.
     match aead_key.seal_in_place_separate_tag(nonce.to_ring(), aad, body) {
         Ok(tag) => tag_out.copy_from_slice(tag.as_ref()),
@@ -298,11 +346,15 @@ mod tests {
         RecordNonce { shard: 3, counter }
     }
 
+    fn stamp(expires_ms: u64, version: Version) -> RecordStamp {
+        RecordStamp::new(expires_ms, version).expect("fits")
+    }
+
     #[test]
     fn sealed_value_opens_to_the_plaintext() {
         let k = key(1);
         let v = Version::new(10, 0, 1);
-        let rec = SealedRecord::seal(&k, nonce(5), b"key", b"hello", 1_000, v);
+        let rec = SealedRecord::seal(&k, nonce(5), b"key", b"hello", stamp(1_000, v));
         assert_eq!(rec.key(), b"key");
         assert_eq!(rec.expires_ms(), 1_000);
         assert_eq!(rec.version(), v);
@@ -318,14 +370,14 @@ mod tests {
     fn ciphertext_does_not_contain_the_plaintext() {
         let k = key(1);
         let plain = b"a secret value that must not appear at rest";
-        let rec = SealedRecord::seal(&k, nonce(0), b"k", plain, 1, Version::default());
+        let rec = SealedRecord::seal(&k, nonce(0), b"k", plain, stamp(1, Version::default()));
         assert!(!rec.0.windows(plain.len()).any(|w| w == plain));
     }
 
     #[test]
     fn opening_with_another_shard_or_key_fails() {
         let k = key(1);
-        let rec = SealedRecord::seal(&k, nonce(0), b"k", b"v", 1, Version::default());
+        let rec = SealedRecord::seal(&k, nonce(0), b"k", b"v", stamp(1, Version::default()));
         let mut out = Vec::new();
         assert_eq!(rec.open_into(&k, 4, &mut out), Err(Unreadable));
         assert_eq!(rec.open_into(&key(2), 3, &mut out), Err(Unreadable));
@@ -340,12 +392,11 @@ mod tests {
             nonce(0),
             b"key",
             b"value",
-            1_000,
-            Version::new(1, 0, 1),
+            stamp(1_000, Version::new(1, 0, 1)),
         );
         let v2 = Version::new(2, 0, 1);
         let re = rec
-            .reseal(&k1, &k2, 3, nonce(1), 5_000, v2)
+            .reseal(&k1, &k2, 3, nonce(1), stamp(5_000, v2))
             .expect("reseal");
         assert_eq!(
             (re.expires_ms(), re.version(), re.seal_counter()),
@@ -359,7 +410,7 @@ mod tests {
 
     #[test]
     fn tombstone_has_no_value() {
-        let t = SealedRecord::tombstone(b"gone", 9, Version::new(3, 0, 0));
+        let t = SealedRecord::tombstone(b"gone", stamp(9, Version::new(3, 0, 0)));
         assert!(t.is_tombstone());
         assert_eq!(
             (t.key(), t.expires_ms(), t.value_len()),
@@ -374,7 +425,66 @@ mod tests {
         let a = c.take().expect("nonce");
         let b = c.take().expect("nonce");
         assert_ne!(a.to_bytes(), b.to_bytes());
-        c.next = u64::MAX;
+        c.next = SEAL_COUNTER_LIMIT - 1;
+        let last = c.take().expect("the last nonce");
+        assert_eq!(last.counter, SEAL_COUNTER_LIMIT - 1);
         assert!(c.take().is_none());
+        assert!(c.take().is_none(), "stays used up");
+    }
+
+    #[test]
+    fn the_header_round_trips_its_fields_at_their_limits() {
+        let k = key(1);
+        let long_key = vec![b'k'; KEY_BYTES_LIMIT];
+        let v = Version {
+            clock: u64::MAX,
+            node: u64::MAX - 1,
+        };
+        let late = Version::new(1 << 40, 7, 9);
+        for (expires_ms, version) in [
+            (v.physical_ms() + i32::MAX as u64, v),
+            (late.physical_ms() - (1 << 31), late),
+        ] {
+            let rec = SealedRecord::seal(
+                &k,
+                nonce(SEAL_COUNTER_LIMIT - 1),
+                &long_key,
+                b"value",
+                stamp(expires_ms, version),
+            );
+            assert_eq!(rec.key(), &long_key[..]);
+            assert_eq!(rec.expires_ms(), expires_ms);
+            assert_eq!(rec.version(), version);
+            assert_eq!(rec.seal_counter(), SEAL_COUNTER_LIMIT - 1);
+            assert!(!rec.is_tombstone());
+            let mut out = Vec::new();
+            rec.open_into(&k, 3, &mut out).expect("opens");
+            assert_eq!(out, b"value");
+            let t = SealedRecord::tombstone(&long_key, stamp(expires_ms, version));
+            assert!(t.is_tombstone());
+            assert_eq!((t.key(), t.expires_ms()), (&long_key[..], expires_ms));
+        }
+    }
+
+    #[test]
+    fn an_expiry_more_than_24_days_from_its_version_does_not_fit() {
+        let v = Version::new(10_000_000_000, 0, 1);
+        let ms = v.physical_ms();
+        assert!(RecordStamp::new(ms + (1 << 31) - 1, v).is_some());
+        assert!(RecordStamp::new(ms + (1 << 31), v).is_none());
+        assert!(RecordStamp::new(ms - (1 << 31), v).is_some());
+        assert!(RecordStamp::new(ms - (1 << 31) - 1, v).is_none());
+        assert!(RecordStamp::new(u64::MAX, v).is_none());
+    }
+
+    #[test]
+    fn a_record_with_its_tombstone_bit_or_expiry_altered_does_not_open() {
+        let k = key(1);
+        let mut rec = SealedRecord::seal(&k, nonce(0), b"k", b"v", stamp(1, Version::default()));
+        rec.0[KEY_LEN_AT + 1] ^= 0x80;
+        assert!(rec.is_tombstone());
+        rec.0[KEY_LEN_AT + 1] ^= 0x80;
+        rec.0[EXPIRES_AT] ^= 1;
+        assert_eq!(rec.open_into(&k, 3, &mut Vec::new()), Err(Unreadable));
     }
 }

@@ -328,9 +328,11 @@ fn a_record_given_another_expiry_fails_to_open() {
     put(&mut s, "k", "value", 10 * SEC, T0);
     let bytes = record_bytes_mut(&mut s, b"k").expect("k");
     // One second more, in the same epoch, so the same epoch key is tried.
-    let new_exp = T0 + 11 * SEC;
-    assert_eq!(new_exp / 60_000, (T0 + 10 * SEC) / 60_000);
-    bytes[RECORD_EXPIRES_AT..RECORD_EXPIRES_AT + 8].copy_from_slice(&new_exp.to_le_bytes());
+    assert_eq!((T0 + 11 * SEC) / 60_000, (T0 + 10 * SEC) / 60_000);
+    // The expiry is held as milliseconds after the version's.
+    let at = RECORD_EXPIRES_AT..RECORD_EXPIRES_AT + 4;
+    let offset = i32::from_le_bytes(bytes[at.clone()].try_into().expect("4 bytes"));
+    bytes[at].copy_from_slice(&(offset + 1_000).to_le_bytes());
     assert_eq!(
         s.get(b"k", T0, &mut Vec::new()),
         Err(StoreError::Unreadable)
@@ -347,6 +349,32 @@ fn replica_versions_from_far_in_the_future_are_refused() {
         .expect_err("refused");
     assert!(matches!(err, StoreError::VersionFromFuture { .. }));
     assert!(s.is_empty());
+}
+
+#[test]
+fn replicas_whose_expiry_lies_more_than_24_days_after_their_version_are_refused() {
+    // Records keep the expiry as an offset from the version's time; no honest writer makes
+    // one this far apart (TTLs are at most a week).
+    let mut s = store();
+    let day = 24 * 60 * 60 * SEC;
+    let ancient = Version::new(T0 - 30 * day, 0, 2);
+    let mut v = b"v".to_vec();
+    let err = s
+        .apply(replica("k", Some(&mut v), T0 + 60 * SEC, ancient), T0)
+        .expect_err("refused");
+    assert!(matches!(err, StoreError::ExpiryFarFromVersion { .. }));
+    let err = s
+        .apply(replica("t", None, T0 + 60 * SEC, ancient), T0)
+        .expect_err("a tombstone too");
+    assert!(matches!(err, StoreError::ExpiryFarFromVersion { .. }));
+    assert!(s.is_empty());
+    let old = Version::new(T0 - 20 * day, 0, 2);
+    let mut v = b"v".to_vec();
+    let applied = s.apply(replica("k", Some(&mut v), T0 + 60 * SEC, old), T0);
+    assert_eq!(applied, Ok(Applied::Stored));
+    let meta = s.meta(b"k", T0).expect("held");
+    assert_eq!((meta.expires_ms, meta.version), (T0 + 60 * SEC, old));
+    assert_eq!(get(&mut s, "k", T0).as_deref(), Some("v"));
 }
 
 #[test]
