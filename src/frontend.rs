@@ -195,7 +195,14 @@ pub(crate) struct OrderedReplies<W> {
     first_seq: u64,
     /// Bytes of the answers done and not yet flushed.
     done_bytes: usize,
+    /// Buffers of answers already flushed, wiped, for the next answers: no allocation per
+    /// answer.
+    spare: Vec<Zeroizing<Vec<u8>>>,
 }
+
+/// Answer buffers kept for reuse, at most, and the largest kept.
+const SPARE_ANSWERS_MAX: usize = 64;
+const SPARE_ANSWER_BYTES_MAX: usize = 4 * 1024;
 
 enum Slot<W> {
     Done(Zeroizing<Vec<u8>>),
@@ -209,6 +216,7 @@ impl<W> OrderedReplies<W> {
             slots: VecDeque::new(),
             first_seq: 0,
             done_bytes: 0,
+            spare: Vec::new(),
         }
     }
 
@@ -253,6 +261,35 @@ impl<W> OrderedReplies<W> {
         }
     }
 
+    /// Answers request `seq` while it waits: `encode` gets what the slot waits for and an
+    /// empty buffer (an earlier answer's, wiped), and says whether the answer is complete;
+    /// a complete one makes the slot done.
+    pub(crate) fn answer(&mut self, seq: u64, encode: impl FnOnce(&mut W, &mut Vec<u8>) -> bool) {
+        let at = seq
+            .checked_sub(self.first_seq)
+            .and_then(|at| usize::try_from(at).ok());
+        let Some(Slot::Waiting(waiting)) = at.and_then(|at| self.slots.get_mut(at)) else {
+            return;
+        };
+        let mut buffer = self.spare.pop().unwrap_or_default();
+        if encode(waiting, &mut buffer) {
+            self.done_bytes += buffer.len();
+            if let Some(slot) = at.and_then(|at| self.slots.get_mut(at)) {
+                *slot = Slot::Done(buffer);
+            }
+        } else {
+            self.recycle(buffer);
+        }
+    }
+
+    /// Wipes an answer's buffer and keeps it for another, if it is small and few are kept.
+    fn recycle(&mut self, mut buffer: Zeroizing<Vec<u8>>) {
+        buffer.zeroize();
+        if buffer.capacity() <= SPARE_ANSWER_BYTES_MAX && self.spare.len() < SPARE_ANSWERS_MAX {
+            self.spare.push(buffer);
+        }
+    }
+
     /// Request `seq` is answered.
     pub(crate) fn finish(&mut self, seq: u64, answer: Zeroizing<Vec<u8>>) {
         let at = seq
@@ -274,6 +311,7 @@ impl<W> OrderedReplies<W> {
                 self.done_bytes -= answer.len();
                 reserve_wiping(out, answer.len());
                 out.extend_from_slice(&answer);
+                self.recycle(answer);
             }
             self.first_seq += 1;
         }
@@ -470,4 +508,78 @@ pub(crate) fn each_answer(frames: &[u8], mut each: impl FnMut(u64, &ArchivedRepl
 /// Wipes a local answer buffer once taken, keeping its allocation unless it grew large.
 pub(crate) fn clear_answers(answers: &mut Vec<u8>) {
     wipe_and_clear(answers, ANSWERS_KEEP_BYTES);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_go_out_in_request_order_whatever_order_they_finish_in() {
+        let mut replies = OrderedReplies::new();
+        let first = replies.push_waiting(2usize);
+        let second = replies.push_waiting(1usize);
+        replies.push_done(Zeroizing::new(b"third;".to_vec()));
+        replies.answer(second, |left, out| {
+            *left -= 1;
+            out.extend_from_slice(b"second;");
+            *left == 0
+        });
+        let mut out = Vec::new();
+        replies.flush_into(&mut out);
+        assert!(out.is_empty(), "the first still waits");
+        // Half an answer: the slot keeps waiting.
+        replies.answer(first, |left, _| {
+            *left -= 1;
+            *left == 0
+        });
+        assert!(replies.waiting(first).is_some());
+        replies.flush_into(&mut out);
+        assert!(out.is_empty());
+        replies.answer(first, |_, out| {
+            out.extend_from_slice(b"first;");
+            true
+        });
+        replies.flush_into(&mut out);
+        assert_eq!(out, b"first;second;third;");
+        assert!(replies.is_empty());
+        assert_eq!(replies.done_bytes(), 0);
+    }
+
+    #[test]
+    fn flushed_answer_buffers_are_wiped_and_reused() {
+        let mut replies = OrderedReplies::new();
+        let mut out = Vec::new();
+        let seq = replies.push_waiting(());
+        replies.answer(seq, |_, buf| {
+            buf.extend_from_slice(b"a secret value");
+            true
+        });
+        replies.flush_into(&mut out);
+        assert_eq!(replies.spare.len(), 1);
+        assert!(replies.spare[0].is_empty() && replies.spare[0].capacity() >= 14);
+        let seq = replies.push_waiting(());
+        replies.answer(seq, |_, buf| {
+            assert!(
+                buf.is_empty() && buf.capacity() >= 14,
+                "the spare buffer, empty"
+            );
+            buf.extend_from_slice(b"next");
+            true
+        });
+        assert!(replies.spare.is_empty());
+        replies.flush_into(&mut out);
+        assert_eq!(out, b"a secret valuenext");
+        // A large answer's buffer is not kept.
+        let seq = replies.push_waiting(());
+        replies.answer(seq, |_, buf| {
+            buf.resize(SPARE_ANSWER_BYTES_MAX + 1, b'x');
+            true
+        });
+        replies.flush_into(&mut out);
+        assert!(replies
+            .spare
+            .iter()
+            .all(|b| b.capacity() <= SPARE_ANSWER_BYTES_MAX));
+    }
 }

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use crate::tls::ClientStream;
 use zeroize::{Zeroize, Zeroizing};
 
-use super::parse::{parse_command, RespLimits};
+use super::parse::{parse_command_into, RespLimits};
 use super::reply;
 use crate::auth::WRONG_TOKENS_MAX;
 use crate::buffers::RecvBuffer;
@@ -47,6 +47,7 @@ pub(crate) async fn serve(
         limits,
         default_ttl_ms,
         rx: RecvBuffer::new(RECV_BUFFER_INITIAL_BYTES, RECV_BUFFER_STREAMING_BYTES),
+        args: Vec::new(),
         out: Zeroizing::new(Vec::new()),
         replies: OrderedReplies::new(),
         native: NativeRequests::new(&shard, conn),
@@ -103,6 +104,8 @@ struct RespConnection<'s> {
     limits: RespLimits,
     default_ttl_ms: u64,
     rx: RecvBuffer,
+    /// The arguments of the command being run (ranges of `rx`), kept between commands.
+    args: Vec<std::ops::Range<usize>>,
     out: Zeroizing<Vec<u8>>,
     replies: OrderedReplies<Waiting>,
     native: NativeRequests<'s>,
@@ -173,9 +176,9 @@ impl RespConnection<'_> {
     /// Handles every complete command in the receive buffer.
     fn process_commands(&mut self) {
         while !self.closing && self.replies.len() < PIPELINE_MAX && !self.output_full() {
-            let parsed = parse_command(self.rx.filled(), &self.limits);
-            let command = match parsed {
-                Ok(Some(command)) => command,
+            let parsed = parse_command_into(self.rx.filled(), &self.limits, &mut self.args);
+            let command_len = match parsed {
+                Ok(Some(len)) => len,
                 Ok(None) => {
                     // A command longer than the buffer: room for more, up to the command
                     // limit (past it the parser refuses the command).
@@ -193,12 +196,15 @@ impl RespConnection<'_> {
                     break;
                 }
             };
-            if !command.args.is_empty() {
-                self.command(&command.args);
+            if !self.args.is_empty() {
+                // Lent out while the command runs, and kept for the next one.
+                let args = std::mem::take(&mut self.args);
+                self.command(&args);
+                self.args = args;
             }
             // Values were copied into native frames: wipe them here before the bytes go.
-            self.rx.filled_mut()[..command.len].zeroize();
-            self.rx.consume(command.len);
+            self.rx.filled_mut()[..command_len].zeroize();
+            self.rx.consume(command_len);
         }
         self.native.flush(&mut self.answers);
         self.take_answers();
@@ -209,8 +215,9 @@ impl RespConnection<'_> {
     fn command(&mut self, args: &[std::ops::Range<usize>]) {
         // Every command adds exactly one slot: this number.
         let seq = self.replies.next_seq();
-        let name = self.rx.filled()[args[0].clone()].to_ascii_uppercase();
-        if let Some(reply) = self.access(&name, args) {
+        let mut name_bytes = [0u8; COMMAND_NAME_BYTES_MAX];
+        let name = command_name(&self.rx.filled()[args[0].clone()], &mut name_bytes);
+        if let Some(reply) = self.access(name, args) {
             self.replies.push_done(reply);
             return;
         }
@@ -225,7 +232,7 @@ impl RespConnection<'_> {
                 &format!("ERR wrong number of arguments for '{name}' command"),
             );
         };
-        match name.as_slice() {
+        match name {
             b"PING" if argc <= 2 => {
                 if argc == 2 {
                     reply::bulk(&mut done, arg(1));
@@ -317,7 +324,7 @@ impl RespConnection<'_> {
                 return self.native(seq, 0, Op::Expire { key: &key, ttl_ms });
             }
             b"PING" | b"ECHO" | b"SET" | b"GET" | b"MGET" | b"EXISTS" | b"DEL" | b"UNLINK"
-            | b"TTL" | b"PTTL" | b"DBSIZE" | b"SELECT" | b"CONFIG" => wrong_args(&mut done, &name),
+            | b"TTL" | b"PTTL" | b"DBSIZE" | b"SELECT" | b"CONFIG" => wrong_args(&mut done, name),
             _ => {
                 // Redis's wording: the name, then the first arguments, each quoted.
                 let shown = |bytes: &[u8]| -> String {
@@ -593,78 +600,10 @@ impl RespConnection<'_> {
 
     /// One native answer: part `part` of command `seq`.
     fn take_one(&mut self, seq: u64, part: usize, answer: &ArchivedReply<'_>) {
-        let now_ms = self.shard.now_ms();
-        let Some((pending, remaining)) = self.waiting(seq) else {
-            return;
-        };
-        *remaining = remaining.saturating_sub(1);
-        let last = *remaining == 0;
-        let mut done = Zeroizing::new(Vec::new());
-        match (pending, answer) {
-            // A command of one key fails with its key; one of many counts the key as absent.
-            (
-                Pending::Set | Pending::Get | Pending::Ttl { .. },
-                ArchivedReply::Error { code, message, .. },
-            ) => reply::error(
-                &mut done,
-                &redis_error(ErrorCode::from(code), message.get()),
-            ),
-            (Pending::Set, ArchivedReply::Stored { .. }) => reply::simple(&mut done, "OK"),
-            (Pending::Set, ArchivedReply::NotStored) => reply::nil(&mut done),
-            (Pending::Get, ArchivedReply::Value { value, .. }) => {
-                reply::bulk(&mut done, value.get())
-            }
-            (Pending::Get, _) => reply::nil(&mut done),
-            (Pending::Mget(parts), reply) => {
-                if let (ArchivedReply::Value { value, .. }, Some(slot)) =
-                    (reply, parts.get_mut(part))
-                {
-                    *slot = Some(Zeroizing::new(value.get().to_vec()));
-                }
-                if !last {
-                    return;
-                }
-                reply::array(&mut done, parts.len());
-                for part in parts.iter() {
-                    match part {
-                        Some(value) => reply::bulk(&mut done, value),
-                        None => reply::nil(&mut done),
-                    }
-                }
-            }
-            (Pending::Count(n), reply) => {
-                if matches!(reply, ArchivedReply::Value { .. } | ArchivedReply::Deleted) {
-                    *n += 1;
-                }
-                if !last {
-                    return;
-                }
-                reply::integer(&mut done, *n);
-            }
-            (Pending::Ttl { millis }, ArchivedReply::Value { expires_ms, .. }) => {
-                let left_ms = expires_ms.to_native().saturating_sub(now_ms);
-                let left = if *millis {
-                    left_ms
-                } else {
-                    left_ms.saturating_add(500) / 1_000
-                };
-                reply::integer(&mut done, i64::try_from(left).unwrap_or(i64::MAX));
-            }
-            (Pending::Ttl { .. }, _) => reply::integer(&mut done, -2),
-            (Pending::Expire, ArchivedReply::Stored { .. }) => reply::integer(&mut done, 1),
-            (Pending::Expire, ArchivedReply::NotFound) => reply::integer(&mut done, 0),
-            (Pending::Expire, ArchivedReply::Error { code, message, .. }) => {
-                let text = match ErrorCode::from(code) {
-                    ErrorCode::BadTtl => "ERR invalid expire time in 'expire' command".into(),
-                    code => redis_error(code, message.get()),
-                };
-                reply::error(&mut done, &text);
-            }
-            (Pending::Set | Pending::Expire | Pending::Stats { .. }, _) => {
-                reply::error(&mut done, "ERR unexpected answer from the store")
-            }
-        }
-        self.finish(seq, done);
+        let shard = self.shard;
+        self.replies.answer(seq, |waiting, done| {
+            take_answer(waiting, part, answer, done, shard)
+        });
     }
 
     /// Command `seq` is answered: its slot holds the reply.
@@ -723,5 +662,108 @@ impl RespConnection<'_> {
             String::new(),
         ]
         .join("\r\n")
+    }
+}
+/// Encodes part `part` of a waiting command's answer into `done`; true once the reply is
+/// complete (a command of many keys waits for all of them).
+fn take_answer(
+    waiting: &mut Waiting,
+    part: usize,
+    answer: &ArchivedReply<'_>,
+    done: &mut Vec<u8>,
+    shard: &Shard,
+) -> bool {
+    let Waiting { pending, remaining } = waiting;
+    *remaining = remaining.saturating_sub(1);
+    let last = *remaining == 0;
+    match (pending, answer) {
+        // A command of one key fails with its key; one of many counts the key as absent.
+        (
+            Pending::Set | Pending::Get | Pending::Ttl { .. },
+            ArchivedReply::Error { code, message, .. },
+        ) => reply::error(done, &redis_error(ErrorCode::from(code), message.get())),
+        (Pending::Set, ArchivedReply::Stored { .. }) => reply::simple(done, "OK"),
+        (Pending::Set, ArchivedReply::NotStored) => reply::nil(done),
+        (Pending::Get, ArchivedReply::Value { value, .. }) => reply::bulk(done, value.get()),
+        (Pending::Get, _) => reply::nil(done),
+        (Pending::Mget(parts), reply) => {
+            if let (ArchivedReply::Value { value, .. }, Some(slot)) = (reply, parts.get_mut(part)) {
+                *slot = Some(Zeroizing::new(value.get().to_vec()));
+            }
+            if !last {
+                return false;
+            }
+            reply::array(done, parts.len());
+            for part in parts.iter() {
+                match part {
+                    Some(value) => reply::bulk(done, value),
+                    None => reply::nil(done),
+                }
+            }
+        }
+        (Pending::Count(n), reply) => {
+            if matches!(reply, ArchivedReply::Value { .. } | ArchivedReply::Deleted) {
+                *n += 1;
+            }
+            if !last {
+                return false;
+            }
+            reply::integer(done, *n);
+        }
+        (Pending::Ttl { millis }, ArchivedReply::Value { expires_ms, .. }) => {
+            let left_ms = expires_ms.to_native().saturating_sub(shard.now_ms());
+            let left = if *millis {
+                left_ms
+            } else {
+                left_ms.saturating_add(500) / 1_000
+            };
+            reply::integer(done, i64::try_from(left).unwrap_or(i64::MAX));
+        }
+        (Pending::Ttl { .. }, _) => reply::integer(done, -2),
+        (Pending::Expire, ArchivedReply::Stored { .. }) => reply::integer(done, 1),
+        (Pending::Expire, ArchivedReply::NotFound) => reply::integer(done, 0),
+        (Pending::Expire, ArchivedReply::Error { code, message, .. }) => {
+            let text = match ErrorCode::from(code) {
+                ErrorCode::BadTtl => "ERR invalid expire time in 'expire' command".into(),
+                code => redis_error(code, message.get()),
+            };
+            reply::error(done, &text);
+        }
+        (Pending::Set | Pending::Expire | Pending::Stats { .. }, _) => {
+            reply::error(done, "ERR unexpected answer from the store")
+        }
+    }
+    true
+}
+
+/// Longest command name this front end knows (`CONFIG`, `UNLINK` ...), with room to spare.
+const COMMAND_NAME_BYTES_MAX: usize = 16;
+
+/// A command's name in capitals, in `scratch`: no allocation per command. A longer name than
+/// any known command is given as empty, which matches none of them.
+fn command_name<'a>(raw: &[u8], scratch: &'a mut [u8; COMMAND_NAME_BYTES_MAX]) -> &'a [u8] {
+    let Some(name) = scratch.get_mut(..raw.len()) else {
+        return &[];
+    };
+    name.copy_from_slice(raw);
+    name.make_ascii_uppercase();
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_names_are_matched_in_capitals_and_overlong_ones_match_nothing() {
+        let mut scratch = [0u8; COMMAND_NAME_BYTES_MAX];
+        assert_eq!(command_name(b"gEt", &mut scratch), b"GET");
+        let longest = [b'a'; COMMAND_NAME_BYTES_MAX];
+        assert_eq!(
+            command_name(&longest, &mut scratch),
+            &[b'A'; COMMAND_NAME_BYTES_MAX][..]
+        );
+        let overlong = [b'a'; COMMAND_NAME_BYTES_MAX + 1];
+        assert_eq!(command_name(&overlong, &mut scratch), b"");
     }
 }

@@ -34,10 +34,23 @@ pub struct ProtocolError(pub &'static str);
 /// Reads one command from the front of `buf`: `Ok(None)` until it is complete. An empty
 /// inline line is a command of no arguments (skipped by the caller, as Redis does).
 pub fn parse_command(buf: &[u8], limits: &RespLimits) -> Result<Option<Command>, ProtocolError> {
+    let mut args = Vec::new();
+    let parsed = parse_command_into(buf, limits, &mut args)?;
+    Ok(parsed.map(|len| Command { args, len }))
+}
+
+/// [`parse_command`] into a caller's argument list (cleared first, its room kept for the next
+/// command): `Ok(Some(len))`, the bytes the command took, once it is complete.
+pub fn parse_command_into(
+    buf: &[u8],
+    limits: &RespLimits,
+    args: &mut Vec<Range<usize>>,
+) -> Result<Option<usize>, ProtocolError> {
+    args.clear();
     let parsed = match buf.first() {
         None => return Ok(None),
-        Some(b'*') => parse_array(buf, limits)?,
-        Some(_) => parse_inline(buf, limits)?,
+        Some(b'*') => parse_array(buf, limits, args)?,
+        Some(_) => parse_inline(buf, limits, args)?,
     };
     // Still incomplete past the limit: the command alone is bigger than a node takes (many
     // arguments, each within its own limit, can add up to far more).
@@ -80,22 +93,21 @@ fn number(digits: &[u8]) -> Option<i64> {
     Some(if negative { -value } else { value })
 }
 
-fn parse_array(buf: &[u8], limits: &RespLimits) -> Result<Option<Command>, ProtocolError> {
+fn parse_array(
+    buf: &[u8],
+    limits: &RespLimits,
+    args: &mut Vec<Range<usize>>,
+) -> Result<Option<usize>, ProtocolError> {
     let Some((header, mut at)) = line(buf, 0, 32)? else {
         return Ok(None);
     };
     let count = match number(&buf[header.start + 1..header.end]) {
-        Some(n) if n <= 0 => {
-            return Ok(Some(Command {
-                args: Vec::new(),
-                len: at,
-            }))
-        }
+        Some(n) if n <= 0 => return Ok(Some(at)),
         Some(n) if (n as u64) <= limits.args_max as u64 => n as usize,
         _ => return Err(ProtocolError("invalid multibulk length")),
     };
     // Never trust the count for an allocation: grow as arguments arrive.
-    let mut args = Vec::with_capacity(count.min(16));
+    args.reserve(count.min(16));
     for _ in 0..count {
         let Some((header, body)) = line(buf, at, 32)? else {
             return Ok(None);
@@ -120,14 +132,17 @@ fn parse_array(buf: &[u8], limits: &RespLimits) -> Result<Option<Command>, Proto
         args.push(body..end);
         at = end + 2;
     }
-    Ok(Some(Command { args, len: at }))
+    Ok(Some(at))
 }
 
-fn parse_inline(buf: &[u8], limits: &RespLimits) -> Result<Option<Command>, ProtocolError> {
+fn parse_inline(
+    buf: &[u8],
+    limits: &RespLimits,
+    args: &mut Vec<Range<usize>>,
+) -> Result<Option<usize>, ProtocolError> {
     let Some((text, next)) = line(buf, 0, limits.inline_bytes_max)? else {
         return Ok(None);
     };
-    let mut args = Vec::new();
     let mut at = text.start;
     while at < text.end {
         if buf[at].is_ascii_whitespace() {
@@ -143,7 +158,7 @@ fn parse_inline(buf: &[u8], limits: &RespLimits) -> Result<Option<Command>, Prot
         }
         args.push(start..at);
     }
-    Ok(Some(Command { args, len: next }))
+    Ok(Some(next))
 }
 
 #[cfg(test)]

@@ -24,7 +24,8 @@ pub fn error(out: &mut Vec<u8>, text: &str) {
 }
 
 pub fn integer(out: &mut Vec<u8>, n: i64) {
-    let text = n.to_string();
+    let mut digits = itoa::Buffer::new();
+    let text = digits.format(n);
     reserve_wiping(out, text.len() + 3);
     out.push(b':');
     out.extend_from_slice(text.as_bytes());
@@ -32,7 +33,8 @@ pub fn integer(out: &mut Vec<u8>, n: i64) {
 }
 
 pub fn bulk(out: &mut Vec<u8>, bytes: &[u8]) {
-    let header = bytes.len().to_string();
+    let mut digits = itoa::Buffer::new();
+    let header = digits.format(bytes.len());
     reserve_wiping(out, header.len() + bytes.len() + 5);
     out.push(b'$');
     out.extend_from_slice(header.as_bytes());
@@ -47,7 +49,8 @@ pub fn nil(out: &mut Vec<u8>) {
 }
 
 pub fn array(out: &mut Vec<u8>, len: usize) {
-    let text = len.to_string();
+    let mut digits = itoa::Buffer::new();
+    let text = digits.format(len);
     reserve_wiping(out, text.len() + 3);
     out.push(b'*');
     out.extend_from_slice(text.as_bytes());
