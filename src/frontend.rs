@@ -19,7 +19,7 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::buffers::{reserve_wiping, wipe_and_clear, RecvBuffer};
 use crate::node::idle::ReadDeadline;
 use crate::node::shard::{
-    bump, list_keys, respond_error, Answer, ConnId, Inbound, Shard, ShardRequest,
+    bump, list_keys, respond_error, Answer, ConnId, Inbound, ServedBatch, Shard, ShardRequest,
 };
 use crate::store::KeyQuery;
 use crate::tls::ClientStream;
@@ -335,8 +335,8 @@ pub(crate) struct NativeRequests<'s> {
     frame: Zeroizing<Vec<u8>>,
     batches: Vec<Batch>,
     in_flight: usize,
-    /// When the read that brought the current requests returned (see [`Shard::execute`]).
-    read_at: Instant,
+    /// The requests of the current read (see [`Shard::execute`]).
+    batch: ServedBatch,
 }
 
 impl<'s> NativeRequests<'s> {
@@ -348,13 +348,19 @@ impl<'s> NativeRequests<'s> {
             frame: Zeroizing::new(Vec::new()),
             batches: (0..shard.count).map(|_| Batch::default()).collect(),
             in_flight: 0,
-            read_at: Instant::now(),
+            batch: shard.serve(Instant::now()),
         }
     }
 
     /// Bytes just arrived: the requests sent from now on came with them.
     pub(crate) fn read_arrived(&mut self) {
-        self.read_at = Instant::now();
+        self.shard.finish(&mut self.batch);
+        self.batch = self.shard.serve(Instant::now());
+    }
+
+    /// Requests of the last read left waiting for room in the output are sent now.
+    pub(crate) fn resumed(&mut self) {
+        self.shard.resume(&mut self.batch);
     }
 
     /// Requests (and stats questions) sent elsewhere and not answered yet.
@@ -397,7 +403,7 @@ impl<'s> NativeRequests<'s> {
             &view,
             self.conn,
             answers,
-            self.read_at,
+            &mut self.batch,
         );
         self.frame.zeroize();
         if answer == Answer::Deferred {
@@ -408,6 +414,7 @@ impl<'s> NativeRequests<'s> {
     /// Sends each other shard the requests gathered for it; a shard without room gets none,
     /// and its requests are answered busy into `answers`.
     pub(crate) fn flush(&mut self, answers: &mut Vec<u8>) {
+        self.shard.finish(&mut self.batch);
         for owner in 0..self.batches.len() {
             if self.batches[owner].ids.is_empty() {
                 continue;
@@ -417,7 +424,7 @@ impl<'s> NativeRequests<'s> {
             let request = ShardRequest::Frames {
                 conn: self.conn,
                 frames,
-                read_at: self.read_at,
+                read_at: self.batch.read_at(),
             };
             if self.shard.forward(owner as u32, request).is_ok() {
                 self.in_flight += count;

@@ -140,6 +140,11 @@ fn ten_thousand_pipelined_requests_on_one_connection_are_each_answered_once() {
         answered.iter().all(|&n| n == 1),
         "each request answered exactly once"
     );
+    // Pipelined requests are timed a batch at a time: still one latency sample per op.
+    let stats = client(node.client, true).stats().expect("stats");
+    let samples = |op: usize| stats.total.latency[op].counts.iter().sum::<u64>();
+    let (puts, gets) = (REQUESTS.div_ceil(3), REQUESTS / 3);
+    assert_eq!((samples(0), samples(1)), (puts, gets), "{stats:?}");
 }
 
 #[test]

@@ -307,6 +307,7 @@ impl FrontEnd for HttpConnection<'_> {
 
     fn resume(&mut self) {
         if !self.rx.filled().is_empty() {
+            self.native.resumed();
             self.process_requests();
         }
     }

@@ -18,7 +18,8 @@ use crate::wire::{self, ErrorCode, FrameError, NodeStats, OpKind, Reply, Request
 
 use super::idle::ReadDeadline;
 use super::shard::{
-    bump, respond, respond_error, Answer, ConnId, Inbound, Shard, ShardRequest, BUSY_RETRY_AFTER_MS,
+    bump, respond, respond_error, Answer, ConnId, Inbound, ServedBatch, Shard, ShardRequest,
+    BUSY_RETRY_AFTER_MS,
 };
 use crate::auth::WRONG_TOKENS_MAX;
 use crate::buffers::{reserve_wiping, wipe_and_clear, RecvBuffer};
@@ -191,6 +192,7 @@ impl<'s> Connection<'s> {
     /// under [`OUTPUT_PAUSE_BYTES`] (the rest wait, `paused`, until the answers are written).
     fn process_frames(&mut self) {
         self.paused = false;
+        let mut batch = self.shard.serve(self.read_at);
         loop {
             if self.out.len() >= OUTPUT_PAUSE_BYTES {
                 self.paused = true;
@@ -215,7 +217,7 @@ impl<'s> Connection<'s> {
             }
             let frame = &mut self.rx.filled_mut()[..total];
             match wire::decode_request(&frame[wire::FRAME_HEADER_BYTES..]) {
-                Ok(view) => self.dispatch(&view, total),
+                Ok(view) => self.dispatch(&view, total, &mut batch),
                 Err(FrameError::UnknownOp { id, tag }) => {
                     bump(&self.shard.counters.bad_frames, 1);
                     let message = format!("op {tag} is unknown to this node");
@@ -234,6 +236,7 @@ impl<'s> Connection<'s> {
                 break;
             }
         }
+        self.shard.finish(&mut batch);
         self.flush_batches();
         self.rx.shrink_when_empty();
     }
@@ -247,7 +250,7 @@ impl<'s> Connection<'s> {
 
     /// Runs one request here, or batches it for the shard that owns its key. The frame is the
     /// first `frame_len` bytes of the receive buffer.
-    fn dispatch(&mut self, view: &RequestView, frame_len: usize) {
+    fn dispatch(&mut self, view: &RequestView, frame_len: usize, batch: &mut ServedBatch) {
         let shard = self.shard;
         let frame = &mut self.rx.filled_mut()[..frame_len];
         let payload_at = wire::FRAME_HEADER_BYTES;
@@ -301,7 +304,7 @@ impl<'s> Connection<'s> {
             view,
             self.conn,
             &mut self.out,
-            self.read_at,
+            batch,
         );
         if answer == Answer::Deferred {
             self.in_flight += 1;

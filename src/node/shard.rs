@@ -190,8 +190,12 @@ pub(crate) struct LatencyCells {
 
 impl LatencyCells {
     fn record(&self, us: u64) {
-        bump(&self.counts[OpLatency::bucket_of(us)], 1);
-        bump(&self.sum_us, us);
+        self.record_n(us, 1);
+    }
+
+    fn record_n(&self, us: u64, n: u64) {
+        bump(&self.counts[OpLatency::bucket_of(us)], n);
+        bump(&self.sum_us, us.saturating_mul(n));
     }
 
     fn snapshot(&self) -> OpLatency {
@@ -199,6 +203,22 @@ impl LatencyCells {
             counts: std::array::from_fn(|i| self.counts[i].get()),
             sum_us: self.sum_us.get(),
         }
+    }
+}
+
+/// The requests of one read as a shard serves them: when the read returned (latency counts
+/// from then), the wall clock read once for all of them, and how many of each timed op were
+/// answered. A pipelined batch reads each clock once instead of once per request; its answers
+/// go out together, so each is counted as ready when the batch is.
+pub(crate) struct ServedBatch {
+    read_at: Instant,
+    now_ms: u64,
+    answered: [u32; wire::LATENCY_OPS.len()],
+}
+
+impl ServedBatch {
+    pub(crate) fn read_at(&self) -> Instant {
+        self.read_at
     }
 }
 
@@ -317,6 +337,36 @@ impl Shard {
         now
     }
 
+    /// A batch of requests that came with the read that returned at `read_at`.
+    pub(crate) fn serve(&self, read_at: Instant) -> ServedBatch {
+        ServedBatch {
+            read_at,
+            now_ms: self.now_ms(),
+            answered: [0; wire::LATENCY_OPS.len()],
+        }
+    }
+
+    /// Requests of the batch left waiting (their answers would not have fitted) are served
+    /// now: the wall clock is read again for them.
+    pub(crate) fn resume(&self, batch: &mut ServedBatch) {
+        batch.now_ms = self.now_ms();
+    }
+
+    /// Counts the latency of every op the batch answered, all as of now, and starts the
+    /// batch's count again.
+    pub(crate) fn finish(&self, batch: &mut ServedBatch) {
+        if batch.answered.iter().all(|&n| n == 0) {
+            return;
+        }
+        let us = u64::try_from(batch.read_at.elapsed().as_micros()).unwrap_or(u64::MAX);
+        for (cells, n) in self.counters.latency.iter().zip(&mut batch.answered) {
+            if *n > 0 {
+                cells.record_n(us, u64::from(*n));
+                *n = 0;
+            }
+        }
+    }
+
     /// The shard that owns `key`.
     pub(crate) fn owner_of(&self, key: &[u8]) -> u32 {
         wire::shard_of(key, self.hash_seed, self.count)
@@ -344,20 +394,23 @@ impl Shard {
     /// ([`Answer::Deferred`]: the response reaches the connection later, by itself). A Put's
     /// value is wiped from `payload` whatever the outcome.
     ///
-    /// `read_at` is when the read that brought the request returned: the op's latency is
-    /// counted from then to its answer being ready (forwarding included, the socket write
-    /// not); an answer deferred to the network is counted when it comes back.
+    /// `batch` holds when the read that brought the request returned: the op's latency is
+    /// counted from then to its batch's answers being ready ([`Shard::finish`]; forwarding
+    /// included, the socket write not); an answer deferred to the network is counted when it
+    /// comes back.
     pub(crate) fn execute(
         &self,
         payload: &mut [u8],
         view: &RequestView,
         conn: ConnId,
         out: &mut Vec<u8>,
-        read_at: Instant,
+        batch: &mut ServedBatch,
     ) -> Answer {
-        let answer = self.execute_op(payload, view, conn, out, read_at);
+        let answer = self.execute_op(payload, view, conn, out, batch);
         if answer == Answer::Answered {
-            self.record_latency(view.kind, read_at);
+            if let Some(n) = wire::latency_op(view.kind).and_then(|op| batch.answered.get_mut(op)) {
+                *n = n.saturating_add(1);
+            }
         }
         answer
     }
@@ -378,11 +431,12 @@ impl Shard {
         view: &RequestView,
         conn: ConnId,
         out: &mut Vec<u8>,
-        read_at: Instant,
+        batch: &ServedBatch,
     ) -> Answer {
         let id = view.id;
+        let (read_at, now) = (batch.read_at, batch.now_ms);
         if self.null_store {
-            if let Some(answer) = self.execute_null(payload, view, out) {
+            if let Some(answer) = self.execute_null(payload, view, out, now) {
                 return answer;
             }
         }
@@ -414,7 +468,7 @@ impl Shard {
                     copies,
                     read_at,
                 });
-                let reply = self.put(payload, view, waiter);
+                let reply = self.put(payload, view, waiter, now);
                 if reply.is_err() {
                     bump(&self.counters.rejected_writes, 1);
                 }
@@ -442,7 +496,7 @@ impl Shard {
                 bump(&self.counters.gets, 1);
                 let pull = (!view.local_only).then_some(conn);
                 let pull = pull.map(|conn| (conn, read_at));
-                return self.get(&payload[view.key.clone()], id, pull, out);
+                return self.get(&payload[view.key.clone()], id, pull, out, now);
             }
             OpKind::Delete => {
                 bump(&self.counters.deletes, 1);
@@ -451,7 +505,6 @@ impl Shard {
                     respond_store_error(out, id, &StoreError::EmptyKey);
                     return Answer::Answered;
                 }
-                let now = self.now_ms();
                 let mut store = self.store.borrow_mut();
                 let expires_ms = store.meta(key, now).map(|m| m.expires_ms);
                 match store.delete(key, now) {
@@ -490,7 +543,7 @@ impl Shard {
             }
             OpKind::Expire => {
                 bump(&self.counters.puts, 1);
-                self.expire(&payload[view.key.clone()], view.ttl_ms, id, out);
+                self.expire(&payload[view.key.clone()], view.ttl_ms, id, out, now);
             }
             OpKind::Topology => {
                 // The coordinator knows the tree; it answers the connection directly.
@@ -524,6 +577,7 @@ impl Shard {
         payload: &mut [u8],
         view: &RequestView,
         out: &mut Vec<u8>,
+        now_ms: u64,
     ) -> Option<Answer> {
         match view.kind {
             OpKind::Put => {
@@ -533,7 +587,7 @@ impl Shard {
                 let reply = Reply::Stored {
                     version_clock: 0,
                     version_node: self.node_id,
-                    expires_ms: self.now_ms().saturating_add(view.ttl_ms),
+                    expires_ms: now_ms.saturating_add(view.ttl_ms),
                     copies: 1,
                     pending: false,
                 };
@@ -565,6 +619,7 @@ impl Shard {
         payload: &mut [u8],
         view: &RequestView,
         waiter: Option<CopiesWaiter>,
+        now: u64,
     ) -> Result<Option<PutDone>, StoreError> {
         let Some((key, value)) = key_and_value(payload, view.key.clone(), view.value.clone())
         else {
@@ -573,7 +628,6 @@ impl Shard {
         if key.is_empty() {
             return Err(StoreError::EmptyKey);
         }
-        let now = self.now_ms();
         // The network needs the value too: a copy, wiped once pushed.
         let copy = self
             .replication
@@ -609,11 +663,10 @@ impl Shard {
 
     /// Gives a live value a new TTL (re-sealed under a new version) and replicates it as a
     /// write: the value is opened once for the network's copy.
-    fn expire(&self, key: &[u8], ttl_ms: u64, id: u64, out: &mut Vec<u8>) {
+    fn expire(&self, key: &[u8], ttl_ms: u64, id: u64, out: &mut Vec<u8>, now: u64) {
         if key.is_empty() {
             return respond_store_error(out, id, &StoreError::EmptyKey);
         }
-        let now = self.now_ms();
         let mut store = self.store.borrow_mut();
         let version = match store.expire(key, ttl_ms, now) {
             Ok(version) => version,
@@ -660,12 +713,12 @@ impl Shard {
         id: u64,
         pull: Option<(ConnId, Instant)>,
         out: &mut Vec<u8>,
+        now: u64,
     ) -> Answer {
         if key.is_empty() {
             respond_store_error(out, id, &StoreError::EmptyKey);
             return Answer::Answered;
         }
-        let now = self.now_ms();
         let mut scratch = self.read_scratch.borrow_mut();
         let found = self.store.borrow_mut().get(key, now, &mut scratch);
         match found {
@@ -713,6 +766,7 @@ impl Shard {
     ) -> u32 {
         let mut at = 0;
         let mut count = 0;
+        let mut batch = self.serve(read_at);
         while at < frames.len() {
             let Ok(Some(len)) = wire::frame_len(&frames[at..], usize::MAX) else {
                 break;
@@ -722,7 +776,7 @@ impl Shard {
                 break;
             };
             let answer = match wire::decode_request(payload) {
-                Ok(view) => self.execute(payload, &view, conn, out, read_at),
+                Ok(view) => self.execute(payload, &view, conn, out, &mut batch),
                 // The sending shard validated these frames: failing here is a bug, answered
                 // rather than dropped so the client is never left waiting.
                 Err(_) => {
@@ -736,6 +790,7 @@ impl Shard {
             }
             at = end;
         }
+        self.finish(&mut batch);
         count
     }
 

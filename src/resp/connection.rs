@@ -143,6 +143,7 @@ impl FrontEnd for RespConnection<'_> {
 
     fn resume(&mut self) {
         if !self.rx.filled().is_empty() {
+            self.native.resumed();
             self.process_commands();
         }
     }
