@@ -2,9 +2,10 @@
 # Server user-space instructions per request under callgrind (instruction counts repeat run to
 # run, unlike times on this noisy machine): REPRAM's native port (every SET sealed, every GET
 # opened) and redis-server, 100 B values over 10,000 preloaded keys, GETs and SETs apart, at
-# pipeline 1 and 16, 50 connections, driven by repram-loadgen; and REPRAM's HTTP GET and PUT
+# pipeline 1 and 16, 50 connections, driven by repram-loadgen; REPRAM's RESP port with the
+# requests Redis gets; and REPRAM's HTTP GET and PUT
 # driven by wrk. Counters are zeroed after the preload and dumped after each run, so start-up
-# and preload are left out. Slow (the servers run under valgrind): about 5 minutes.
+# and preload are left out. Slow (the servers run under valgrind): about 7 minutes.
 #
 #   bash benches/perf-instructions.sh             # results in target/perf-instructions/
 #   REQUESTS=50000 bash benches/perf-instructions.sh
@@ -69,6 +70,19 @@ port=$(sed -n 's/^repram listening client=127.0.0.1:\([0-9]*\).*/\1/p' "$OUT/rep
 measure repram repram "$port" "${PIDS[-1]}"
 stop_all
 
+# RESP: the loadgen's RESP requests, the same Redis gets below, on REPRAM's RESP port.
+taskset -c 0 "${CALLGRIND[@]}" "$REPRAM" serve --shards 1 --listen 127.0.0.1:0 \
+    --resp-listen 127.0.0.1:0 --http-listen off >"$OUT/resp.out" 2>"$OUT/resp.log" &
+PIDS+=($!)
+for _ in $(seq 1 600); do
+    grep -q '^repram listening' "$OUT/resp.out" 2>/dev/null && break
+    sleep 0.1
+done
+port=$(sed -n 's/.* resp=127.0.0.1:\([0-9]*\).*/\1/p' "$OUT/resp.out")
+[ -n "$port" ] || { cat "$OUT/resp.log" >&2; exit 1; }
+measure resp redis "$port" "${PIDS[-1]}"
+stop_all
+
 port=$(free_port)
 taskset -c 0 "${CALLGRIND[@]}" redis-server --port "$port" --bind 127.0.0.1 --save "" \
     --appendonly no --daemonize no >"$OUT/redis.log" 2>&1 &
@@ -114,6 +128,10 @@ for op in ("get", "set"):
     for p in ("1", "16"):
         r, rd = v[("repram", op, p)], v[("redis", op, p)]
         print(f"{op.upper()} P{p:<3} REPRAM {r:>7}  Redis {rd:>7}  ({r / rd:.2f}x)")
+for op in ("get", "set"):
+    for p in ("1", "16"):
+        r, rd = v[("resp", op, p)], v[("redis", op, p)]
+        print(f"RESP {op.upper()} P{p:<3} REPRAM {r:>7}  Redis {rd:>7}  ({r / rd:.2f}x, same RESP requests)")
 for op in ("get", "put"):
     if ("http", op, "-") in v:
         print(f"HTTP {op.upper():<4} REPRAM {v[('http', op, '-')]:>7}  (wrk -t1 -c10, 100 B)")
