@@ -177,7 +177,9 @@ done
 # --- 5. system calls per request ------------------------------------------------------------
 # Each server runs under `strace -c -f` (attaching to a running process needs ptrace rights
 # a container may not grant): once with the preload alone, once with the preload and then
-# SYSCALL_REQUESTS requests; the difference, per request, is the figure.
+# SYSCALL_REQUESTS times the pipeline depth requests (pipeline 16 sends 16 times as many: its
+# requests make so few calls that the preload's own count varies by more than 100,000 of them
+# make); the difference, per request, is the figure.
 stop_all
 SYSCALL_REQUESTS=${SYSCALL_REQUESTS:-100000}
 # traced SERVER PIPELINE REQUESTS: calls in all, with `REQUESTS` measured after the preload.
@@ -211,7 +213,7 @@ traced() {
 for server in repram redis; do
     for pipeline in 1 16; do
         base=$(traced "$server" "$pipeline" 0)
-        full=$(traced "$server" "$pipeline" "$SYSCALL_REQUESTS")
+        full=$(traced "$server" "$pipeline" "$((SYSCALL_REQUESTS * pipeline))")
         ops=$(json "strace-$server-p$pipeline" "d['ops']")
         result syscalls "$server-p$pipeline" "$(python3 -c "print(round(($full - $base) / $ops, 2))")" \
             "syscalls/request ($full - $base for $ops)"
