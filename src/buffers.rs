@@ -82,7 +82,7 @@ impl RecvBuffer {
         if needed > self.bytes.len() {
             let mut grown = vec![0u8; needed.max(self.bytes.len().saturating_mul(2))];
             grown[..filled].copy_from_slice(&self.bytes[self.start..self.end]);
-            self.bytes.zeroize();
+            wipe(&mut self.bytes);
             self.bytes = grown;
             self.start = 0;
             self.end = filled;
@@ -111,7 +111,7 @@ impl RecvBuffer {
     /// single big value does not pin memory for the life of the connection.
     pub(crate) fn shrink_when_empty(&mut self) {
         if self.start == self.end && self.bytes.len() > self.keep_bytes {
-            self.bytes.zeroize();
+            wipe(&mut self.bytes);
             self.bytes = vec![0; self.initial_bytes];
             self.start = 0;
             self.end = 0;
@@ -121,8 +121,17 @@ impl RecvBuffer {
 
 impl Drop for RecvBuffer {
     fn drop(&mut self) {
-        self.bytes.zeroize();
+        wipe(&mut self.bytes);
     }
+}
+
+/// Wipes every byte `buf` holds or has room for, and empties it. `Vec::zeroize` wipes the same
+/// bytes but those in use one volatile store at a time (its per-element path: about two
+/// instructions a byte); this empties first and wipes the whole allocation through zeroize's
+/// bulk path for spare capacity, a memset the compiler may not elide.
+pub(crate) fn wipe(buf: &mut Vec<u8>) {
+    buf.clear();
+    buf.spare_capacity_mut().zeroize();
 }
 
 /// Grows `buf` so `additional` more bytes fit without a reallocation that would free plaintext
@@ -134,14 +143,14 @@ pub(crate) fn reserve_wiping(buf: &mut Vec<u8>, additional: usize) {
     }
     let mut grown = Vec::with_capacity(needed.max(buf.capacity().saturating_mul(2)));
     grown.extend_from_slice(buf);
-    buf.zeroize();
+    wipe(buf);
     *buf = grown;
 }
 
 /// Wipes what `buf` held (its whole capacity) and empties it; a buffer grown past
 /// `keep_bytes` is released.
 pub(crate) fn wipe_and_clear(buf: &mut Vec<u8>, keep_bytes: usize) {
-    buf.zeroize();
+    wipe(buf);
     if buf.capacity() > keep_bytes {
         *buf = Vec::with_capacity(keep_bytes);
     }
@@ -195,6 +204,24 @@ mod tests {
             rx.capacity(),
             8,
             "a buffer grown for one big frame is released"
+        );
+    }
+
+    #[test]
+    fn wipe_zeroes_the_whole_allocation_and_empties_the_buffer() {
+        let mut buf = Vec::with_capacity(300);
+        buf.resize(200, 0xa5u8);
+        buf.truncate(150);
+        let capacity = buf.capacity();
+        wipe(&mut buf);
+        assert!(buf.is_empty());
+        assert_eq!(buf.capacity(), capacity, "the allocation is kept");
+        // SAFETY: `wipe` wrote zeroes to every byte of the allocation, so all `capacity` bytes
+        // are initialised; the buffer is only read here.
+        unsafe { buf.set_len(capacity) };
+        assert!(
+            buf.iter().all(|&b| b == 0),
+            "every byte, in use or not, is zero"
         );
     }
 

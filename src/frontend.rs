@@ -14,9 +14,9 @@ use std::time::Instant;
 
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
-use crate::buffers::{reserve_wiping, wipe_and_clear, RecvBuffer};
+use crate::buffers::{reserve_wiping, wipe, wipe_and_clear, RecvBuffer};
 use crate::node::idle::ReadDeadline;
 use crate::node::shard::{
     bump, list_keys, respond_error, Answer, ConnId, Inbound, ServedBatch, Shard, ShardRequest,
@@ -284,7 +284,7 @@ impl<W> OrderedReplies<W> {
 
     /// Wipes an answer's buffer and keeps it for another, if it is small and few are kept.
     fn recycle(&mut self, mut buffer: Zeroizing<Vec<u8>>) {
-        buffer.zeroize();
+        wipe(&mut buffer);
         if buffer.capacity() <= SPARE_ANSWER_BYTES_MAX && self.spare.len() < SPARE_ANSWERS_MAX {
             self.spare.push(buffer);
         }
@@ -384,7 +384,7 @@ impl<'s> NativeRequests<'s> {
         let payload_at = wire::FRAME_HEADER_BYTES;
         let Ok(view) = wire::decode_request(&self.frame[payload_at..]) else {
             // We encoded it: failing here is a bug, answered rather than left hanging.
-            self.frame.zeroize();
+            wipe(&mut self.frame);
             return respond_error(answers, id, ErrorCode::Internal, 0, "request unreadable");
         };
         if shard.count > 1 && view.has_key() {
@@ -394,7 +394,7 @@ impl<'s> NativeRequests<'s> {
                 reserve_wiping(&mut batch.frames, self.frame.len());
                 batch.frames.extend_from_slice(&self.frame);
                 batch.ids.push(id);
-                self.frame.zeroize();
+                wipe(&mut self.frame);
                 return;
             }
         }
@@ -405,7 +405,7 @@ impl<'s> NativeRequests<'s> {
             answers,
             &mut self.batch,
         );
-        self.frame.zeroize();
+        wipe(&mut self.frame);
         if answer == Answer::Deferred {
             self.in_flight += 1;
         }

@@ -28,7 +28,7 @@ use crate::wire::{
     PROTOCOL_VERSION,
 };
 
-use crate::buffers::reserve_wiping;
+use crate::buffers::{reserve_wiping, wipe};
 
 /// A connection, unique for the life of the process (never reused, so a late reply cannot
 /// reach a newer connection).
@@ -686,7 +686,7 @@ impl Shard {
                     expires_ms,
                     version,
                 };
-                scratch.zeroize();
+                wipe(&mut scratch);
                 replication.written(entry, None);
             }
         }
@@ -734,7 +734,7 @@ impl Shard {
                         version_node: meta.version.node,
                     },
                 );
-                scratch.zeroize();
+                wipe(&mut scratch);
             }
             Err(StoreError::NotFound) => {
                 bump(&self.counters.misses, 1);
