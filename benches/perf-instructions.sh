@@ -58,28 +58,29 @@ measure() {
     done
 }
 
-taskset -c 0 "${CALLGRIND[@]}" "$REPRAM" serve --shards 1 --listen 127.0.0.1:0 \
-    --resp-listen off --http-listen off >"$OUT/repram.out" 2>"$OUT/repram.log" &
-PIDS+=($!)
-for _ in $(seq 1 600); do
-    grep -q '^repram listening' "$OUT/repram.out" 2>/dev/null && break
-    sleep 0.1
-done
+# under_callgrind NAME [serve options]: a one-shard node on CPU 0 under callgrind, started
+# and listening; its "listening" line is in OUT/NAME.out.
+under_callgrind() {
+    local name=$1
+    shift
+    taskset -c 0 "${CALLGRIND[@]}" "$REPRAM" serve --shards 1 --listen 127.0.0.1:0 "$@" \
+        >"$OUT/$name.out" 2>"$OUT/$name.log" &
+    PIDS+=($!)
+    for _ in $(seq 1 600); do
+        grep -q '^repram listening' "$OUT/$name.out" 2>/dev/null && break
+        sleep 0.1
+    done
+    grep -q '^repram listening' "$OUT/$name.out" || { cat "$OUT/$name.log" >&2; exit 1; }
+}
+
+under_callgrind repram --resp-listen off --http-listen off
 port=$(sed -n 's/^repram listening client=127.0.0.1:\([0-9]*\).*/\1/p' "$OUT/repram.out")
-[ -n "$port" ] || { cat "$OUT/repram.log" >&2; exit 1; }
 measure repram repram "$port" "${PIDS[-1]}"
 stop_all
 
 # RESP: the loadgen's RESP requests, the same Redis gets below, on REPRAM's RESP port.
-taskset -c 0 "${CALLGRIND[@]}" "$REPRAM" serve --shards 1 --listen 127.0.0.1:0 \
-    --resp-listen 127.0.0.1:0 --http-listen off >"$OUT/resp.out" 2>"$OUT/resp.log" &
-PIDS+=($!)
-for _ in $(seq 1 600); do
-    grep -q '^repram listening' "$OUT/resp.out" 2>/dev/null && break
-    sleep 0.1
-done
+under_callgrind resp --resp-listen 127.0.0.1:0 --http-listen off
 port=$(sed -n 's/.* resp=127.0.0.1:\([0-9]*\).*/\1/p' "$OUT/resp.out")
-[ -n "$port" ] || { cat "$OUT/resp.log" >&2; exit 1; }
 measure resp redis "$port" "${PIDS[-1]}"
 stop_all
 
@@ -95,13 +96,7 @@ stop_all
 # count (the server is slow under valgrind, so a time, not a count, bounds each run).
 if command -v wrk >/dev/null 2>&1; then
     write_wrk_scripts "$OUT" 2000
-    taskset -c 0 "${CALLGRIND[@]}" "$REPRAM" serve --shards 1 --listen 127.0.0.1:0 \
-        --resp-listen off --http-listen 127.0.0.1:0 >"$OUT/http.out" 2>"$OUT/http.log" &
-    PIDS+=($!)
-    for _ in $(seq 1 600); do
-        grep -q '^repram listening' "$OUT/http.out" 2>/dev/null && break
-        sleep 0.1
-    done
+    under_callgrind http --resp-listen off --http-listen 127.0.0.1:0
     http=$(sed 's/.* http=\([^ ]*\).*/\1/' "$OUT/http.out")
     taskset -c 1 wrk -t1 -c10 -d4s -s "$OUT/put.lua" "http://$http" >/dev/null
     for method in put get; do
