@@ -252,10 +252,14 @@ impl<W> OrderedReplies<W> {
         seq
     }
 
+    /// Where request `seq`'s slot is in `slots`, if it has one still.
+    fn index_of(&self, seq: u64) -> Option<usize> {
+        usize::try_from(seq.checked_sub(self.first_seq)?).ok()
+    }
+
     /// The slot of request `seq`, while it still waits.
     pub(crate) fn waiting(&mut self, seq: u64) -> Option<&mut W> {
-        let at = seq.checked_sub(self.first_seq)?;
-        match self.slots.get_mut(usize::try_from(at).ok()?)? {
+        match self.slots.get_mut(self.index_of(seq)?)? {
             Slot::Waiting(waiting) => Some(waiting),
             Slot::Done(_) => None,
         }
@@ -265,18 +269,16 @@ impl<W> OrderedReplies<W> {
     /// empty buffer (an earlier answer's, wiped), and says whether the answer is complete;
     /// a complete one makes the slot done.
     pub(crate) fn answer(&mut self, seq: u64, encode: impl FnOnce(&mut W, &mut Vec<u8>) -> bool) {
-        let at = seq
-            .checked_sub(self.first_seq)
-            .and_then(|at| usize::try_from(at).ok());
-        let Some(Slot::Waiting(waiting)) = at.and_then(|at| self.slots.get_mut(at)) else {
+        let Some(at) = self.index_of(seq) else {
+            return;
+        };
+        let Some(Slot::Waiting(waiting)) = self.slots.get_mut(at) else {
             return;
         };
         let mut buffer = self.spare.pop().unwrap_or_default();
         if encode(waiting, &mut buffer) {
             self.done_bytes += buffer.len();
-            if let Some(slot) = at.and_then(|at| self.slots.get_mut(at)) {
-                *slot = Slot::Done(buffer);
-            }
+            self.slots[at] = Slot::Done(buffer);
         } else {
             self.recycle(buffer);
         }
@@ -292,10 +294,7 @@ impl<W> OrderedReplies<W> {
 
     /// Request `seq` is answered.
     pub(crate) fn finish(&mut self, seq: u64, answer: Zeroizing<Vec<u8>>) {
-        let at = seq
-            .checked_sub(self.first_seq)
-            .and_then(|at| usize::try_from(at).ok());
-        if let Some(slot) = at.and_then(|at| self.slots.get_mut(at)) {
+        if let Some(slot) = self.index_of(seq).and_then(|at| self.slots.get_mut(at)) {
             if let Slot::Done(old) = slot {
                 self.done_bytes -= old.len();
             }
