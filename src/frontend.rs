@@ -19,11 +19,12 @@ use zeroize::Zeroizing;
 use crate::buffers::{reserve_wiping, wipe, wipe_and_clear, RecvBuffer};
 use crate::node::idle::ReadDeadline;
 use crate::node::shard::{
-    bump, list_keys, respond_error, Answer, ConnId, Inbound, ServedBatch, Shard, ShardRequest,
+    bump, list_keys, respond_error, Answer, ConnId, Inbound, ReplySink, ServedBatch, Shard,
+    ShardRequest,
 };
 use crate::store::KeyQuery;
 use crate::tls::ClientStream;
-use crate::wire::{self, ArchivedReply, ErrorCode, Op, Request};
+use crate::wire::{self, ArchivedReply, ErrorCode, Op, Reply, Request, RequestView};
 
 /// A local answer buffer grown past this is released once taken.
 const ANSWERS_KEEP_BYTES: usize = 64 * 1024;
@@ -44,8 +45,9 @@ pub(crate) trait FrontEnd {
     fn wants_input(&self) -> bool;
     /// The receive buffer, with room made for the next read.
     fn receive_buffer(&mut self) -> &mut RecvBuffer;
-    /// Bytes arrived at the end of the receive buffer: handle every complete request.
-    fn received(&mut self);
+    /// Bytes arrived at the end of the receive buffer (the read returned at `read_at`):
+    /// handle every complete request.
+    fn received(&mut self, read_at: Instant);
     /// The client closed its side: answer what is pending, then close.
     fn closed_by_client(&mut self);
     fn inbound(&mut self, inbound: Inbound);
@@ -111,7 +113,7 @@ pub(crate) async fn drive(
                 let rx = connection.receive_buffer();
                 let filled_spare = n == rx.spare_mut().len();
                 rx.advance(n);
-                connection.received();
+                connection.received(read_at);
                 deadline.read_done(connection.receive_buffer(), was_empty, read_at);
                 if filled_spare {
                     // A pipelining client: read more per call.
@@ -351,10 +353,11 @@ impl<'s> NativeRequests<'s> {
         }
     }
 
-    /// Bytes just arrived: the requests sent from now on came with them.
-    pub(crate) fn read_arrived(&mut self) {
+    /// Bytes just arrived (the read returned at `read_at`): the requests sent from now on
+    /// came with them.
+    pub(crate) fn read_arrived(&mut self, read_at: Instant) {
         self.shard.finish(&mut self.batch);
-        self.batch = self.shard.serve(Instant::now());
+        self.batch = self.shard.serve(read_at);
     }
 
     /// Requests of the last read left waiting for room in the output are sent now.
@@ -405,6 +408,40 @@ impl<'s> NativeRequests<'s> {
             &mut self.batch,
         );
         wipe(&mut self.frame);
+        if answer == Answer::Deferred {
+            self.in_flight += 1;
+        }
+    }
+
+    /// Sends one request on a key whose bytes lie in `buffer` (the front end's receive
+    /// buffer, which `view`'s ranges point into). When this shard owns the key the request
+    /// runs on the store at once, straight from `buffer`, and its answer goes to `here` as it
+    /// is: no native frame is built, validated, answered and read back. A Put's value is wiped
+    /// from `buffer` once stored. For another shard the request is encoded and batched as
+    /// [`NativeRequests::send`] does (an early error answer goes to `answers`).
+    pub(crate) fn send_in_place(
+        &mut self,
+        buffer: &mut [u8],
+        view: &RequestView,
+        here: &mut impl ReplySink,
+        answers: &mut Vec<u8>,
+    ) {
+        let shard = self.shard;
+        let key = buffer.get(view.key.clone()).unwrap_or_default();
+        if shard.count > 1 && shard.owner_of(key) != shard.id {
+            match view.op(buffer) {
+                Some(op) => self.send(view.id, op, answers),
+                None => respond_error(
+                    answers,
+                    view.id,
+                    ErrorCode::Internal,
+                    0,
+                    "request unreadable",
+                ),
+            }
+            return;
+        }
+        let answer = shard.execute(buffer, view, self.conn, here, &mut self.batch);
         if answer == Answer::Deferred {
             self.in_flight += 1;
         }
@@ -496,6 +533,99 @@ impl<'s> NativeRequests<'s> {
     }
 }
 
+/// A key op's answer as a text front end reads it: from a native response frame (an answer
+/// another shard sent back, or one pulled from the network) or straight from this shard's
+/// store through a [`ReplySink`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome<'a> {
+    Stored {
+        expires_ms: u64,
+        version_clock: u64,
+        pending: bool,
+    },
+    NotStored,
+    Value {
+        value: &'a [u8],
+        expires_ms: u64,
+        version_clock: u64,
+    },
+    NotFound,
+    Deleted,
+    Error {
+        code: ErrorCode,
+        message: &'a str,
+    },
+    /// A reply no key op gives.
+    Other,
+}
+
+impl<'a> From<&'a ArchivedReply<'_>> for Outcome<'a> {
+    fn from(reply: &'a ArchivedReply<'_>) -> Self {
+        match reply {
+            ArchivedReply::Stored {
+                expires_ms,
+                version_clock,
+                pending,
+                ..
+            } => Outcome::Stored {
+                expires_ms: expires_ms.to_native(),
+                version_clock: version_clock.to_native(),
+                pending: *pending,
+            },
+            ArchivedReply::NotStored => Outcome::NotStored,
+            ArchivedReply::Value {
+                value,
+                expires_ms,
+                version_clock,
+                ..
+            } => Outcome::Value {
+                value: value.get(),
+                expires_ms: expires_ms.to_native(),
+                version_clock: version_clock.to_native(),
+            },
+            ArchivedReply::NotFound => Outcome::NotFound,
+            ArchivedReply::Deleted => Outcome::Deleted,
+            ArchivedReply::Error { code, message, .. } => Outcome::Error {
+                code: ErrorCode::from(code),
+                message: message.get(),
+            },
+            _ => Outcome::Other,
+        }
+    }
+}
+
+impl<'a> From<&'a Reply<'_>> for Outcome<'a> {
+    fn from(reply: &'a Reply<'_>) -> Self {
+        match *reply {
+            Reply::Stored {
+                expires_ms,
+                version_clock,
+                pending,
+                ..
+            } => Outcome::Stored {
+                expires_ms,
+                version_clock,
+                pending,
+            },
+            Reply::NotStored => Outcome::NotStored,
+            Reply::Value {
+                value,
+                expires_ms,
+                version_clock,
+                ..
+            } => Outcome::Value {
+                value,
+                expires_ms,
+                version_clock,
+            },
+            Reply::NotFound => Outcome::NotFound,
+            Reply::Deleted => Outcome::Deleted,
+            Reply::Error { code, message, .. } => Outcome::Error { code, message },
+            _ => Outcome::Other,
+        }
+    }
+}
+
 /// Calls `each(id, reply)` for every native response frame in `frames`.
 pub(crate) fn each_answer(frames: &[u8], mut each: impl FnMut(u64, &ArchivedReply<'_>)) {
     let mut at = 0;
@@ -550,6 +680,46 @@ mod tests {
         assert_eq!(out, b"first;second;third;");
         assert!(replies.is_empty());
         assert_eq!(replies.done_bytes(), 0);
+    }
+
+    #[test]
+    fn a_reply_reads_the_same_straight_from_the_store_as_from_its_native_frame() {
+        let replies = [
+            Reply::Stored {
+                version_clock: 41,
+                version_node: 7,
+                expires_ms: 1_800_000_000_000,
+                copies: 2,
+                pending: true,
+            },
+            Reply::NotStored,
+            Reply::Value {
+                value: b"sealed at rest, opened for this read",
+                expires_ms: 1_800_000_000_001,
+                version_clock: 42,
+                version_node: 7,
+            },
+            Reply::NotFound,
+            Reply::Deleted,
+            Reply::Error {
+                code: ErrorCode::StoreFull,
+                retry_after_ms: 0,
+                message: "the store is full",
+            },
+            Reply::Pong,
+        ];
+        for reply in replies {
+            let direct = Outcome::from(&reply);
+            let mut frames = Vec::new();
+            crate::node::shard::respond(&mut frames, 9, reply.clone());
+            let mut seen = 0;
+            each_answer(&frames, |id, archived| {
+                assert_eq!((id, Outcome::from(archived)), (9, direct));
+                seen += 1;
+            });
+            assert_eq!(seen, 1, "{reply:?}");
+        }
+        assert_eq!(Outcome::from(&Reply::Pong), Outcome::Other);
     }
 
     #[test]

@@ -50,6 +50,14 @@ fn data_routes_store_read_and_delete_with_the_ttl_headers() {
         b"dead drop"
     );
 
+    // An invalid escape decodes to U+FFFD, as long as the escape itself: the key is that.
+    let odd = request(addr, "PUT", "/v1/data/%FFx%zz", &[], b"odd key");
+    assert_eq!(odd.status, 201, "{odd:?}");
+    assert_eq!(
+        request(addr, "GET", "/v1/data/%EF%BF%BDx%zz", &[], b"").body,
+        b"odd key"
+    );
+
     assert_eq!(
         request(addr, "DELETE", "/v1/data/drop:1", &[], b"").status,
         204

@@ -1,11 +1,12 @@
 //! One HTTP/1.1 connection (keep-alive, pipelined): each request is routed; requests on a key
-//! become native requests run by the key's owner shard (see `frontend`), and the answers are
-//! written back in request order.
+//! run on the key's owner shard (see `frontend`): on this one straight from the receive
+//! buffer, on another as native frames. The answers are written back in request order.
 //!
 //! Owns the routes, the status codes and headers of the REPRAM API, and the per-connection
 //! limits. It never opens the store.
 
 use std::rc::Rc;
+use std::time::Instant;
 
 use crate::tls::ClientStream;
 use zeroize::{Zeroize, Zeroizing};
@@ -15,11 +16,11 @@ use crate::auth::WRONG_TOKENS_MAX;
 use crate::buffers::{reserve_wiping, RecvBuffer};
 use crate::frontend::{
     clear_answers, drive, each_answer, FrontEnd, FrontEndKind, NativeRequests, OrderedReplies,
-    Registration, OUTPUT_PAUSE_BYTES,
+    Outcome, Registration, OUTPUT_PAUSE_BYTES,
 };
-use crate::node::shard::{bump, Inbound, KeyPage, Shard};
+use crate::node::shard::{bump, Inbound, KeyPage, ReplySink, Shard};
 use crate::store::KeyQuery;
-use crate::wire::{ArchivedReply, ErrorCode, Op, ShardStats, PUT_ALWAYS};
+use crate::wire::{ArchivedReply, ErrorCode, Op, Reply, RequestView, ShardStats, PUT_ALWAYS};
 use repram_cluster::Message;
 
 const RECV_BUFFER_INITIAL_BYTES: usize = 4 * 1024;
@@ -318,8 +319,8 @@ impl FrontEnd for HttpConnection<'_> {
         &mut self.rx
     }
 
-    fn received(&mut self) {
-        self.native.read_arrived();
+    fn received(&mut self, read_at: Instant) {
+        self.native.read_arrived(read_at);
         self.process_requests();
     }
 
@@ -432,11 +433,14 @@ impl HttpConnection<'_> {
                 return self.done(refused);
             }
         }
-        if let Some(key) = path.strip_prefix("/v1/data/") {
+        if let Some(key) = path.strip_prefix(DATA_PATH) {
             if key.is_empty() {
                 return self.done(error_json(400, "empty key", keep));
             }
-            return self.data(head, key.as_bytes());
+            let Some(key) = self.key_in_buffer(head, key.as_bytes()) else {
+                return self.done(error_json(400, "unreadable key", keep));
+            };
+            return self.data(head, key);
         }
         match (head.method, path.as_str()) {
             (Method::Get, "/v1/health") => {
@@ -487,40 +491,57 @@ impl HttpConnection<'_> {
         }
     }
 
-    /// `PUT`/`POST`, `GET`/`HEAD` and `DELETE` of `/v1/data/{key}`.
-    fn data(&mut self, head: &Head, key: &[u8]) {
+    /// The key of a `/v1/data/` path (`key`, decoded) as a range of the receive buffer, where
+    /// requests on it run from. The decoded key is written over its encoded form: decoding
+    /// never lengthens it (`%XX` is one byte, or the three of U+FFFD), so every key is in the
+    /// buffer, encoded or not. `None` if it does not fit (never, but never trusted either).
+    fn key_in_buffer(&mut self, head: &Head, key: &[u8]) -> Option<std::ops::Range<usize>> {
+        let start = head.path_at.start + DATA_PATH.len();
+        let at = start..start.checked_add(key.len())?;
+        if at.end > head.path_at.end {
+            return None;
+        }
+        let bytes = self.rx.filled_mut().get_mut(at.clone())?;
+        if bytes != key {
+            bytes.copy_from_slice(key);
+        }
+        Some(at)
+    }
+
+    /// `PUT`/`POST`, `GET`/`HEAD` and `DELETE` of `/v1/data/{key}` (`key`: where it is in the
+    /// receive buffer).
+    fn data(&mut self, head: &Head, key: std::ops::Range<usize>) {
         let keep = head.keep_alive;
-        match head.method {
+        let view = match head.method {
             Method::Put | Method::Post => {
                 let ttl_ms = self.ttl_ms(head);
                 let seq = self.wait(Pending::Put, keep);
                 let body = head.len..head.len + head.content_length;
-                let op = Op::Put {
-                    key,
-                    value: &self.rx.filled()[body],
-                    ttl_ms,
-                    copies: 0,
-                    only_if: PUT_ALWAYS,
-                };
-                self.native.send(seq, op, &mut self.answers);
+                RequestView::put(seq, key, body, ttl_ms, PUT_ALWAYS)
             }
             Method::Get | Method::Head => {
                 let head_only = head.method == Method::Head;
                 let seq = self.wait(Pending::Get { head_only }, keep);
-                let op = Op::Get {
-                    key,
-                    local_only: false,
-                };
-                self.native.send(seq, op, &mut self.answers);
+                RequestView::get(seq, key, false)
             }
             Method::Delete => {
                 let seq = self.wait(Pending::Delete, keep);
-                self.native.send(seq, Op::Delete { key }, &mut self.answers);
+                RequestView::delete(seq, key)
             }
             Method::Options | Method::Other => {
                 return self.done(error_json(405, "method not allowed", keep))
             }
-        }
+        };
+        let HttpConnection {
+            shard,
+            native,
+            rx,
+            replies,
+            answers,
+            ..
+        } = self;
+        let mut here = SlotAnswers { replies, shard };
+        native.send_in_place(rx.filled_mut(), &view, &mut here, answers);
         self.take_answers();
     }
 
@@ -731,73 +752,14 @@ impl HttpConnection<'_> {
 
     /// The native answer to request `seq`.
     fn take_one(&mut self, seq: u64, reply: &ArchivedReply<'_>) {
-        let now_ms = self.shard.now_ms();
+        let ArchivedReply::Topology(topology) = reply else {
+            return take_answer(&mut self.replies, self.shard, seq, Outcome::from(reply));
+        };
         let Some((pending, keep)) = self.waiting(seq) else {
             return;
         };
-        let done = match (pending, reply) {
-            (
-                Pending::Put,
-                ArchivedReply::Stored {
-                    pending,
-                    expires_ms,
-                    version_clock,
-                    ..
-                },
-            ) => {
-                let status = if *pending { 202 } else { 201 };
-                let created = crate::Version {
-                    clock: version_clock.to_native(),
-                    node: 0,
-                }
-                .physical_ms();
-                let expires = expires_ms.to_native();
-                // The TTL as applied (the API clamps it), so a client need not ask again.
-                let body = stored_json(expires.saturating_sub(created) / 1_000, expires);
-                answer(status, &[], "application/json", &body, false, keep)
-            }
-            (
-                Pending::Get { head_only },
-                ArchivedReply::Value {
-                    value,
-                    expires_ms,
-                    version_clock,
-                    ..
-                },
-            ) => {
-                let created = crate::Version {
-                    clock: version_clock.to_native(),
-                    node: 0,
-                }
-                .physical_ms();
-                let expires = expires_ms.to_native();
-                let extra = [
-                    ("X-Created-At", Field::Time(created)),
-                    (
-                        "X-Original-TTL",
-                        Field::Decimal(expires.saturating_sub(created) / 1_000),
-                    ),
-                    (
-                        "X-Remaining-TTL",
-                        Field::Decimal(expires.saturating_sub(now_ms) / 1_000),
-                    ),
-                ];
-                let head_only = *head_only;
-                answer(
-                    200,
-                    &extra,
-                    "application/octet-stream",
-                    value.get(),
-                    head_only,
-                    keep,
-                )
-            }
-            (Pending::Get { head_only }, ArchivedReply::NotFound) => {
-                answer(404, &[], "text/plain", b"", *head_only, keep)
-            }
-            (Pending::Delete, ArchivedReply::Deleted) => answer(204, &[], "", b"", false, keep),
-            (Pending::Delete, ArchivedReply::NotFound) => error_json(404, "not found", keep),
-            (Pending::Topology, ArchivedReply::Topology(topology)) => {
+        let done = match pending {
+            Pending::Topology => {
                 let peer = |p: &crate::wire::ArchivedPeerView| {
                     serde_json::json!({
                         "node_id": format!("{:016x}", p.node_id.to_native()),
@@ -819,14 +781,100 @@ impl HttpConnection<'_> {
                 });
                 json(200, &body, keep)
             }
-            (_, ArchivedReply::Error { code, message, .. }) => {
-                let code = ErrorCode::from(code);
-                error_json(status_of(code), message.get(), keep)
-            }
-            (_, _) => error_json(500, "unexpected answer from the store", keep),
+            _ => error_json(500, "unexpected answer from the store", keep),
         };
         self.finish(seq, done);
     }
+}
+
+/// The start of every path on a key.
+const DATA_PATH: &str = "/v1/data/";
+
+/// The answers of requests on keys run on this shard, taken as the store gives them.
+struct SlotAnswers<'r, 's> {
+    replies: &'r mut OrderedReplies<Waiting>,
+    shard: &'s Shard,
+}
+
+impl ReplySink for SlotAnswers<'_, '_> {
+    fn reply(&mut self, id: u64, reply: Reply<'_>) {
+        take_answer(self.replies, self.shard, id, Outcome::from(&reply));
+    }
+}
+
+/// The answer to request `seq` on a key, from its owner's store (here, or in a native frame).
+fn take_answer(replies: &mut OrderedReplies<Waiting>, shard: &Shard, seq: u64, reply: Outcome<'_>) {
+    let Some(Waiting {
+        pending,
+        keep_alive,
+    }) = replies.waiting(seq)
+    else {
+        return;
+    };
+    let keep = *keep_alive;
+    let done = match (pending, reply) {
+        (
+            Pending::Put,
+            Outcome::Stored {
+                pending,
+                expires_ms,
+                version_clock,
+            },
+        ) => {
+            let status = if pending { 202 } else { 201 };
+            let created = crate::Version {
+                clock: version_clock,
+                node: 0,
+            }
+            .physical_ms();
+            // The TTL as applied (the API clamps it), so a client need not ask again.
+            let body = stored_json(expires_ms.saturating_sub(created) / 1_000, expires_ms);
+            answer(status, &[], "application/json", &body, false, keep)
+        }
+        (
+            Pending::Get { head_only },
+            Outcome::Value {
+                value,
+                expires_ms,
+                version_clock,
+            },
+        ) => {
+            let created = crate::Version {
+                clock: version_clock,
+                node: 0,
+            }
+            .physical_ms();
+            let now_ms = shard.now_ms();
+            let extra = [
+                ("X-Created-At", Field::Time(created)),
+                (
+                    "X-Original-TTL",
+                    Field::Decimal(expires_ms.saturating_sub(created) / 1_000),
+                ),
+                (
+                    "X-Remaining-TTL",
+                    Field::Decimal(expires_ms.saturating_sub(now_ms) / 1_000),
+                ),
+            ];
+            let head_only = *head_only;
+            answer(
+                200,
+                &extra,
+                "application/octet-stream",
+                value,
+                head_only,
+                keep,
+            )
+        }
+        (Pending::Get { head_only }, Outcome::NotFound) => {
+            answer(404, &[], "text/plain", b"", *head_only, keep)
+        }
+        (Pending::Delete, Outcome::Deleted) => answer(204, &[], "", b"", false, keep),
+        (Pending::Delete, Outcome::NotFound) => error_json(404, "not found", keep),
+        (_, Outcome::Error { code, message }) => error_json(status_of(code), message, keep),
+        (_, _) => error_json(500, "unexpected answer from the store", keep),
+    };
+    replies.finish(seq, done);
 }
 
 #[cfg(test)]

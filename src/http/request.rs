@@ -32,6 +32,8 @@ pub struct Head {
     pub method: Method,
     /// The path, still percent-encoded.
     pub path: String,
+    /// Where the path is in the buffer.
+    pub path_at: std::ops::Range<usize>,
     /// The query string after `?`, still encoded ("" when none).
     pub query: String,
     pub x_ttl: Option<String>,
@@ -109,10 +111,19 @@ pub fn parse_head(buf: &[u8], limits: &HttpLimits) -> Result<Option<Head>, HeadE
     };
     let target = request.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    // httparse reads the path in place; a default one (never, for a complete head) lies
+    // nowhere in the buffer.
+    let path_start = (path.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
+    let path_at = if path_start <= buf.len() && path.len() <= buf.len() - path_start {
+        path_start..path_start + path.len()
+    } else {
+        0..0
+    };
     let http_10 = request.version == Some(0);
     let mut head = Head {
         method,
         path: path.to_string(),
+        path_at,
         query: query.to_string(),
         x_ttl: None,
         bearer: None,
@@ -187,6 +198,7 @@ mod tests {
         let head = parse_head(buf, &LIMITS).unwrap().unwrap();
         assert_eq!(head.method, Method::Put);
         assert_eq!(decode(&head.path), "/v1/data/a b");
+        assert_eq!(&buf[head.path_at.clone()], b"/v1/data/a%20b");
         assert_eq!(query_value(&head.query, "ttl").as_deref(), Some("60"));
         assert_eq!(head.x_ttl.as_deref(), Some("30"));
         assert_eq!(head.content_length, 5);

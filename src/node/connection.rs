@@ -303,7 +303,7 @@ impl<'s> Connection<'s> {
             &mut frame[payload_at..],
             view,
             self.conn,
-            &mut self.out,
+            &mut *self.out,
             batch,
         );
         if answer == Answer::Deferred {

@@ -403,7 +403,7 @@ impl Shard {
         payload: &mut [u8],
         view: &RequestView,
         conn: ConnId,
-        out: &mut Vec<u8>,
+        out: &mut impl ReplySink,
         batch: &mut ServedBatch,
     ) -> Answer {
         let answer = self.execute_op(payload, view, conn, out, batch);
@@ -430,7 +430,7 @@ impl Shard {
         payload: &mut [u8],
         view: &RequestView,
         conn: ConnId,
-        out: &mut Vec<u8>,
+        out: &mut impl ReplySink,
         batch: &ServedBatch,
     ) -> Answer {
         let id = view.id;
@@ -452,14 +452,14 @@ impl Shard {
                     bump(&self.counters.rejected_writes, 1);
                     let message =
                         format!("{copies} copies asked for; this node allows {WRITE_COPIES_MAX}");
-                    respond_error(out, id, ErrorCode::BadCopies, 0, &message);
+                    reply_error(out, id, ErrorCode::BadCopies, 0, &message);
                     return Answer::Answered;
                 }
                 if view.only_if > wire::PUT_IF_PRESENT {
                     payload[view.value.clone()].zeroize();
                     bump(&self.counters.rejected_writes, 1);
                     let message = format!("put condition {} is unknown here", view.only_if);
-                    respond_error(out, id, ErrorCode::UnknownOp, 0, &message);
+                    reply_error(out, id, ErrorCode::UnknownOp, 0, &message);
                     return Answer::Answered;
                 }
                 let waiter = (copies > 1).then_some(CopiesWaiter {
@@ -474,11 +474,10 @@ impl Shard {
                 }
                 payload[view.value.clone()].zeroize();
                 match reply {
-                    Ok(None) => respond(out, id, Reply::NotStored),
+                    Ok(None) => out.reply(id, Reply::NotStored),
                     // The coordinator answers once the copies are confirmed or time is up.
                     Ok(Some(stored)) if stored.waiting => return Answer::Deferred,
-                    Ok(Some(stored)) => respond(
-                        out,
+                    Ok(Some(stored)) => out.reply(
                         id,
                         Reply::Stored {
                             version_clock: stored.version.clock,
@@ -519,15 +518,15 @@ impl Shard {
                             };
                             replication.written(tombstone, None);
                         }
-                        respond(out, id, Reply::Deleted)
+                        out.reply(id, Reply::Deleted)
                     }
-                    Err(StoreError::NotFound) => respond(out, id, Reply::NotFound),
+                    Err(StoreError::NotFound) => out.reply(id, Reply::NotFound),
                     Err(e) => respond_store_error(out, id, &e),
                 }
             }
             OpKind::Ping => {
                 bump(&self.counters.pings, 1);
-                respond(out, id, Reply::Pong);
+                out.reply(id, Reply::Pong);
             }
             OpKind::Hello => {
                 bump(&self.counters.hellos, 1);
@@ -536,10 +535,10 @@ impl Shard {
                         "this node speaks protocol {PROTOCOL_VERSION}, not {}",
                         view.protocol_version
                     );
-                    respond_error(out, id, ErrorCode::VersionMismatch, 0, &message);
+                    reply_error(out, id, ErrorCode::VersionMismatch, 0, &message);
                     return Answer::Answered;
                 }
-                respond(out, id, Reply::Hello(self.hello_info()));
+                out.reply(id, Reply::Hello(self.hello_info()));
             }
             OpKind::Expire => {
                 bump(&self.counters.puts, 1);
@@ -554,7 +553,7 @@ impl Shard {
                 if asked {
                     return Answer::Deferred;
                 }
-                respond_error(
+                reply_error(
                     out,
                     id,
                     ErrorCode::Unavailable,
@@ -564,7 +563,7 @@ impl Shard {
             }
             OpKind::Stats => {
                 // Gathered across shards by the connection; a forwarded frame never holds one.
-                respond_error(out, id, ErrorCode::Internal, 0, "stats cannot be forwarded");
+                reply_error(out, id, ErrorCode::Internal, 0, "stats cannot be forwarded");
             }
         }
         Answer::Answered
@@ -576,7 +575,7 @@ impl Shard {
         &self,
         payload: &mut [u8],
         view: &RequestView,
-        out: &mut Vec<u8>,
+        out: &mut impl ReplySink,
         now_ms: u64,
     ) -> Option<Answer> {
         match view.kind {
@@ -591,7 +590,7 @@ impl Shard {
                     copies: 1,
                     pending: false,
                 };
-                respond(out, view.id, reply);
+                out.reply(view.id, reply);
             }
             OpKind::Get => {
                 bump(&self.counters.gets, 1);
@@ -605,7 +604,7 @@ impl Shard {
                     version_clock: 0,
                     version_node: self.node_id,
                 };
-                respond(out, view.id, reply);
+                out.reply(view.id, reply);
             }
             _ => return None,
         }
@@ -663,14 +662,14 @@ impl Shard {
 
     /// Gives a live value a new TTL (re-sealed under a new version) and replicates it as a
     /// write: the value is opened once for the network's copy.
-    fn expire(&self, key: &[u8], ttl_ms: u64, id: u64, out: &mut Vec<u8>, now: u64) {
+    fn expire(&self, key: &[u8], ttl_ms: u64, id: u64, out: &mut impl ReplySink, now: u64) {
         if key.is_empty() {
             return respond_store_error(out, id, &StoreError::EmptyKey);
         }
         let mut store = self.store.borrow_mut();
         let version = match store.expire(key, ttl_ms, now) {
             Ok(version) => version,
-            Err(StoreError::NotFound) => return respond(out, id, Reply::NotFound),
+            Err(StoreError::NotFound) => return out.reply(id, Reply::NotFound),
             Err(e) => {
                 bump(&self.counters.rejected_writes, 1);
                 return respond_store_error(out, id, &e);
@@ -690,8 +689,7 @@ impl Shard {
                 replication.written(entry, None);
             }
         }
-        respond(
-            out,
+        out.reply(
             id,
             Reply::Stored {
                 version_clock: version.clock,
@@ -712,7 +710,7 @@ impl Shard {
         key: &[u8],
         id: u64,
         pull: Option<(ConnId, Instant)>,
-        out: &mut Vec<u8>,
+        out: &mut impl ReplySink,
         now: u64,
     ) -> Answer {
         if key.is_empty() {
@@ -724,8 +722,7 @@ impl Shard {
         match found {
             Ok(meta) => {
                 bump(&self.counters.hits, 1);
-                respond(
-                    out,
+                out.reply(
                     id,
                     Reply::Value {
                         value: &scratch,
@@ -747,7 +744,7 @@ impl Shard {
                 if asked {
                     return Answer::Deferred;
                 }
-                respond(out, id, Reply::NotFound);
+                out.reply(id, Reply::NotFound);
             }
             Err(e) => respond_store_error(out, id, &e),
         }
@@ -881,6 +878,37 @@ fn key_and_value(
     }
 }
 
+/// Where [`Shard::execute`] puts its answers. Native connections and forwarded frames take
+/// them as native response frames (`Vec<u8>`); a text front end running a request on a key
+/// this shard owns takes them as they are and encodes its own protocol's reply, with no frame
+/// built and read back in between.
+pub(crate) trait ReplySink {
+    fn reply(&mut self, id: u64, reply: Reply<'_>);
+}
+
+impl ReplySink for Vec<u8> {
+    fn reply(&mut self, id: u64, reply: Reply<'_>) {
+        respond(self, id, reply);
+    }
+}
+
+fn reply_error(
+    out: &mut impl ReplySink,
+    id: u64,
+    code: ErrorCode,
+    retry_after_ms: u32,
+    message: &str,
+) {
+    out.reply(
+        id,
+        Reply::Error {
+            code,
+            retry_after_ms,
+            message,
+        },
+    );
+}
+
 /// Appends one response to `out`. Room is made first (wiping what a reallocation would free),
 /// because `out` may already hold another response's plaintext value.
 pub(crate) fn respond(out: &mut Vec<u8>, id: u64, reply: Reply<'_>) {
@@ -933,7 +961,7 @@ pub(crate) fn error_code_of(error: &StoreError) -> ErrorCode {
     }
 }
 
-fn respond_store_error(out: &mut Vec<u8>, id: u64, error: &StoreError) {
+fn respond_store_error(out: &mut impl ReplySink, id: u64, error: &StoreError) {
     let message = error.to_string();
-    respond_error(out, id, error_code_of(error), 0, &message);
+    reply_error(out, id, error_code_of(error), 0, &message);
 }

@@ -1,11 +1,13 @@
 //! One RESP connection: commands parsed in place from the receive buffer, each turned into
-//! native requests (one per key) that run on the shard owning the key, here or forwarded in
-//! a batch per read, and the answers written back in command order.
+//! requests (one per key) that run on the shard owning the key: on this one straight from the
+//! receive buffer, its answers encoded as RESP as the store gives them; on another as native
+//! frames forwarded in a batch per read. The replies are written back in command order.
 //!
 //! Owns the command table, the ordering of replies and the per-connection limits. It never
 //! opens the store: [`Shard::execute`] does, on the owner.
 
 use std::rc::Rc;
+use std::time::Instant;
 
 use crate::tls::ClientStream;
 use zeroize::{Zeroize, Zeroizing};
@@ -16,11 +18,11 @@ use crate::auth::WRONG_TOKENS_MAX;
 use crate::buffers::RecvBuffer;
 use crate::frontend::{
     clear_answers, drive, each_answer, FrontEnd, FrontEndKind, NativeRequests, OrderedReplies,
-    Registration, OUTPUT_PAUSE_BYTES,
+    Outcome, Registration, OUTPUT_PAUSE_BYTES,
 };
-use crate::node::shard::{bump, ConnId, Inbound, Shard};
+use crate::node::shard::{bump, ConnId, Inbound, ReplySink, Shard};
 use crate::wire::{
-    ArchivedReply, ErrorCode, Op, ShardStats, PUT_ALWAYS, PUT_IF_ABSENT, PUT_IF_PRESENT,
+    ErrorCode, Reply, RequestView, ShardStats, PUT_ALWAYS, PUT_IF_ABSENT, PUT_IF_PRESENT,
 };
 
 const RECV_BUFFER_INITIAL_BYTES: usize = 4 * 1024;
@@ -109,7 +111,8 @@ struct RespConnection<'s> {
     out: Zeroizing<Vec<u8>>,
     replies: OrderedReplies<Waiting>,
     native: NativeRequests<'s>,
-    /// Native answers of requests run here, taken after each send.
+    /// Native answers given at once to requests for other shards (a shard without room:
+    /// busy), taken after each send.
     answers: Zeroizing<Vec<u8>>,
     /// Quit, or a protocol error: write what is due, then close.
     closing: bool,
@@ -153,8 +156,8 @@ impl FrontEnd for RespConnection<'_> {
         &mut self.rx
     }
 
-    fn received(&mut self) {
-        self.native.read_arrived();
+    fn received(&mut self, read_at: Instant) {
+        self.native.read_arrived(read_at);
         self.process_commands();
     }
 
@@ -268,7 +271,7 @@ impl RespConnection<'_> {
             b"SET" if argc >= 3 => return self.set(seq, args),
             b"GET" if argc == 2 => {
                 self.push_waiting(Pending::Get, 1);
-                return self.ask_get(seq, 0, args[1].clone());
+                return self.ask(RequestView::get(seq << PART_BITS, args[1].clone(), false));
             }
             b"MGET" | b"EXISTS" if argc >= 2 => {
                 let pending = if name == b"MGET" {
@@ -278,26 +281,21 @@ impl RespConnection<'_> {
                 };
                 self.push_waiting(pending, argc - 1);
                 for (part, key) in args[1..].iter().enumerate() {
-                    self.ask_get(seq, part, key.clone());
+                    self.ask(RequestView::get(part_id(seq, part), key.clone(), false));
                 }
                 return;
             }
             b"DEL" | b"UNLINK" if argc >= 2 => {
                 self.push_waiting(Pending::Count(0), argc - 1);
                 for (part, key) in args[1..].iter().enumerate() {
-                    let op = Op::Delete {
-                        key: &self.rx.filled()[key.clone()],
-                    };
-                    self.native
-                        .send((seq << PART_BITS) | part as u64, op, &mut self.answers);
-                    self.take_answers();
+                    self.ask(RequestView::delete(part_id(seq, part), key.clone()));
                 }
                 return;
             }
             b"TTL" | b"PTTL" if argc == 2 => {
                 let millis = name == b"PTTL";
                 self.push_waiting(Pending::Ttl { millis }, 1);
-                return self.ask_get(seq, 0, args[1].clone());
+                return self.ask(RequestView::get(seq << PART_BITS, args[1].clone(), false));
             }
             b"DBSIZE" if argc == 1 => return self.gather_stats(seq, false),
             b"INFO" if argc <= 2 => return self.gather_stats(seq, true),
@@ -310,11 +308,11 @@ impl RespConnection<'_> {
                     self.replies.push_done(done);
                     return;
                 };
-                let key = arg(1).to_vec();
+                let key = args[1].clone();
                 // An expiry in the past deletes the key, as in Redis.
                 if amount <= 0 {
                     self.push_waiting(Pending::Count(0), 1);
-                    return self.native(seq, 0, Op::Delete { key: &key });
+                    return self.ask(RequestView::delete(seq << PART_BITS, key));
                 }
                 let ttl_ms = if name == b"EXPIRE" {
                     (amount as u64).saturating_mul(1_000)
@@ -322,7 +320,7 @@ impl RespConnection<'_> {
                     amount as u64
                 };
                 self.push_waiting(Pending::Expire, 1);
-                return self.native(seq, 0, Op::Expire { key: &key, ttl_ms });
+                return self.ask(RequestView::expire(seq << PART_BITS, key, ttl_ms));
             }
             b"PING" | b"ECHO" | b"SET" | b"GET" | b"MGET" | b"EXISTS" | b"DEL" | b"UNLINK"
             | b"TTL" | b"PTTL" | b"DBSIZE" | b"SELECT" | b"CONFIG" => wrong_args(&mut done, name),
@@ -496,44 +494,39 @@ impl RespConnection<'_> {
         }
         let ttl_ms = ttl_ms.unwrap_or(self.default_ttl_ms);
         self.push_waiting(Pending::Set, 1);
-        // Encoded straight from the receive buffer, whose copy is wiped once consumed.
-        let buf = self.rx.filled();
-        let op = Op::Put {
-            key: &buf[args[1].clone()],
-            value: &buf[args[2].clone()],
+        // Stored straight from the receive buffer, whose copy is wiped once consumed.
+        let view = RequestView::put(
+            seq << PART_BITS,
+            args[1].clone(),
+            args[2].clone(),
             ttl_ms,
-            copies: 0,
             only_if,
-        };
-        self.native.send(seq << PART_BITS, op, &mut self.answers);
+        );
+        self.ask(view);
+    }
+
+    /// Sends one request on a key of the command being read (`view`'s ranges are of the
+    /// receive buffer). One this shard owns is answered straight into its command's slot.
+    fn ask(&mut self, view: RequestView) {
+        let RespConnection {
+            shard,
+            native,
+            rx,
+            replies,
+            answers,
+            ..
+        } = self;
+        let mut here = SlotAnswers { replies, shard };
+        native.send_in_place(rx.filled_mut(), &view, &mut here, answers);
         self.take_answers();
     }
 
-    /// Asks for the value of the key at `key` (a range of the receive buffer) as part `part`
-    /// of command `seq`.
-    fn ask_get(&mut self, seq: u64, part: usize, key: std::ops::Range<usize>) {
-        let op = Op::Get {
-            key: &self.rx.filled()[key],
-            local_only: false,
-        };
-        self.native
-            .send((seq << PART_BITS) | part as u64, op, &mut self.answers);
-        self.take_answers();
-    }
-
-    /// Sends one native request as part `part` of command `seq`.
-    fn native(&mut self, seq: u64, part: usize, op: Op<'_>) {
-        self.send((seq << PART_BITS) | part as u64, op);
-    }
-
-    /// Sends one native request and takes the answer at once if it ran here.
-    fn send(&mut self, id: u64, op: Op<'_>) {
-        self.native.send(id, op, &mut self.answers);
-        self.take_answers();
-    }
-
-    /// Takes the answers of requests that ran here.
+    /// Takes the native answers of requests sent elsewhere that were answered at once (a
+    /// shard without room: busy).
     fn take_answers(&mut self) {
+        if self.answers.is_empty() {
+            return;
+        }
         let mut answers = std::mem::take(&mut self.answers);
         self.take_native(&answers);
         clear_answers(&mut answers);
@@ -593,17 +586,9 @@ impl RespConnection<'_> {
 
     /// Takes native answers (a run of response frames) into their commands' slots.
     fn take_native(&mut self, frames: &[u8]) {
-        each_answer(frames, |id, answer| {
-            let part = (id & ((1 << PART_BITS) - 1)) as usize;
-            self.take_one(id >> PART_BITS, part, answer);
-        });
-    }
-
-    /// One native answer: part `part` of command `seq`.
-    fn take_one(&mut self, seq: u64, part: usize, answer: &ArchivedReply<'_>) {
         let shard = self.shard;
-        self.replies.answer(seq, |waiting, done| {
-            take_answer(waiting, part, answer, done, shard)
+        each_answer(frames, |id, answer| {
+            take_part(&mut self.replies, shard, id, Outcome::from(answer));
         });
     }
 
@@ -665,12 +650,38 @@ impl RespConnection<'_> {
         .join("\r\n")
     }
 }
+/// A command's native request id: its sequence number and the key's place in it.
+fn part_id(seq: u64, part: usize) -> u64 {
+    (seq << PART_BITS) | part as u64
+}
+
+/// One answer to the native request `id`: a part of its command's reply.
+fn take_part(replies: &mut OrderedReplies<Waiting>, shard: &Shard, id: u64, answer: Outcome<'_>) {
+    let part = (id & ((1 << PART_BITS) - 1)) as usize;
+    replies.answer(id >> PART_BITS, |waiting, done| {
+        take_answer(waiting, part, answer, done, shard)
+    });
+}
+
+/// The answers of requests run on this shard, taken as the store gives them into their
+/// commands' slots.
+struct SlotAnswers<'r, 's> {
+    replies: &'r mut OrderedReplies<Waiting>,
+    shard: &'s Shard,
+}
+
+impl ReplySink for SlotAnswers<'_, '_> {
+    fn reply(&mut self, id: u64, reply: Reply<'_>) {
+        take_part(self.replies, self.shard, id, Outcome::from(&reply));
+    }
+}
+
 /// Encodes part `part` of a waiting command's answer into `done`; true once the reply is
 /// complete (a command of many keys waits for all of them).
 fn take_answer(
     waiting: &mut Waiting,
     part: usize,
-    answer: &ArchivedReply<'_>,
+    answer: Outcome<'_>,
     done: &mut Vec<u8>,
     shard: &Shard,
 ) -> bool {
@@ -679,17 +690,16 @@ fn take_answer(
     let last = *remaining == 0;
     match (pending, answer) {
         // A command of one key fails with its key; one of many counts the key as absent.
-        (
-            Pending::Set | Pending::Get | Pending::Ttl { .. },
-            ArchivedReply::Error { code, message, .. },
-        ) => reply::error(done, &redis_error(ErrorCode::from(code), message.get())),
-        (Pending::Set, ArchivedReply::Stored { .. }) => reply::simple(done, "OK"),
-        (Pending::Set, ArchivedReply::NotStored) => reply::nil(done),
-        (Pending::Get, ArchivedReply::Value { value, .. }) => reply::bulk(done, value.get()),
+        (Pending::Set | Pending::Get | Pending::Ttl { .. }, Outcome::Error { code, message }) => {
+            reply::error(done, &redis_error(code, message))
+        }
+        (Pending::Set, Outcome::Stored { .. }) => reply::simple(done, "OK"),
+        (Pending::Set, Outcome::NotStored) => reply::nil(done),
+        (Pending::Get, Outcome::Value { value, .. }) => reply::bulk(done, value),
         (Pending::Get, _) => reply::nil(done),
         (Pending::Mget(parts), reply) => {
-            if let (ArchivedReply::Value { value, .. }, Some(slot)) = (reply, parts.get_mut(part)) {
-                *slot = Some(Zeroizing::new(value.get().to_vec()));
+            if let (Outcome::Value { value, .. }, Some(slot)) = (reply, parts.get_mut(part)) {
+                *slot = Some(Zeroizing::new(value.to_vec()));
             }
             if !last {
                 return false;
@@ -703,7 +713,7 @@ fn take_answer(
             }
         }
         (Pending::Count(n), reply) => {
-            if matches!(reply, ArchivedReply::Value { .. } | ArchivedReply::Deleted) {
+            if matches!(reply, Outcome::Value { .. } | Outcome::Deleted) {
                 *n += 1;
             }
             if !last {
@@ -711,8 +721,8 @@ fn take_answer(
             }
             reply::integer(done, *n);
         }
-        (Pending::Ttl { millis }, ArchivedReply::Value { expires_ms, .. }) => {
-            let left_ms = expires_ms.to_native().saturating_sub(shard.now_ms());
+        (Pending::Ttl { millis }, Outcome::Value { expires_ms, .. }) => {
+            let left_ms = expires_ms.saturating_sub(shard.now_ms());
             let left = if *millis {
                 left_ms
             } else {
@@ -721,12 +731,12 @@ fn take_answer(
             reply::integer(done, i64::try_from(left).unwrap_or(i64::MAX));
         }
         (Pending::Ttl { .. }, _) => reply::integer(done, -2),
-        (Pending::Expire, ArchivedReply::Stored { .. }) => reply::integer(done, 1),
-        (Pending::Expire, ArchivedReply::NotFound) => reply::integer(done, 0),
-        (Pending::Expire, ArchivedReply::Error { code, message, .. }) => {
-            let text = match ErrorCode::from(code) {
+        (Pending::Expire, Outcome::Stored { .. }) => reply::integer(done, 1),
+        (Pending::Expire, Outcome::NotFound) => reply::integer(done, 0),
+        (Pending::Expire, Outcome::Error { code, message }) => {
+            let text = match code {
                 ErrorCode::BadTtl => "ERR invalid expire time in 'expire' command".into(),
-                code => redis_error(code, message.get()),
+                code => redis_error(code, message),
             };
             reply::error(done, &text);
         }

@@ -554,6 +554,90 @@ impl RequestView {
             OpKind::Put | OpKind::Get | OpKind::Delete | OpKind::Expire
         )
     }
+
+    /// A request on `key` (a range of the buffer the caller holds), with nothing else set.
+    fn on_key(id: u64, kind: OpKind, key: Range<usize>) -> RequestView {
+        RequestView {
+            id,
+            kind,
+            protocol_version: 0,
+            key,
+            value: 0..0,
+            ttl_ms: 0,
+            local_only: false,
+            copies: 0,
+            only_if: PUT_ALWAYS,
+        }
+    }
+
+    /// A Get of `key`, as [`Op::Get`] asks it: for the front ends, whose requests are ranges
+    /// of their own receive buffer rather than native frames.
+    pub fn get(id: u64, key: Range<usize>, local_only: bool) -> RequestView {
+        RequestView {
+            local_only,
+            ..RequestView::on_key(id, OpKind::Get, key)
+        }
+    }
+
+    /// A Put, as [`Op::Put`] asks it.
+    pub fn put(
+        id: u64,
+        key: Range<usize>,
+        value: Range<usize>,
+        ttl_ms: u64,
+        only_if: u8,
+    ) -> RequestView {
+        RequestView {
+            value,
+            ttl_ms,
+            only_if,
+            ..RequestView::on_key(id, OpKind::Put, key)
+        }
+    }
+
+    /// A Delete, as [`Op::Delete`] asks it.
+    pub fn delete(id: u64, key: Range<usize>) -> RequestView {
+        RequestView::on_key(id, OpKind::Delete, key)
+    }
+
+    /// An Expire, as [`Op::Expire`] asks it.
+    pub fn expire(id: u64, key: Range<usize>, ttl_ms: u64) -> RequestView {
+        RequestView {
+            ttl_ms,
+            ..RequestView::on_key(id, OpKind::Expire, key)
+        }
+    }
+
+    /// The op this view reads from `payload` (the buffer its ranges point into), to encode
+    /// as a native frame; `None` if a range lies outside `payload`.
+    pub fn op<'a>(&self, payload: &'a [u8]) -> Option<Op<'a>> {
+        let key = || payload.get(self.key.clone());
+        Some(match self.kind {
+            OpKind::Hello => Op::Hello {
+                protocol_version: self.protocol_version,
+                token: payload.get(self.value.clone())?,
+            },
+            OpKind::Put => Op::Put {
+                key: key()?,
+                value: payload.get(self.value.clone())?,
+                ttl_ms: self.ttl_ms,
+                copies: self.copies,
+                only_if: self.only_if,
+            },
+            OpKind::Get => Op::Get {
+                key: key()?,
+                local_only: self.local_only,
+            },
+            OpKind::Delete => Op::Delete { key: key()? },
+            OpKind::Ping => Op::Ping,
+            OpKind::Stats => Op::Stats,
+            OpKind::Topology => Op::Topology,
+            OpKind::Expire => Op::Expire {
+                key: key()?,
+                ttl_ms: self.ttl_ms,
+            },
+        })
+    }
 }
 
 /// Validates one frame payload (without its length prefix) and reads it in place.

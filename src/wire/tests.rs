@@ -254,6 +254,18 @@ proptest! {
     }
 
     #[test]
+    fn a_decoded_view_reads_back_the_op_that_was_encoded(
+        (tag, key, value, ttl, local, pv) in op_strategy(),
+        id in any::<u64>(),
+    ) {
+        let op = build_op(tag, &key, &value, ttl, local, pv);
+        let frame = framed(&Request { id, op: op.clone() });
+        let payload = payload_of(&frame);
+        let view = decode_request(payload).unwrap();
+        prop_assert_eq!(view.op(payload), Some(op));
+    }
+
+    #[test]
     fn random_bytes_never_panic_the_decoder(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
         if let Ok(view) = decode_request(&bytes) {
             prop_assert!(view.key.end <= bytes.len() && view.value.end <= bytes.len());
@@ -326,4 +338,45 @@ fn a_latency_falls_in_the_first_bucket_whose_bound_it_does_not_exceed() {
     assert_eq!(OpLatency::bucket_of(1_000_000), LATENCY_BOUNDS_US.len() - 1);
     assert_eq!(OpLatency::bucket_of(1_000_001), LATENCY_BOUNDS_US.len());
     assert_eq!(OpLatency::bucket_of(u64::MAX), LATENCY_BOUNDS_US.len());
+}
+
+#[test]
+fn views_built_over_a_front_ends_buffer_read_as_the_ops_they_stand_for() {
+    let buffer = b"*3\r\n$3\r\nSET\r\n$3\r\nkey\r\n$5\r\nvalue\r\n";
+    let (key, value) = (17..20, 26..31);
+    assert_eq!(&buffer[key.clone()], b"key");
+    assert_eq!(&buffer[value.clone()], b"value");
+    let put = RequestView::put(7, key.clone(), value.clone(), 60_000, PUT_IF_ABSENT);
+    assert_eq!(put.id, 7);
+    assert!(put.has_key());
+    assert_eq!(
+        put.op(buffer),
+        Some(Op::Put {
+            key: b"key",
+            value: b"value",
+            ttl_ms: 60_000,
+            copies: 0,
+            only_if: PUT_IF_ABSENT,
+        })
+    );
+    let get = RequestView::get(8, key.clone(), true);
+    assert_eq!(
+        get.op(buffer),
+        Some(Op::Get {
+            key: b"key",
+            local_only: true
+        })
+    );
+    let delete = RequestView::delete(9, key.clone());
+    assert_eq!(delete.op(buffer), Some(Op::Delete { key: b"key" }));
+    let expire = RequestView::expire(10, key, 5_000);
+    assert_eq!(
+        expire.op(buffer),
+        Some(Op::Expire {
+            key: b"key",
+            ttl_ms: 5_000
+        })
+    );
+    // A range past the buffer reads as nothing, never as a panic.
+    assert_eq!(RequestView::get(11, 30..40, false).op(buffer), None);
 }
