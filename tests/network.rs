@@ -164,6 +164,41 @@ fn writes_on_any_node_reach_every_node_and_a_newcomer_takes_what_came_before() {
 }
 
 #[test]
+fn a_lone_node_pushes_no_write_until_it_has_a_neighbour_and_a_newcomer_still_gets_them_all() {
+    let root = node(None);
+    let alone = client(&root);
+    for i in 0..20 {
+        let key = format!("early-{i}");
+        alone
+            .put(key.as_bytes(), b"written alone", Duration::from_secs(120))
+            .expect("put");
+    }
+    let network = alone.stats().expect("stats").network;
+    assert_eq!(
+        (network.writes_pushed, network.writes_not_pushed),
+        (0, 0),
+        "nobody to push to, so nothing handed to the network: {network:?}"
+    );
+
+    let newcomer = node(Some(&root));
+    let joined = client(&newcomer);
+    // What came before arrives with the bootstrap dump...
+    for i in 0..20 {
+        let key = format!("early-{i}");
+        assert!(
+            held_within(&joined, key.as_bytes(), Duration::from_secs(15)),
+            "{key} never reached the newcomer"
+        );
+    }
+    // ... and a write once the newcomer is attached is pushed to it.
+    wait_spread(&alone, &[&joined], Duration::from_secs(15), &|| {
+        "the newcomer never attached".to_string()
+    });
+    let network = alone.stats().expect("stats").network;
+    assert!(network.writes_pushed >= 1, "{network:?}");
+}
+
+#[test]
 fn no_plaintext_of_a_replicated_value_stays_in_either_nodes_memory() {
     const MASK: u8 = 0x5A;
     let mut marker = [0u8; common::memscan::PATTERN];

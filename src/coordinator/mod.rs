@@ -72,6 +72,8 @@ pub(crate) struct NetworkCounters {
     entries_sent: AtomicU64,
     pub(crate) writes_pushed: AtomicU64,
     pub(crate) writes_not_pushed: AtomicU64,
+    /// 1 while the node has a tree neighbour to push writes to (`Node::has_neighbours`).
+    pub(crate) neighbours: AtomicU64,
     pulls_hit: AtomicU64,
     pulls_missed: AtomicU64,
     writes_copied: AtomicU64,
@@ -408,6 +410,7 @@ impl Coordinator {
         let set = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
         set(&out.role, node.role().map_or(255, |r| u64::from(r.depth())));
         set(&out.children, node.children().count() as u64);
+        set(&out.neighbours, u64::from(node.has_neighbours()));
         set(&out.joins, c.joins);
         set(&out.attaches, c.attaches);
         set(&out.parent_losses, c.parent_losses);

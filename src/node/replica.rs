@@ -67,6 +67,15 @@ impl Replication {
         self.to_coordinator.try_send(message).is_ok()
     }
 
+    /// Whether a client's write is worth handing to the coordinator: the node has a tree
+    /// neighbour to push it to, or the writer waits for copies (`waits`). A write made while
+    /// the node has none reaches the peers that come later as everything before it does, by
+    /// their bootstrap dump and sync rounds; handing it over would only copy it, cross to the
+    /// coordinator's thread and be dropped there.
+    pub(crate) fn pushes(&self, waits: bool) -> bool {
+        waits || self.network.neighbours.load(Ordering::Relaxed) != 0
+    }
+
     /// A client's write (or delete, as a tombstone) is in the store: push it to the network,
     /// and have the coordinator answer `waiter` once its copies are held. `false` when the
     /// queue is full: the write is not pushed (sync brings it a round later) and nobody will

@@ -367,6 +367,12 @@ impl Shard {
         }
     }
 
+    /// Where a client's write goes to reach the network, if it needs to go anywhere now (see
+    /// [`Replication::pushes`]); `waits` when its writer waits for copies.
+    fn pushing(&self, waits: bool) -> Option<&Replication> {
+        self.replication.as_ref().filter(|r| r.pushes(waits))
+    }
+
     /// The shard that owns `key`.
     pub(crate) fn owner_of(&self, key: &[u8]) -> u32 {
         wire::shard_of(key, self.hash_seed, self.count)
@@ -505,11 +511,11 @@ impl Shard {
                     return Answer::Answered;
                 }
                 let mut store = self.store.borrow_mut();
-                let expires_ms = store.meta(key, now).map(|m| m.expires_ms);
+                let pushing = self.pushing(false);
+                let expires_ms = pushing.map(|_| store.meta(key, now).map(|m| m.expires_ms));
                 match store.delete(key, now) {
                     Ok(version) => {
-                        if let (Some(replication), Ok(expires_ms)) = (&self.replication, expires_ms)
-                        {
+                        if let (Some(replication), Some(Ok(expires_ms))) = (pushing, expires_ms) {
                             let tombstone = OwnedEntry {
                                 key: key.to_vec(),
                                 value: None,
@@ -628,10 +634,8 @@ impl Shard {
             return Err(StoreError::EmptyKey);
         }
         // The network needs the value too: a copy, wiped once pushed.
-        let copy = self
-            .replication
-            .as_ref()
-            .map(|_| Zeroizing::new(value.to_vec()));
+        let pushing = self.pushing(waiter.is_some());
+        let copy = pushing.map(|_| Zeroizing::new(value.to_vec()));
         let mut store = self.store.borrow_mut();
         if view.only_if != wire::PUT_ALWAYS {
             // Checked and written in one step: nothing else runs on this shard in between.
@@ -644,7 +648,7 @@ impl Shard {
         // The store set the expiry from this same `now` (the shard's clock is its only clock).
         let expires_ms = now.saturating_add(view.ttl_ms);
         let mut waiting = false;
-        if let Some(replication) = &self.replication {
+        if let Some(replication) = pushing {
             let entry = OwnedEntry {
                 key: key.to_vec(),
                 value: copy,
@@ -676,7 +680,7 @@ impl Shard {
             }
         };
         let expires_ms = now.saturating_add(ttl_ms);
-        if let Some(replication) = &self.replication {
+        if let Some(replication) = self.pushing(false) {
             let mut scratch = self.read_scratch.borrow_mut();
             if store.get(key, now, &mut scratch).is_ok() {
                 let entry = OwnedEntry {

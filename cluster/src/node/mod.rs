@@ -618,6 +618,11 @@ impl Node {
         self.children.keys().copied()
     }
 
+    /// Whether a local write has anywhere to be pushed: a parent, a child or another root.
+    pub fn has_neighbours(&self) -> bool {
+        self.parent.is_some() || !self.children.is_empty() || !self.root_peers.is_empty()
+    }
+
     /// Ancestor ids, root first, as the parent last told us.
     pub fn path(&self) -> &[u64] {
         &self.path
