@@ -448,8 +448,9 @@ impl RespConnection<'_> {
         let mut error = None;
         let mut at = 3;
         while at < args.len() {
-            let option = buf[args[at].clone()].to_ascii_uppercase();
-            match option.as_slice() {
+            let mut option_bytes = [0u8; COMMAND_NAME_BYTES_MAX];
+            let option = command_name(&buf[args[at].clone()], &mut option_bytes);
+            match option {
                 b"EX" | b"PX" if at + 1 < args.len() && ttl_ms.is_none() => {
                     let text = &buf[args[at + 1].clone()];
                     let amount = std::str::from_utf8(text)
@@ -747,11 +748,12 @@ fn take_answer(
     true
 }
 
-/// Longest command name this front end knows (`CONFIG`, `UNLINK` ...), with room to spare.
+/// Longest command name or option this front end knows (`CONFIG`, `UNLINK`, `EX` ...), with
+/// room to spare.
 const COMMAND_NAME_BYTES_MAX: usize = 16;
 
-/// A command's name in capitals, in `scratch`: no allocation per command. A longer name than
-/// any known command is given as empty, which matches none of them.
+/// A command's name (or an option) in capitals, in `scratch`: no allocation per command. A
+/// longer name than any known one is given as empty, which matches none of them.
 fn command_name<'a>(raw: &[u8], scratch: &'a mut [u8; COMMAND_NAME_BYTES_MAX]) -> &'a [u8] {
     let Some(name) = scratch.get_mut(..raw.len()) else {
         return &[];
