@@ -9,10 +9,14 @@
 #
 #   bash benches/perf-instructions.sh             # results in target/perf-instructions/
 #   REQUESTS=50000 bash benches/perf-instructions.sh
+#   SERVERS="repram resp" bash benches/perf-instructions.sh    # some of repram resp redis http
+#   BIN_DIR=/tmp/old-build bash benches/perf-instructions.sh  # another build's binaries
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 REQUESTS=${REQUESTS:-20000}
+SERVERS=${SERVERS:-repram resp redis http}
+runs() { [[ " $SERVERS " == *" $1 "* ]]; }
 OUT=${OUT:-target/perf-instructions}
 mkdir -p "$OUT"
 rm -f "$OUT"/callgrind.* "$OUT/results.tsv"
@@ -73,28 +77,36 @@ under_callgrind() {
     grep -q '^repram listening' "$OUT/$name.out" || { cat "$OUT/$name.log" >&2; exit 1; }
 }
 
-under_callgrind repram --resp-listen off --http-listen off
-port=$(sed -n 's/^repram listening client=127.0.0.1:\([0-9]*\).*/\1/p' "$OUT/repram.out")
-measure repram repram "$port" "${PIDS[-1]}"
-stop_all
+if runs repram; then
+    under_callgrind repram --resp-listen off --http-listen off
+    port=$(sed -n 's/^repram listening client=127.0.0.1:\([0-9]*\).*/\1/p' "$OUT/repram.out")
+    measure repram repram "$port" "${PIDS[-1]}"
+    stop_all
+fi
 
 # RESP: the loadgen's RESP requests, the same Redis gets below, on REPRAM's RESP port.
-under_callgrind resp --resp-listen 127.0.0.1:0 --http-listen off
-port=$(sed -n 's/.* resp=127.0.0.1:\([0-9]*\).*/\1/p' "$OUT/resp.out")
-measure resp redis "$port" "${PIDS[-1]}"
-stop_all
+if runs resp; then
+    under_callgrind resp --resp-listen 127.0.0.1:0 --http-listen off
+    port=$(sed -n 's/.* resp=127.0.0.1:\([0-9]*\).*/\1/p' "$OUT/resp.out")
+    measure resp redis "$port" "${PIDS[-1]}"
+    stop_all
+fi
 
-port=$(free_port)
-taskset -c 0 "${CALLGRIND[@]}" redis-server --port "$port" --bind 127.0.0.1 --save "" \
-    --appendonly no --daemonize no >"$OUT/redis.log" 2>&1 &
-PIDS+=($!)
-wait_for_port "$port"
-measure redis redis "$port" "${PIDS[-1]}"
-stop_all
+if runs redis; then
+    port=$(free_port)
+    taskset -c 0 "${CALLGRIND[@]}" redis-server --port "$port" --bind 127.0.0.1 --save "" \
+        --appendonly no --daemonize no >"$OUT/redis.log" 2>&1 &
+    PIDS+=($!)
+    wait_for_port "$port"
+    measure redis redis "$port" "${PIDS[-1]}"
+    stop_all
+fi
 
 # HTTP: wrk (-t1 -c10, 8 s each) over 2,000 keys of 100 B, PUTs first; per request from wrk's
 # count (the server is slow under valgrind, so a time, not a count, bounds each run).
-if command -v wrk >/dev/null 2>&1; then
+if ! runs http; then
+    :
+elif command -v wrk >/dev/null 2>&1; then
     write_wrk_scripts "$OUT" 2000
     under_callgrind http --resp-listen off --http-listen 127.0.0.1:0
     http=$(sed 's/.* http=\([^ ]*\).*/\1/' "$OUT/http.out")
@@ -119,14 +131,18 @@ for line in open(sys.argv[1]):
     server, op, p, ir = line.split()
     v[(server, op, p)] = int(ir)
 print("Server user-space instructions per request (callgrind; target: REPRAM <= Redis)")
+def row(label, server, op, p, note=""):
+    r, rd = v.get((server, op, p)), v.get(("redis", op, p))
+    if r is None:
+        return
+    vs = f"  Redis {rd:>7}  ({r / rd:.2f}x{note})" if rd else ""
+    print(f"{label}{op.upper()} P{p:<3} REPRAM {r:>7}{vs}")
 for op in ("get", "set"):
     for p in ("1", "16"):
-        r, rd = v[("repram", op, p)], v[("redis", op, p)]
-        print(f"{op.upper()} P{p:<3} REPRAM {r:>7}  Redis {rd:>7}  ({r / rd:.2f}x)")
+        row("", "repram", op, p)
 for op in ("get", "set"):
     for p in ("1", "16"):
-        r, rd = v[("resp", op, p)], v[("redis", op, p)]
-        print(f"RESP {op.upper()} P{p:<3} REPRAM {r:>7}  Redis {rd:>7}  ({r / rd:.2f}x, same RESP requests)")
+        row("RESP ", "resp", op, p, ", same RESP requests")
 for op in ("get", "put"):
     if ("http", op, "-") in v:
         print(f"HTTP {op.upper():<4} REPRAM {v[('http', op, '-')]:>7}  (wrk -t1 -c10, 100 B)")

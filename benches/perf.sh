@@ -10,13 +10,15 @@
 #   2. open-loop p99 at half and 80% of Redis's closed-loop maximum (90% reads, pipeline 1);
 #   3. redis-benchmark (-c 50 -d 100 -r 100000, P1 and P16, SET and GET) on the RESP port vs
 #      redis-server;
-#   4. HTTP with wrk -t2 -c50 (keep-alive, GET and PUT of 100 B): requests per server CPU-s;
-#   5. system calls per request (strace -c -f on the server), ours and Redis's;
+#   4. HTTP with wrk -t2 -c50 (keep-alive, GET and PUT of 100 B): requests per server CPU-s,
+#      and nginx answering the same GETs with 100 B from memory (one process, no log): what
+#      an HTTP server does here at all;
+#   5. system calls per request (perf's syscall tracepoint, or strace -c -f), ours and Redis's;
 #   6. resident memory per live key, 1,000,000 keys of 100 B, ours and Redis's;
 #   7. 16 KiB values: bytes per server CPU-second, ours vs the null store.
 #
 # Instructions per request (callgrind) are measured by benches/perf-instructions.sh (slow).
-# Installs redis-server, memcached, wrk and strace from Debian packages if missing.
+# Installs redis-server, memcached, wrk, strace, nginx and perf from Debian packages if missing.
 #
 #   bash benches/perf.sh                 # about 6 minutes; results in target/perf/
 #   DURATION=10s bash benches/perf.sh    # longer runs
@@ -32,7 +34,7 @@ rm -f "$OUT"/*.json "$OUT/results.tsv"
 
 missing=()
 for tool in redis-server:redis-server memcached:memcached wrk:wrk strace:strace \
-    redis-benchmark:redis-tools taskset:util-linux; do
+    redis-benchmark:redis-tools taskset:util-linux nginx:nginx-light perf:linux-perf; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -173,52 +175,121 @@ for method in put get; do
     per_cpu=$(python3 -c "print(round($requests / max($ticks, 1) * $HZ))")
     result http "wrk-$method" "$per_cpu" "req/cpu-s ($requests requests, non-2xx ${non2xx:-0})"
 done
+# The reference: nginx, one process on the server's CPU, answering every GET with 100 B it
+# holds in memory (no store, no log), under the same wrk load.
+NGINX_PORT=$(free_port)
+mkdir -p "$OUT/nginx"
+NGINX_DIR=$(realpath "$OUT/nginx")
+cat >"$NGINX_DIR/nginx.conf" <<NGINX
+daemon off;
+master_process off;
+worker_processes 1;
+user root;
+error_log stderr error;
+pid $NGINX_DIR/nginx.pid;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    keepalive_requests 100000000;
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / { return 200 "$(printf 'v%.0s' $(seq 1 100))"; }
+    }
+}
+NGINX
+taskset -c "$SERVER_CPU" nginx -p "$NGINX_DIR" -c "$NGINX_DIR/nginx.conf" \
+    2>"$NGINX_DIR/nginx.log" &
+NGINX_PID=$!
+PIDS+=("$NGINX_PID")
+wait_for_port "$NGINX_PORT"
+before=$(cpu_ticks "$NGINX_PID")
+taskset -c "$CLIENT_CPU" wrk -t2 -c50 -d"$DURATION" -s "$OUT/get.lua" \
+    "http://127.0.0.1:$NGINX_PORT" >"$OUT/wrk-nginx.txt" 2>&1
+ticks=$(($(cpu_ticks "$NGINX_PID") - before))
+requests=$(awk '/requests in/ { print $1 }' "$OUT/wrk-nginx.txt")
+per_cpu=$(python3 -c "print(round($requests / max($ticks, 1) * $HZ))")
+result http wrk-nginx "$per_cpu" "req/cpu-s ($requests requests, 100 B from memory)"
+kill "$NGINX_PID" 2>/dev/null || true
 
 # --- 5. system calls per request ------------------------------------------------------------
-# Each server runs under `strace -c -f` (attaching to a running process needs ptrace rights
-# a container may not grant): once with the preload alone, once with the preload and then
-# SYSCALL_REQUESTS times the pipeline depth requests (pipeline 16 sends 16 times as many: its
-# requests make so few calls that the preload's own count varies by more than 100,000 of them
-# make); the difference, per request, is the figure.
 stop_all
 SYSCALL_REQUESTS=${SYSCALL_REQUESTS:-100000}
-# traced SERVER PIPELINE REQUESTS: calls in all, with `REQUESTS` measured after the preload.
-traced() {
-    local server=$1 pipeline=$2 requests=$3 port kind tracer
-    port=$(free_port)
-    local file="$OUT/strace-$server-p$pipeline-$requests.txt"
-    if [ "$server" = repram ]; then
-        kind=repram
-        taskset -c "$SERVER_CPU" strace -c -f -q -o "$file" "$REPRAM" serve --shards 1 \
-            --listen "127.0.0.1:$port" --resp-listen off --http-listen off \
-            --peer-listen 127.0.0.1:0 >"$OUT/strace-repram.out" 2>&1 &
-    else
-        kind=redis
-        taskset -c "$SERVER_CPU" strace -c -f -q -o "$file" redis-server --port "$port" \
-            --bind 127.0.0.1 --save "" --appendonly no --daemonize no >"$OUT/strace-redis.out" 2>&1 &
-    fi
-    tracer=$!
-    wait_for_port "$port"
-    taskset -c "$CLIENT_CPU" "$LOADGEN" run --target "$kind" --addr "127.0.0.1:$port" \
-        --keys 100000 --value-size 100 --preload --requests 1 --connections 1 --quiet >/dev/null
-    if [ "$requests" -gt 0 ]; then
-        load "strace-$server-p$pipeline" "$kind" "$port" "$tracer" --keys 100000 \
-            --value-size 100 --reads 0.9 --pipeline "$pipeline" --requests "$requests" \
-            --duration 120s
-    fi
-    pkill -TERM -P "$tracer" || true
-    wait "$tracer" 2>/dev/null || true
-    awk '/total$/ { print $4 }' "$file"
-}
-for server in repram redis; do
-    for pipeline in 1 16; do
-        base=$(traced "$server" "$pipeline" 0)
-        full=$(traced "$server" "$pipeline" "$((SYSCALL_REQUESTS * pipeline))")
-        ops=$(json "strace-$server-p$pipeline" "d['ops']")
-        result syscalls "$server-p$pipeline" "$(python3 -c "print(round(($full - $base) / $ops, 2))")" \
-            "syscalls/request ($full - $base for $ops)"
+if perf stat -e raw_syscalls:sys_enter -o /dev/null true 2>/dev/null; then
+    # perf's system-call tracepoint counts a running server's calls (every thread) while a
+    # load of 90% reads runs, at the server's own pace. (strace, below where perf cannot,
+    # slows a server several times over, which changes how many requests each call finds.)
+    SYSCALLS_BY=perf
+    start_repram repram
+    start_redis
+    for server in repram redis; do
+        case $server in
+            repram) kind=repram port=$repram_PORT pid=$repram_PID ;;
+            redis) kind=redis port=$REDIS_PORT pid=$REDIS_PID ;;
+        esac
+        taskset -c "$CLIENT_CPU" "$LOADGEN" run --target "$kind" --addr "127.0.0.1:$port" \
+            --keys 100000 --value-size 100 --preload --requests 1 --connections 1 --quiet >/dev/null
+        for pipeline in 1 16; do
+            file="$OUT/perf-syscalls-$server-p$pipeline.csv"
+            perf stat -e raw_syscalls:sys_enter -x, -o "$file" -p "$pid" &
+            counter=$!
+            sleep 0.5
+            load "syscalls-$server-p$pipeline" "$kind" "$port" "$pid" --keys 100000 \
+                --value-size 100 --reads 0.9 --pipeline "$pipeline" \
+                --requests "$((SYSCALL_REQUESTS * pipeline))" --duration 120s
+            kill -INT "$counter"
+            wait "$counter" 2>/dev/null || true
+            calls=$(awk -F, '/raw_syscalls:sys_enter/ { print $1 }' "$file")
+            ops=$(json "syscalls-$server-p$pipeline" "d['ops']")
+            result syscalls "$server-p$pipeline" "$(python3 -c "print(round($calls / $ops, 2))")" \
+                "syscalls/request ($calls for $ops, perf tracepoint)"
+        done
     done
-done
+    stop_all
+else
+    SYSCALLS_BY=strace
+    # Each server runs under `strace -c -f` (attaching to a running process needs ptrace rights
+    # a container may not grant): once with the preload alone, once with the preload and then
+    # SYSCALL_REQUESTS times the pipeline depth requests (pipeline 16 sends 16 times as many: its
+    # requests make so few calls that the preload's own count varies by more than 100,000 of them
+    # make); the difference, per request, is the figure.
+    # traced SERVER PIPELINE REQUESTS: calls in all, with `REQUESTS` measured after the preload.
+    traced() {
+        local server=$1 pipeline=$2 requests=$3 port kind tracer
+        port=$(free_port)
+        local file="$OUT/strace-$server-p$pipeline-$requests.txt"
+        if [ "$server" = repram ]; then
+            kind=repram
+            taskset -c "$SERVER_CPU" strace -c -f -q -o "$file" "$REPRAM" serve --shards 1 \
+                --listen "127.0.0.1:$port" --resp-listen off --http-listen off \
+                --peer-listen 127.0.0.1:0 >"$OUT/strace-repram.out" 2>&1 &
+        else
+            kind=redis
+            taskset -c "$SERVER_CPU" strace -c -f -q -o "$file" redis-server --port "$port" \
+                --bind 127.0.0.1 --save "" --appendonly no --daemonize no >"$OUT/strace-redis.out" 2>&1 &
+        fi
+        tracer=$!
+        wait_for_port "$port"
+        taskset -c "$CLIENT_CPU" "$LOADGEN" run --target "$kind" --addr "127.0.0.1:$port" \
+            --keys 100000 --value-size 100 --preload --requests 1 --connections 1 --quiet >/dev/null
+        if [ "$requests" -gt 0 ]; then
+            load "strace-$server-p$pipeline" "$kind" "$port" "$tracer" --keys 100000 \
+                --value-size 100 --reads 0.9 --pipeline "$pipeline" --requests "$requests" \
+                --duration 120s
+        fi
+        pkill -TERM -P "$tracer" || true
+        wait "$tracer" 2>/dev/null || true
+        awk '/total$/ { print $4 }' "$file"
+    }
+    for server in repram redis; do
+        for pipeline in 1 16; do
+            base=$(traced "$server" "$pipeline" 0)
+            full=$(traced "$server" "$pipeline" "$((SYSCALL_REQUESTS * pipeline))")
+            ops=$(json "strace-$server-p$pipeline" "d['ops']")
+            result syscalls "$server-p$pipeline" "$(python3 -c "print(round(($full - $base) / $ops, 2))")" \
+                "syscalls/request ($full - $base for $ops)"
+        done
+    done
+fi
 
 # --- 6. memory per live key -----------------------------------------------------------------
 MEMORY_KEYS=${MEMORY_KEYS:-1000000}
@@ -291,6 +362,8 @@ print()
 print("## 4. HTTP, wrk -t2 -c50, 100 B: requests per server CPU-second (target 200,000)")
 for m in ("get", "put"):
     print(f"{m.upper():<4} {v[('http', f'wrk-{m}')]:>9.0f}  {unit[('http', f'wrk-{m}')]}")
+n = v[("http", "wrk-nginx")]
+print(f"nginx GET {n:>9.0f}  {unit[('http', 'wrk-nginx')]}; REPRAM GET {ratio(v[('http', 'wrk-get')], n)} of it")
 print()
 print("## 5. System calls per request, 90% reads (target: REPRAM <= Redis)")
 for p in ("1", "16"):

@@ -1,11 +1,17 @@
 # Shared by the single-server benchmark scripts (perf.sh, perf-instructions.sh; sourced, not
-# run): builds the release binaries ($REPRAM, $LOADGEN), tracks the servers they start
+# run): builds the release binaries ($REPRAM, $LOADGEN; or BIN_DIR's), tracks the servers they start
 # (PIDS, stopped by stop_all and on exit), and finds free and listening ports.
 
-cargo build --release --locked -p repram --bin repram -p repram-loadgen --bin repram-loadgen
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-REPRAM=$TARGET_DIR/release/repram
-LOADGEN=$TARGET_DIR/release/repram-loadgen
+# BIN_DIR=dir takes repram and repram-loadgen from there instead (to compare two builds).
+if [ -n "${BIN_DIR:-}" ]; then
+    REPRAM=$BIN_DIR/repram
+    LOADGEN=$BIN_DIR/repram-loadgen
+else
+    cargo build --release --locked -p repram --bin repram -p repram-loadgen --bin repram-loadgen
+    TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+    REPRAM=$TARGET_DIR/release/repram
+    LOADGEN=$TARGET_DIR/release/repram-loadgen
+fi
 
 PIDS=()
 stop_all() {
