@@ -532,6 +532,20 @@ impl<'s> NativeRequests<'s> {
     }
 }
 
+/// The answers of requests a front end ran on this shard, taken as the store gives them:
+/// `take` puts each into its request's slot in `replies`, as it does a native frame's.
+pub(crate) struct SlotAnswers<'r, 's, W> {
+    pub replies: &'r mut OrderedReplies<W>,
+    pub shard: &'s Shard,
+    pub take: fn(&mut OrderedReplies<W>, &Shard, u64, Outcome<'_>),
+}
+
+impl<W> ReplySink for SlotAnswers<'_, '_, W> {
+    fn reply(&mut self, id: u64, reply: Reply<'_>) {
+        (self.take)(self.replies, self.shard, id, Outcome::from(&reply));
+    }
+}
+
 /// A key op's answer as a text front end reads it: from a native response frame (an answer
 /// another shard sent back, or one pulled from the network) or straight from this shard's
 /// store through a [`ReplySink`].

@@ -16,11 +16,11 @@ use crate::auth::WRONG_TOKENS_MAX;
 use crate::buffers::{reserve_wiping, RecvBuffer};
 use crate::frontend::{
     clear_answers, drive, each_answer, FrontEnd, FrontEndKind, NativeRequests, OrderedReplies,
-    Outcome, Registration, OUTPUT_PAUSE_BYTES,
+    Outcome, Registration, SlotAnswers, OUTPUT_PAUSE_BYTES,
 };
-use crate::node::shard::{bump, Inbound, KeyPage, ReplySink, Shard};
+use crate::node::shard::{bump, Inbound, KeyPage, Shard};
 use crate::store::KeyQuery;
-use crate::wire::{ArchivedReply, ErrorCode, Op, Reply, RequestView, ShardStats, PUT_ALWAYS};
+use crate::wire::{ArchivedReply, ErrorCode, Op, RequestView, ShardStats, PUT_ALWAYS};
 use repram_cluster::Message;
 
 const RECV_BUFFER_INITIAL_BYTES: usize = 4 * 1024;
@@ -540,7 +540,11 @@ impl HttpConnection<'_> {
             answers,
             ..
         } = self;
-        let mut here = SlotAnswers { replies, shard };
+        let mut here = SlotAnswers {
+            replies,
+            shard,
+            take: take_answer,
+        };
         native.send_in_place(rx.filled_mut(), &view, &mut here, answers);
         self.take_answers();
     }
@@ -789,18 +793,6 @@ impl HttpConnection<'_> {
 
 /// The start of every path on a key.
 const DATA_PATH: &str = "/v1/data/";
-
-/// The answers of requests on keys run on this shard, taken as the store gives them.
-struct SlotAnswers<'r, 's> {
-    replies: &'r mut OrderedReplies<Waiting>,
-    shard: &'s Shard,
-}
-
-impl ReplySink for SlotAnswers<'_, '_> {
-    fn reply(&mut self, id: u64, reply: Reply<'_>) {
-        take_answer(self.replies, self.shard, id, Outcome::from(&reply));
-    }
-}
 
 /// The answer to request `seq` on a key, from its owner's store (here, or in a native frame).
 fn take_answer(replies: &mut OrderedReplies<Waiting>, shard: &Shard, seq: u64, reply: Outcome<'_>) {

@@ -18,12 +18,10 @@ use crate::auth::WRONG_TOKENS_MAX;
 use crate::buffers::RecvBuffer;
 use crate::frontend::{
     clear_answers, drive, each_answer, FrontEnd, FrontEndKind, NativeRequests, OrderedReplies,
-    Outcome, Registration, OUTPUT_PAUSE_BYTES,
+    Outcome, Registration, SlotAnswers, OUTPUT_PAUSE_BYTES,
 };
-use crate::node::shard::{bump, ConnId, Inbound, ReplySink, Shard};
-use crate::wire::{
-    ErrorCode, Reply, RequestView, ShardStats, PUT_ALWAYS, PUT_IF_ABSENT, PUT_IF_PRESENT,
-};
+use crate::node::shard::{bump, ConnId, Inbound, Shard};
+use crate::wire::{ErrorCode, RequestView, ShardStats, PUT_ALWAYS, PUT_IF_ABSENT, PUT_IF_PRESENT};
 
 const RECV_BUFFER_INITIAL_BYTES: usize = 4 * 1024;
 const RECV_BUFFER_STREAMING_BYTES: usize = 64 * 1024;
@@ -517,7 +515,11 @@ impl RespConnection<'_> {
             answers,
             ..
         } = self;
-        let mut here = SlotAnswers { replies, shard };
+        let mut here = SlotAnswers {
+            replies,
+            shard,
+            take: take_part,
+        };
         native.send_in_place(rx.filled_mut(), &view, &mut here, answers);
         self.take_answers();
     }
@@ -662,19 +664,6 @@ fn take_part(replies: &mut OrderedReplies<Waiting>, shard: &Shard, id: u64, answ
     replies.answer(id >> PART_BITS, |waiting, done| {
         take_answer(waiting, part, answer, done, shard)
     });
-}
-
-/// The answers of requests run on this shard, taken as the store gives them into their
-/// commands' slots.
-struct SlotAnswers<'r, 's> {
-    replies: &'r mut OrderedReplies<Waiting>,
-    shard: &'s Shard,
-}
-
-impl ReplySink for SlotAnswers<'_, '_> {
-    fn reply(&mut self, id: u64, reply: Reply<'_>) {
-        take_part(self.replies, self.shard, id, Outcome::from(&reply));
-    }
 }
 
 /// Encodes part `part` of a waiting command's answer into `done`; true once the reply is
