@@ -415,15 +415,17 @@ impl<'s> NativeRequests<'s> {
 
     /// Sends one request on a key whose bytes lie in `buffer` (the front end's receive
     /// buffer, which `view`'s ranges point into). When this shard owns the key the request
-    /// runs on the store at once, straight from `buffer`, and its answer goes to `here` as it
-    /// is: no native frame is built, validated, answered and read back. A Put's value is wiped
-    /// from `buffer` once stored. For another shard the request is encoded and batched as
-    /// [`NativeRequests::send`] does (an early error answer goes to `answers`).
-    pub(crate) fn send_in_place(
+    /// runs on the store at once, straight from `buffer`, and `take` puts its answer into its
+    /// slot in `replies` as it is: no native frame is built, validated, answered and read
+    /// back. A Put's value is wiped from `buffer` once stored. For another shard the request
+    /// is encoded and batched as [`NativeRequests::send`] does (an early error answer goes to
+    /// `answers`).
+    pub(crate) fn send_in_place<W>(
         &mut self,
         buffer: &mut [u8],
         view: &RequestView,
-        here: &mut impl ReplySink,
+        replies: &mut OrderedReplies<W>,
+        take: TakeOutcome<W>,
         answers: &mut Vec<u8>,
     ) {
         let shard = self.shard;
@@ -440,7 +442,12 @@ impl<'s> NativeRequests<'s> {
         {
             return self.send(view.id, op, answers);
         }
-        let answer = shard.execute(buffer, view, self.conn, here, &mut self.batch);
+        let mut here = SlotAnswers {
+            replies,
+            shard,
+            take,
+        };
+        let answer = shard.execute(buffer, view, self.conn, &mut here, &mut self.batch);
         if answer == Answer::Deferred {
             self.in_flight += 1;
         }
@@ -532,12 +539,15 @@ impl<'s> NativeRequests<'s> {
     }
 }
 
+/// How a front end puts the answer to its request `id` into the request's slot.
+pub(crate) type TakeOutcome<W> = fn(&mut OrderedReplies<W>, &Shard, u64, Outcome<'_>);
+
 /// The answers of requests a front end ran on this shard, taken as the store gives them:
 /// `take` puts each into its request's slot in `replies`, as it does a native frame's.
-pub(crate) struct SlotAnswers<'r, 's, W> {
-    pub replies: &'r mut OrderedReplies<W>,
-    pub shard: &'s Shard,
-    pub take: fn(&mut OrderedReplies<W>, &Shard, u64, Outcome<'_>),
+struct SlotAnswers<'r, 's, W> {
+    replies: &'r mut OrderedReplies<W>,
+    shard: &'s Shard,
+    take: TakeOutcome<W>,
 }
 
 impl<W> ReplySink for SlotAnswers<'_, '_, W> {

@@ -16,7 +16,7 @@ use crate::auth::WRONG_TOKENS_MAX;
 use crate::buffers::{reserve_wiping, RecvBuffer};
 use crate::frontend::{
     clear_answers, drive, each_answer, FrontEnd, FrontEndKind, NativeRequests, OrderedReplies,
-    Outcome, Registration, SlotAnswers, OUTPUT_PAUSE_BYTES,
+    Outcome, Registration, OUTPUT_PAUSE_BYTES,
 };
 use crate::node::shard::{bump, Inbound, KeyPage, Shard};
 use crate::store::KeyQuery;
@@ -533,19 +533,13 @@ impl HttpConnection<'_> {
             }
         };
         let HttpConnection {
-            shard,
             native,
             rx,
             replies,
             answers,
             ..
         } = self;
-        let mut here = SlotAnswers {
-            replies,
-            shard,
-            take: take_answer,
-        };
-        native.send_in_place(rx.filled_mut(), &view, &mut here, answers);
+        native.send_in_place(rx.filled_mut(), &view, replies, take_answer, answers);
         self.take_answers();
     }
 

@@ -18,7 +18,7 @@ use crate::auth::WRONG_TOKENS_MAX;
 use crate::buffers::RecvBuffer;
 use crate::frontend::{
     clear_answers, drive, each_answer, FrontEnd, FrontEndKind, NativeRequests, OrderedReplies,
-    Outcome, Registration, SlotAnswers, OUTPUT_PAUSE_BYTES,
+    Outcome, Registration, OUTPUT_PAUSE_BYTES,
 };
 use crate::node::shard::{bump, ConnId, Inbound, Shard};
 use crate::wire::{ErrorCode, RequestView, ShardStats, PUT_ALWAYS, PUT_IF_ABSENT, PUT_IF_PRESENT};
@@ -508,19 +508,13 @@ impl RespConnection<'_> {
     /// receive buffer). One this shard owns is answered straight into its command's slot.
     fn ask(&mut self, view: RequestView) {
         let RespConnection {
-            shard,
             native,
             rx,
             replies,
             answers,
             ..
         } = self;
-        let mut here = SlotAnswers {
-            replies,
-            shard,
-            take: take_part,
-        };
-        native.send_in_place(rx.filled_mut(), &view, &mut here, answers);
+        native.send_in_place(rx.filled_mut(), &view, replies, take_part, answers);
         self.take_answers();
     }
 
