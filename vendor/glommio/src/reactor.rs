@@ -173,7 +173,16 @@ pub(crate) struct Reactor {
     /// refcell) every time. Acquire during initialization
     preempt_ptr_head: *const u32,
     preempt_ptr_tail: *const AtomicU32,
+    /// (REPRAM patch) The main ring's completion queue, and how many completions waiting
+    /// there make `need_preempt` true (glommio's throughput preemption, without a timer).
+    main_cq_head: *const u32,
+    main_cq_tail: *const AtomicU32,
+    main_cq_backlog: u32,
 }
+
+/// (REPRAM patch) Set once a kernel refuses `IORING_POLL_ADD_MULTI`.
+static MULTISHOT_POLL_REFUSED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 impl Reactor {
     pub(crate) fn new(
@@ -185,6 +194,8 @@ impl Reactor {
     ) -> io::Result<Reactor> {
         let sys = sys::Reactor::new(notifier, io_memory, ring_depth, blocking_thread)?;
         let (preempt_ptr_head, preempt_ptr_tail) = sys.preempt_pointers();
+        let (main_cq_head, main_cq_tail) = sys.main_cq_pointers();
+        let main_cq_backlog = sys.ring_depth() as u32;
         Ok(Reactor {
             sys,
             timers: RefCell::new(Timers::new()),
@@ -193,6 +204,9 @@ impl Reactor {
             record_io_latencies,
             preempt_ptr_head,
             preempt_ptr_tail: preempt_ptr_tail as _,
+            main_cq_head,
+            main_cq_tail: main_cq_tail as _,
+            main_cq_backlog,
         })
     }
 
@@ -206,7 +220,16 @@ impl Reactor {
 
     #[inline(always)]
     pub(crate) fn need_preempt(&self) -> bool {
-        unsafe { *self.preempt_ptr_head != (*self.preempt_ptr_tail).load(Ordering::Acquire) }
+        // SAFETY: (REPRAM patch, as glommio's own read of the latency ring below) the
+        // pointers are into the rings' shared memory, mapped for as long as `sys` lives,
+        // which is as long as `self`; the heads are written only by this thread.
+        unsafe {
+            *self.preempt_ptr_head != (*self.preempt_ptr_tail).load(Ordering::Acquire)
+                || (*self.main_cq_tail)
+                    .load(Ordering::Acquire)
+                    .wrapping_sub(*self.main_cq_head)
+                    >= self.main_cq_backlog
+        }
     }
 
     pub(crate) fn id(&self) -> usize {
@@ -427,10 +450,34 @@ impl Reactor {
         source
     }
 
+    #[allow(dead_code)] // (REPRAM patch) streams use `poll_read_ready_multi`
     pub(crate) fn poll_read_ready(&self, fd: RawFd) -> Source {
         let source = self.new_source(fd, SourceType::PollAdd, None);
         self.sys.poll_ready(&source, common_flags() | read_flags());
         source
+    }
+
+    /// (REPRAM patch) A read-readiness poll that stays armed (`Source::events` counts
+    /// its completions): see `sys::Reactor::poll_ready_multi`. A one-shot poll once a
+    /// kernel has refused a multishot one (before Linux 5.13): its completion ends it, and
+    /// the stream arms another for its next wait.
+    pub(crate) fn poll_read_ready_multi(&self, fd: RawFd) -> Source {
+        let source = self.new_source(fd, SourceType::PollAdd, None);
+        if MULTISHOT_POLL_REFUSED.load(Ordering::Relaxed) {
+            self.sys.poll_ready(&source, common_flags() | read_flags());
+        } else {
+            // POLLRDHUP: the peer's FIN is an event of its own, or part of the mask of the
+            // one that also announced the last data (see `NonBufferedStream::poll_read`).
+            let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP);
+            self.sys
+                .poll_ready_multi(&source, common_flags() | read_flags() | rdhup);
+        }
+        source
+    }
+
+    /// (REPRAM patch) Notes that the kernel refused a multishot poll (`EINVAL`).
+    pub(crate) fn refuse_multishot_poll(&self) {
+        MULTISHOT_POLL_REFUSED.store(true, Ordering::Relaxed);
     }
 
     pub(crate) fn poll_write_ready(&self, fd: RawFd) -> Source {

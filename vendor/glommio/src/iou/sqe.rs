@@ -347,6 +347,14 @@ impl<'a> SQE<'a> {
         fd.update_sqe(self);
     }
 
+    /// (REPRAM patch) A multishot poll (`IORING_POLL_ADD_MULTI`, Linux 5.13+): it stays
+    /// armed and posts a completion flagged `MORE` for every readiness event.
+    #[inline]
+    pub unsafe fn prep_poll_add_multi(&mut self, fd: impl UringFd, poll_flags: PollFlags) {
+        self.prep_poll_add(fd, poll_flags);
+        self.sqe.len = 1; // IORING_POLL_ADD_MULTI
+    }
+
     #[inline]
     pub unsafe fn prep_poll_remove(&mut self, user_data: u64) {
         uring_sys::io_uring_prep_poll_remove(self.sqe, user_data as _)

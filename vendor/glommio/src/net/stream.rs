@@ -215,12 +215,23 @@ impl Timeout {
     }
 }
 
+/// (REPRAM patch) Poll events after which a socket stays readable (EOF or an error) without
+/// a further event.
+const POLLRDHUP_HUP_ERR: u32 = (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) as u32;
+
 #[derive(Debug)]
 pub(crate) struct NonBufferedStream<S> {
     reactor: Weak<Reactor>,
     stream: S,
     source_tx: Option<Source>,
+    /// (REPRAM patch) A multishot read-readiness poll, armed once and kept: each event it
+    /// posts bumps `Source::events`.
     source_rx: Option<Source>,
+    /// (REPRAM patch) Whether the last read found the socket drained (a short read or
+    /// `EAGAIN`), and `source_rx`'s event count at that moment: a read waits, without a
+    /// `recv`, until the count moves.
+    rx_drained: bool,
+    rx_events_seen: u64,
     write_timeout: Timeout,
     read_timeout: Timeout,
 }
@@ -229,7 +240,7 @@ impl<S: AsRawFd> NonBufferedStream<S> {
     fn init(&mut self) {
         let reactor = self.reactor.upgrade().unwrap();
         let stream_fd = self.stream.as_raw_fd();
-        self.source_rx = Some(reactor.poll_read_ready(stream_fd));
+        self.source_rx = Some(reactor.poll_read_ready_multi(stream_fd));
     }
 
     pub(crate) fn try_peek(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
@@ -253,6 +264,10 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         Ok(sz)
     }
 
+    /// (REPRAM patch) glommio 0.9 armed a new one-shot `POLL_ADD` after every short read
+    /// (a source allocated, submitted, completed and freed per read; the kernel set up and
+    /// tore down its wait-queue entry each time). One multishot poll per stream now stays
+    /// armed: a read that found the socket drained waits for its next event.
     pub(crate) fn poll_read(
         &mut self,
         cx: &Context<'_>,
@@ -261,41 +276,51 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         let reactor = self.reactor.upgrade().unwrap();
         let reactor = reactor.as_ref();
 
-        let no_pending_poll = self
-            .source_rx
-            .as_ref()
-            .map(|src| src.result().is_some())
-            .unwrap_or(true);
-
-        if no_pending_poll {
+        let events = self.rx_events(reactor);
+        if !self.rx_drained || events != self.rx_events_seen {
             if let Some(result) = super::yolo_recv(self.stream.as_raw_fd(), buf) {
-                self.source_rx.take();
                 self.read_timeout.cancel_timer(reactor);
+                // A short read drained the socket's data: the next read waits for an
+                // event after this one. A full read may have left more. Once the peer has
+                // shut down (or the socket failed), its FIN or error may have come with the
+                // event already counted and stays readable with no event to come, so every
+                // read then asks the socket (epoll's edge-triggered rule: read to EAGAIN).
+                let ended = POLLRDHUP_HUP_ERR & self.source_rx.as_ref().map_or(0, |s| s.events_mask());
+                self.rx_drained = ended == 0 && matches!(result, Ok(n) if n > 0 && n < buf.len());
+                self.rx_events_seen = events;
                 let result = poll_err!(result);
-                // Start an early poll if the buffer is not fully filled. So when
-                // the next time `poll_read` is called, it will be known immediately
-                // whether the underlying stream is ready for reading.
-                if result > 0 && result < buf.len() {
-                    self.source_rx = Some(reactor.poll_read_ready(self.stream.as_raw_fd()));
-                    // The `rush_dispatch`s here and after could be removed to
-                    // improve performance if #458 is handled appropriately.
-                    // reactor.rush_dispatch(self.source_rx.as_ref().unwrap());
-                }
                 return Poll::Ready(Ok(result));
             }
+            self.rx_drained = true;
+            self.rx_events_seen = events;
         }
+
 
         poll_err!(self.read_timeout.check(reactor));
-
-        if no_pending_poll {
-            self.source_rx = Some(reactor.poll_read_ready(self.stream.as_raw_fd()));
-            // reactor.rush_dispatch(self.source_rx.as_ref().unwrap());
-        }
 
         let source = self.source_rx.as_ref().unwrap();
         source.add_waiter_single(cx.waker());
         self.read_timeout.maybe_set_timer(reactor, cx.waker());
         Poll::Pending
+    }
+
+    /// (REPRAM patch) The multishot poll's event count, arming a new poll first if there
+    /// is none or the last one ended (a new poll posts an event at once if the socket is
+    /// already readable, so nothing that arrived meanwhile is missed).
+    fn rx_events(&mut self, reactor: &Reactor) -> u64 {
+        let ended = match self.source_rx.as_ref().map(|src| src.result()) {
+            Some(None) => false,
+            Some(Some(Err(e))) if e.raw_os_error() == Some(libc::EINVAL) => {
+                reactor.refuse_multishot_poll();
+                true
+            }
+            _ => true,
+        };
+        if ended {
+            self.source_rx = Some(reactor.poll_read_ready_multi(self.stream.as_raw_fd()));
+            self.rx_drained = false;
+        }
+        self.source_rx.as_ref().map_or(0, |src| src.events())
     }
 
     pub(crate) fn poll_write(&mut self, cx: &Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
@@ -366,6 +391,8 @@ where
             stream: socket.into(),
             source_tx: None,
             source_rx: None,
+            rx_drained: false,
+            rx_events_seen: 0,
             write_timeout: Timeout::new(reactor.register_timer()),
             read_timeout: Timeout::new(reactor.register_timer()),
         };

@@ -566,6 +566,13 @@ pub(super) struct Wakers {
 
     /// Tasks waiting for the next event.
     pub(super) waiters: SmallVec<[Waker; 1]>,
+
+    /// (REPRAM patch) Completions a multishot request has posted so far, the last one
+    /// (without `MORE`, which also sets `result`) included.
+    pub(super) events: u64,
+
+    /// (REPRAM patch) The poll masks of those completions, or-ed together.
+    pub(super) events_mask: u32,
 }
 
 impl Wakers {
@@ -576,6 +583,8 @@ impl Wakers {
             submitted_at: None,
             fulfilled_at: None,
             waiters: Default::default(),
+            events: 0,
+            events_mask: 0,
         }
     }
 

@@ -267,6 +267,16 @@ impl Source {
     // adds a single waiter to the list, replacing any waiter that may already
     // exist. Should be used for single streams that map a future 1:1 to their I/O
     // source
+    /// (REPRAM patch) How many completions a multishot request has posted so far.
+    pub(crate) fn events(&self) -> u64 {
+        self.inner.borrow().wakers.events
+    }
+
+    /// (REPRAM patch) The poll masks a multishot request's completions carried, or-ed.
+    pub(crate) fn events_mask(&self) -> u32 {
+        self.inner.borrow().wakers.events_mask
+    }
+
     pub(crate) fn add_waiter_single(&self, waker: &Waker) {
         let mut inner = self.inner.borrow_mut();
         let waiters = &mut inner.wakers.waiters;

@@ -60,6 +60,8 @@ const MSG_ZEROCOPY: i32 = 0x4000000;
 #[derive(Debug)]
 enum UringOpDescriptor {
     PollAdd(PollFlags),
+    /// (REPRAM patch) A multishot poll: see `Reactor::poll_ready_multi`.
+    PollAddMulti(PollFlags),
     PollRemove(*const u8),
     Cancel(u64),
     Write(*const u8, usize, u64),
@@ -278,6 +280,9 @@ fn fill_sqe<F>(
             UringOpDescriptor::PollAdd(events) => {
                 sqe.prep_poll_add(op.fd, events);
             }
+            UringOpDescriptor::PollAddMulti(events) => {
+                sqe.prep_poll_add_multi(op.fd, events);
+            }
             UringOpDescriptor::PollRemove(to_remove) => {
                 user_data = 0;
                 sqe.prep_poll_remove(to_remove as u64);
@@ -455,12 +460,21 @@ fn transmute_error(res: io::Result<u32>) -> io::Result<usize> {
         })
 }
 
+/// (REPRAM patch) Whether a source's I/O latencies are collected
+/// (`LocalExecutorBuilder::record_io_latencies`): only then are its queued, submitted and
+/// fulfilled times read from the clock, three reads per request otherwise spent for nothing.
+fn records_latency(src: &InnerSource) -> bool {
+    src.stats_collection.is_some_and(|s| s.latency.is_some())
+}
+
 fn record_stats<Ring: UringCommon>(
     ring: &mut Ring,
     src: &mut InnerSource,
     res: &io::Result<usize>,
 ) {
-    src.wakers.fulfilled_at = Some(Instant::now());
+    if records_latency(src) {
+        src.wakers.fulfilled_at = Some(Instant::now());
+    }
     if let Some(fulfilled) = src.stats_collection.and_then(|x| x.fulfilled) {
         fulfilled(res, ring.io_stats_mut(), 1);
         if let Some(handle) = src.task_queue {
@@ -506,7 +520,6 @@ fn extract_one_chain(
     source_map: &mut SourceMap,
     queue: &mut VecDeque<UringDescriptor>,
     chain: Range<usize>,
-    now: Instant,
 ) -> SmallVec<[UringDescriptor; 1]> {
     queue
         .drain(chain)
@@ -514,7 +527,9 @@ fn extract_one_chain(
             if op.user_data > 0 {
                 let id = from_user_data(op.user_data);
                 let status = source_map.peek_source_mut(from_user_data(op.user_data), |mut x| {
-                    x.wakers.submitted_at = Some(now);
+                    if records_latency(&x) {
+                        x.wakers.submitted_at = Some(Instant::now());
+                    }
                     let current = x.enqueued.as_mut().expect("bug");
                     match current.status {
                         EnqueuedStatus::Enqueued => {
@@ -551,9 +566,22 @@ where
             return Some(false);
         }
 
+        // (REPRAM patch) A multishot request that stays armed keeps its source in the
+        // map: count the event and wake the waiters, nothing else.
+        if value.flags().contains(iou::cqe::CompletionFlags::MORE) {
+            let src = source_map.borrow()[from_user_data(value.user_data())].clone();
+            let mut inner = src.borrow_mut();
+            inner.wakers.events += 1;
+            if let Ok(mask) = value.result() {
+                inner.wakers.events_mask |= mask;
+            }
+            return Some(inner.wakers.wake_waiters());
+        }
+
         let src = source_map
             .borrow_mut()
             .consume_source(from_user_data(value.user_data()));
+        src.borrow_mut().wakers.events += 1;
 
         let result = value.result();
 
@@ -859,11 +887,10 @@ impl UringCommon for PollRing {
 
     fn submit_one_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
         let source_map = &mut *self.source_map.borrow_mut();
-        let now = Instant::now();
 
         while let Some(chain) = peek_one_chain(queue, self.size) {
             return if let Some(sqes) = self.ring.sq().prepare_sqes(chain.len() as u32) {
-                let ops = extract_one_chain(source_map, queue, chain, now);
+                let ops = extract_one_chain(source_map, queue, chain);
                 if ops.is_empty() {
                     // all the sources in the ring were cancelled
                     continue;
@@ -983,6 +1010,7 @@ impl SleepableRing {
     /// CQEs are available on the main ring. This timer is linked with a write
     /// to the latency ring's event fd such that this timer triggers a
     /// preemption via the latency ring.
+    #[allow(dead_code)] // (REPRAM patch) `need_preempt` reads the backlog instead
     fn prepare_throughput_preemption_timer(&mut self, min_events: u32, event_fd: RawFd) -> Source {
         assert!(min_events >= 1, "min_events should be at least 1");
         let timer_source = Source::new(
@@ -1206,18 +1234,19 @@ impl UringCommon for SleepableRing {
             source_map,
         )
         .map(|x| {
-            self.in_kernel -= 1;
+            // (REPRAM patch) A multishot request posts many completions for one submission,
+            // so this count (kept for statistics only) must not go below zero.
+            self.in_kernel = self.in_kernel.saturating_sub(1);
             x
         })
     }
 
     fn submit_one_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
         let source_map = &mut *self.source_map.borrow_mut();
-        let now = Instant::now();
 
         while let Some(chain) = peek_one_chain(queue, self.size) {
             return if let Some(sqes) = self.ring.sq().prepare_sqes(chain.len() as u32) {
-                let ops = extract_one_chain(source_map, queue, chain, now);
+                let ops = extract_one_chain(source_map, queue, chain);
                 if ops.is_empty() {
                     // all the sources in the ring were cancelled
                     continue;
@@ -1254,7 +1283,6 @@ pub(crate) struct Reactor {
     /// sleeps until the latency ring has a completion, instead of one submitted and
     /// cancelled per sleep.
     link_rings_src: Cell<Option<Source>>,
-    throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
 
@@ -1398,7 +1426,6 @@ impl Reactor {
             latency_preemption_timeout_src: Cell::new(None),
             latency_preemption_deadline: Cell::new(None),
             link_rings_src: Cell::new(None),
-            throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
             notifier,
@@ -1481,6 +1508,20 @@ impl Reactor {
 
     pub(crate) fn read_buffered(&self, source: &Source, pos: u64, size: usize) {
         let op = UringOpDescriptor::Read(pos, size);
+        queue_request_into_ring(
+            &mut *self.ring_for_source(source),
+            source,
+            op,
+            &mut self.source_map.borrow_mut(),
+        );
+    }
+
+    /// (REPRAM patch) A poll that stays armed: each readiness event posts a completion
+    /// flagged `MORE`, counted in the source's `events` and waking its waiters, without
+    /// a new request per wait. A completion without `MORE` (cancelled, or the kernel ended
+    /// it) sets the result as for a one-shot poll.
+    pub(crate) fn poll_ready_multi(&self, source: &Source, flags: PollFlags) {
+        let op = UringOpDescriptor::PollAddMulti(flags);
         queue_request_into_ring(
             &mut *self.ring_for_source(source),
             source,
@@ -1913,16 +1954,11 @@ impl Reactor {
             self.latency_preemption_deadline.set(None);
         }
 
-        // The throughput-based timeout stands until it fires; it won't matter if we end
-        // up sleeping.
-        if !Self::in_flight(&self.throughput_preemption_timeout_src) {
-            self.throughput_preemption_timeout_src.replace(Some(
-                main_ring.prepare_throughput_preemption_timer(
-                    self.ring_depth() as u32,
-                    self.eventfd_src.raw(),
-                ),
-            ));
-        }
+        // (REPRAM patch) No throughput-based timeout: glommio 0.9 replaced it on every
+        // call, so it fired only when a ring's depth of completions arrived within one
+        // executor loop; left standing, it fired every ring depth of completions, and each
+        // time its linked eventfd write went through io-wq. `need_preempt` now reads the
+        // main ring's backlog of completions itself (`main_cq_pointers`).
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -2051,6 +2087,14 @@ impl Reactor {
         self.blocking_thread.flush()
     }
 
+    /// (REPRAM patch) The main ring's completion queue head and tail, for
+    /// `need_preempt` to see a backlog of completions without a timer.
+    pub(crate) fn main_cq_pointers(&self) -> (*const u32, *const u32) {
+        let mut main_ring = self.main_ring.borrow_mut();
+        let cq = unsafe { &main_ring.ring.raw_mut().cq };
+        (cq.khead, cq.ktail)
+    }
+
     pub(crate) fn preempt_pointers(&self) -> (*const u32, *const u32) {
         let mut lat_ring = self.latency_ring.borrow_mut();
         let cq = unsafe { &lat_ring.ring.raw_mut().cq };
@@ -2149,7 +2193,12 @@ fn queue_request_into_ring(
     descriptor: UringOpDescriptor,
     source_map: &mut SourceMap,
 ) {
-    source.inner.borrow_mut().wakers.queued_at = Some(Instant::now());
+    {
+        let mut inner = source.inner.borrow_mut();
+        if records_latency(&inner) {
+            inner.wakers.queued_at = Some(Instant::now());
+        }
+    }
     let q = ring.submission_queue();
     let id = source_map.add_source(source, Rc::clone(&q));
 
