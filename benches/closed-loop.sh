@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Closed-loop ops per server CPU-second of one or more REPRAM builds, side by side: each
+# build's node on CPU 0 (`--shards 1`), this tree's loadgen on CPU 1, 100 B values over
+# 100,000 preloaded keys, 90% reads, 50 connections, ROUNDS rounds of DURATION in turn, so
+# the machine's drift falls on every build alike.
+#
+#   BUILDS="/tmp/old/repram target/release/repram" bash benches/closed-loop.sh
+#   PIPELINE=16 ROUNDS=5 BUILDS="..." bash benches/closed-loop.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PIPELINE=${PIPELINE:-1}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-4s}
+OUT=${OUT:-target/closed-loop}
+mkdir -p "$OUT"
+
+source benches/servers.sh
+BUILDS=${BUILDS:-$REPRAM}
+
+ports=() pids=() names=()
+i=0
+for build in $BUILDS; do
+    out="$OUT/repram$i.out"
+    taskset -c 0 "$build" serve --shards 1 --listen 127.0.0.1:0 --resp-listen off \
+        --http-listen off >"$out" 2>"$OUT/repram$i.log" &
+    PIDS+=($!)
+    for _ in $(seq 1 100); do
+        grep -q '^repram listening' "$out" 2>/dev/null && break
+        sleep 0.05
+    done
+    port=$(sed -n 's/^repram listening client=127.0.0.1:\([0-9]*\).*/\1/p' "$out")
+    taskset -c 1 "$LOADGEN" run --target repram --addr "127.0.0.1:$port" --keys 100000 \
+        --value-size 100 --preload --reads 1 --requests 1 --connections 1 --quiet >/dev/null
+    names+=("repram$i") ports+=("$port") pids+=("${PIDS[-1]}")
+    echo "repram$i: $build" >&2
+    i=$((i + 1))
+done
+
+for round in $(seq 1 "$ROUNDS"); do
+    for n in "${!names[@]}"; do
+        taskset -c 1 "$LOADGEN" run --target repram --addr "127.0.0.1:${ports[$n]}" \
+            --keys 100000 --value-size 100 --reads 0.9 --connections 50 \
+            --pipeline "$PIPELINE" --duration "$DURATION" --quiet --server-pid "${pids[$n]}" \
+            --out "$OUT/${names[$n]}-$round" >/dev/null
+        python3 -c "import json; d = json.load(open('$OUT/${names[$n]}-$round.json')); \
+print(f\"round $round ${names[$n]} P$PIPELINE: {round(d['ops_per_server_cpu_second'] or 0):>9} ops per server CPU-second\")"
+    done
+done
