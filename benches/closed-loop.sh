@@ -21,18 +21,9 @@ BUILDS=${BUILDS:-$REPRAM}
 ports=() pids=() names=()
 i=0
 for build in $BUILDS; do
-    out="$OUT/repram$i.out"
-    taskset -c 0 "$build" serve --shards 1 --listen 127.0.0.1:0 --resp-listen off \
-        --http-listen off >"$out" 2>"$OUT/repram$i.log" &
-    PIDS+=($!)
-    for _ in $(seq 1 100); do
-        grep -q '^repram listening' "$out" 2>/dev/null && break
-        sleep 0.05
-    done
-    port=$(sed -n 's/^repram listening client=127.0.0.1:\([0-9]*\).*/\1/p' "$out")
-    taskset -c 1 "$LOADGEN" run --target repram --addr "127.0.0.1:$port" --keys 100000 \
-        --value-size 100 --preload --reads 1 --requests 1 --connections 1 --quiet >/dev/null
-    names+=("repram$i") ports+=("$port") pids+=("${PIDS[-1]}")
+    start_node "$build" "repram$i" --resp-listen off --http-listen off
+    preload repram "$NODE_PORT" 100000
+    names+=("repram$i") ports+=("$NODE_PORT") pids+=("$NODE_PID")
     echo "repram$i: $build" >&2
     i=$((i + 1))
 done

@@ -26,31 +26,15 @@ HZ=$(getconf CLK_TCK)
 names=() ports=() pids=() kinds=()
 i=0
 for build in $BUILDS; do
-    out="$OUT/repram$i.out"
-    taskset -c 0 "$build" serve --shards 1 --listen 127.0.0.1:0 --resp-listen off \
-        --http-listen off >"$out" 2>"$OUT/repram$i.log" &
-    PIDS+=($!)
-    for _ in $(seq 1 100); do
-        grep -q '^repram listening' "$out" 2>/dev/null && break
-        sleep 0.05
-    done
-    names+=("repram$i") kinds+=(repram) pids+=("${PIDS[-1]}")
-    ports+=("$(sed -n 's/^repram listening client=127.0.0.1:\([0-9]*\).*/\1/p' "$out")")
+    start_node "$build" "repram$i" --resp-listen off --http-listen off
+    names+=("repram$i") kinds+=(repram) pids+=("$NODE_PID") ports+=("$NODE_PORT")
     echo "repram$i: $build" >&2
     i=$((i + 1))
 done
-port=$(free_port)
-taskset -c 0 redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
-    --daemonize no >"$OUT/redis.log" 2>&1 &
-PIDS+=($!)
-wait_for_port "$port"
-names+=(redis) kinds+=(redis) pids+=("${PIDS[-1]}") ports+=("$port")
+start_redis
+names+=(redis) kinds+=(redis) pids+=("$REDIS_PID") ports+=("$REDIS_PORT")
 
-for n in "${!names[@]}"; do
-    taskset -c 1 "$LOADGEN" run --target "${kinds[$n]}" --addr "127.0.0.1:${ports[$n]}" \
-        --keys 100000 --value-size 100 --preload --reads 1 --requests 1 --connections 1 \
-        --quiet >/dev/null
-done
+for n in "${!names[@]}"; do preload "${kinds[$n]}" "${ports[$n]}" 100000; done
 
 printf '%-8s %-8s %9s %9s %12s %9s %7s\n' rate server p50_us p99_us ops/CPU-s "CPU share" unsent
 for rate in $RATES; do

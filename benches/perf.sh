@@ -70,14 +70,6 @@ start_repram() {
     printf -v "${name}_RESP" '%s' "$(sed 's/.* resp=127.0.0.1:\([0-9]*\).*/\1/' <<<"$line")"
     printf -v "${name}_HTTP" '%s' "$(sed 's/.* http=127.0.0.1:\([0-9]*\).*/\1/' <<<"$line")"
 }
-start_redis() {
-    REDIS_PORT=$(free_port)
-    taskset -c "$SERVER_CPU" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" \
-        --appendonly no --daemonize no >"$OUT/redis.log" 2>&1 &
-    REDIS_PID=$!
-    PIDS+=("$REDIS_PID")
-    wait_for_port "$REDIS_PORT"
-}
 MEMCACHED_USER=()
 [ "$(id -u)" = 0 ] && MEMCACHED_USER=(-u root)
 start_memcached() {

@@ -15,35 +15,11 @@ for tool in redis-server redis-benchmark taskset; do
     command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install redis-server)" >&2; exit 1; }
 done
 
-cargo build --release --locked -p repram --bin repram
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-REPRAM=$TARGET_DIR/release/repram
+source benches/servers.sh
 
-pids=()
-cleanup() {
-    trap - EXIT INT TERM
-    [ ${#pids[@]} -gt 0 ] && kill "${pids[@]}" 2>/dev/null || true
-    wait 2>/dev/null || true
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-REDIS_PORT=$(free_port)
-taskset -c 0 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
-    --daemonize no >"$OUT/redis.log" 2>&1 &
-REDIS_PID=$!
-pids+=("$REDIS_PID")
-
-taskset -c 0 "$REPRAM" serve --listen 127.0.0.1:0 --resp-listen 127.0.0.1:0 --shards 1 \
-    --memory-budget 2GiB >"$OUT/repram.out" 2>"$OUT/repram.log" &
-REPRAM_PID=$!
-pids+=("$REPRAM_PID")
-for _ in $(seq 1 100); do
-    grep -q '^repram listening' "$OUT/repram.out" 2>/dev/null && break
-    sleep 0.05
-done
+start_redis
+start_node "$REPRAM" repram --resp-listen 127.0.0.1:0 --memory-budget 2GiB
+REPRAM_PID=$NODE_PID
 REPRAM_PORT=$(sed -n 's/.* resp=127.0.0.1:\([0-9]*\).*/\1/p' "$OUT/repram.out")
 sleep 0.5
 

@@ -44,3 +44,38 @@ write_wrk_scripts() {
         } >"$1/$method.lua"
     done
 }
+
+# start_node BIN NAME [serve options]: a one-shard node of BIN on CPU 0 with its client port
+# on a free 127.0.0.1 port, its output in $OUT/NAME.out and .log; sets NODE_PID and NODE_PORT
+# (the client port) once it says it listens.
+start_node() {
+    local bin=$1 name=$2
+    shift 2
+    taskset -c 0 "$bin" serve --shards 1 --listen 127.0.0.1:0 "$@" \
+        >"$OUT/$name.out" 2>"$OUT/$name.log" &
+    NODE_PID=$!
+    PIDS+=("$NODE_PID")
+    for _ in $(seq 1 100); do
+        grep -q '^repram listening' "$OUT/$name.out" 2>/dev/null && break
+        sleep 0.05
+    done
+    NODE_PORT=$(sed -n 's/^repram listening client=127.0.0.1:\([0-9]*\).*/\1/p' "$OUT/$name.out")
+    [ -n "$NODE_PORT" ] || { cat "$OUT/$name.log" >&2; exit 1; }
+}
+
+# preload KIND PORT KEYS: writes every one of KEYS keys once (100 B values) from CPU 1.
+preload() {
+    taskset -c 1 "$LOADGEN" run --target "$1" --addr "127.0.0.1:$2" --keys "$3" \
+        --value-size 100 --preload --reads 1 --requests 1 --connections 1 --quiet >/dev/null
+}
+
+# start_redis: redis-server on CPU ${SERVER_CPU:-0}, persistence off, on a free port; sets
+# REDIS_PORT and REDIS_PID once it listens.
+start_redis() {
+    REDIS_PORT=$(free_port)
+    taskset -c "${SERVER_CPU:-0}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" \
+        --appendonly no --daemonize no >"$OUT/redis.log" 2>&1 &
+    REDIS_PID=$!
+    PIDS+=("$REDIS_PID")
+    wait_for_port "$REDIS_PORT"
+}

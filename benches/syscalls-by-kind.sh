@@ -55,25 +55,12 @@ print(f"{label:<18} {ops / max(ticks, 1) * hz:>8.0f} ops/CPU-s  {counts.get('all
 PY
 }
 
-taskset -c 0 "$REPRAM" serve --shards 1 --listen 127.0.0.1:0 --resp-listen off \
-    --http-listen off >"$OUT/repram.out" 2>"$OUT/repram.log" &
-PIDS+=($!)
-for _ in $(seq 1 100); do
-    grep -q '^repram listening' "$OUT/repram.out" 2>/dev/null && break
-    sleep 0.05
-done
-port=$(sed -n 's/^repram listening client=127.0.0.1:\([0-9]*\).*/\1/p' "$OUT/repram.out")
-taskset -c 1 "$LOADGEN" run --target repram --addr "127.0.0.1:$port" --keys 10000 \
-    --value-size 100 --preload --reads 1 --requests 1 --connections 1 --quiet >/dev/null
-for rate in $RATES; do count repram repram "$port" "${PIDS[-1]}" "$rate"; done
+start_node "$REPRAM" repram --resp-listen off --http-listen off
+preload repram "$NODE_PORT" 10000
+for rate in $RATES; do count repram repram "$NODE_PORT" "$NODE_PID" "$rate"; done
 stop_all
 
-port=$(free_port)
-taskset -c 0 redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
-    --daemonize no >"$OUT/redis.log" 2>&1 &
-PIDS+=($!)
-wait_for_port "$port"
-taskset -c 1 "$LOADGEN" run --target redis --addr "127.0.0.1:$port" --keys 10000 \
-    --value-size 100 --preload --reads 1 --requests 1 --connections 1 --quiet >/dev/null
-for rate in $RATES; do count redis redis "$port" "${PIDS[-1]}" "$rate"; done
+start_redis
+preload redis "$REDIS_PORT" 10000
+for rate in $RATES; do count redis redis "$REDIS_PORT" "$REDIS_PID" "$rate"; done
 stop_all
