@@ -1925,12 +1925,14 @@ impl Reactor {
         // (REPRAM patch) glommio 0.9 made nine `io_uring_enter`s and a `membarrier` for
         // each sleep: it cancelled the latency timer before sleeping and armed a new one on
         // waking, replaced the throughput timer on every call, flushed each ring on its own,
-        // submitted and then cancelled a fresh link between the rings, and only then slept.
-        // At light load that cost more than the requests. Now:
-        // - both preemption timers stand while they are in flight. The latency timer is
-        //   replaced only when it would fire later than wanted (firing early only preempts
-        //   early), and it is kept while parked: it fires at most once, one preemption
-        //   period after the executor went idle, and is not re-armed while idle;
+        // submitted a fresh link between the rings (never cancelled: they piled up in the
+        // kernel until the latency ring next completed), and only then slept. At light load
+        // that cost more than the requests. Now:
+        // - the latency timer stands while it is in flight. It is replaced only when it
+        //   would fire later than wanted (firing early only preempts early), and it is kept
+        //   while parked: it fires at most once, one preemption period after the executor
+        //   went idle, and is not re-armed while idle. There is no throughput timer
+        //   (`need_preempt` reads the main ring's backlog);
         // - a parking executor's main-ring requests go to the kernel with the sleep itself
         //   (`io_uring_enter` with `to_submit` and `GETEVENTS`), beside the link to the
         //   latency ring, which stands until that ring has a completion;
