@@ -49,24 +49,17 @@ HZ=$(getconf CLK_TCK)
 # One result line: section, name, value, unit.
 result() { printf '%s\t%s\t%s\t%s\n' "$@" >>"$OUT/results.tsv"; }
 
-# start_repram NAME [serve options]: a one-shard node on CPU 0; sets NAME_PID, NAME_PORT
-# (native), NAME_RESP, NAME_HTTP.
+# start_repram NAME [serve options]: a one-shard node on CPU $SERVER_CPU with every front end;
+# sets NAME_PID, NAME_PORT (native), NAME_RESP, NAME_HTTP.
 start_repram() {
     local name=$1
     shift
-    taskset -c "$SERVER_CPU" "$REPRAM" serve --shards 1 --listen 127.0.0.1:0 \
-        --resp-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --memory-budget 4GiB "$@" \
-        >"$OUT/$name.out" 2>"$OUT/$name.log" &
-    local pid=$!
-    PIDS+=("$pid")
-    for _ in $(seq 1 100); do
-        grep -q '^repram listening' "$OUT/$name.out" 2>/dev/null && break
-        sleep 0.05
-    done
+    start_node "$REPRAM" "$name" --resp-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
+        --memory-budget 4GiB "$@"
     local line
-    line=$(grep '^repram listening' "$OUT/$name.out") || { cat "$OUT/$name.log" >&2; exit 1; }
-    printf -v "${name}_PID" '%s' "$pid"
-    printf -v "${name}_PORT" '%s' "$(sed 's/.*client=127.0.0.1:\([0-9]*\).*/\1/' <<<"$line")"
+    line=$(grep '^repram listening' "$OUT/$name.out")
+    printf -v "${name}_PID" '%s' "$NODE_PID"
+    printf -v "${name}_PORT" '%s' "$NODE_PORT"
     printf -v "${name}_RESP" '%s' "$(sed 's/.* resp=127.0.0.1:\([0-9]*\).*/\1/' <<<"$line")"
     printf -v "${name}_HTTP" '%s' "$(sed 's/.* http=127.0.0.1:\([0-9]*\).*/\1/' <<<"$line")"
 }

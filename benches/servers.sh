@@ -45,13 +45,13 @@ write_wrk_scripts() {
     done
 }
 
-# start_node BIN NAME [serve options]: a one-shard node of BIN on CPU 0 with its client port
-# on a free 127.0.0.1 port, its output in $OUT/NAME.out and .log; sets NODE_PID and NODE_PORT
-# (the client port) once it says it listens.
+# start_node BIN NAME [serve options]: a one-shard node of BIN on CPU ${SERVER_CPU:-0} with its
+# client port on a free 127.0.0.1 port, its output in $OUT/NAME.out and .log; sets NODE_PID
+# and NODE_PORT (the client port) once it says it listens.
 start_node() {
     local bin=$1 name=$2
     shift 2
-    taskset -c 0 "$bin" serve --shards 1 --listen 127.0.0.1:0 "$@" \
+    taskset -c "${SERVER_CPU:-0}" "$bin" serve --shards 1 --listen 127.0.0.1:0 "$@" \
         >"$OUT/$name.out" 2>"$OUT/$name.log" &
     NODE_PID=$!
     PIDS+=("$NODE_PID")

@@ -285,8 +285,8 @@ impl<S: AsRawFd> NonBufferedStream<S> {
                 // shut down (or the socket failed), its FIN or error may have come with the
                 // event already counted and stays readable with no event to come, so every
                 // read then asks the socket (epoll's edge-triggered rule: read to EAGAIN).
-                let ended = POLLRDHUP_HUP_ERR & self.source_rx.as_ref().map_or(0, |s| s.events_mask());
-                self.rx_drained = ended == 0 && matches!(result, Ok(n) if n > 0 && n < buf.len());
+                let shut = POLLRDHUP_HUP_ERR & self.source_rx.as_ref().map_or(0, |s| s.events_mask());
+                self.rx_drained = shut == 0 && matches!(result, Ok(n) if n > 0 && n < buf.len());
                 self.rx_events_seen = events;
                 let result = poll_err!(result);
                 return Poll::Ready(Ok(result));

@@ -1814,26 +1814,21 @@ impl Reactor {
     fn link_rings_and_sleep(&self, ring: &mut SleepableRing) -> io::Result<()> {
         // (REPRAM patch) The link poll stands until the latency ring has a completion; a
         // new one is submitted only when the last one has completed.
-        let standing = self.link_rings_src.take().filter(Self::source_in_flight);
-        let res = match standing {
-            Some(link) => {
-                let res = ring.sleep(None);
-                self.link_rings_src.set(Some(link));
-                res
-            }
-            None => {
-                let link = Source::new(
+        let (link, standing) = match self.link_rings_src.take().filter(Self::source_in_flight) {
+            Some(link) => (link, true),
+            None => (
+                Source::new(
                     IoRequirements::default(),
                     self.link_fd,
                     SourceType::LinkRings,
                     None,
                     None,
-                );
-                let res = ring.sleep(Some(&link));
-                self.link_rings_src.set(Some(link));
-                res
-            }
+                ),
+                false,
+            ),
         };
+        let res = ring.sleep((!standing).then_some(&link));
+        self.link_rings_src.set(Some(link));
         res.or_else(Self::busy_ok).map(|_| {})
     }
 
