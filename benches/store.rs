@@ -1,5 +1,6 @@
 //! Store costs: put and get at 64 B, 1 KiB and 16 KiB; sealing and opening alone; reclaiming
-//! 100,000 expired entries, whole and as one default-sized tick slice.
+//! 100,000 expired entries, whole and as one default-sized tick slice; a pipelined batch of 16
+//! gets over a million keys, one by one and with [`Store::prefetch`] first.
 //!
 //! Run: `cargo bench --bench store` (add `-- --quick` for a short pass).
 
@@ -146,5 +147,42 @@ fn expiry(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, put_get, seal_open, expiry);
+/// Sixteen gets of 100 B values spread over a million keys (most of each get's table slot,
+/// slab slot and record is not in the cache), as a pipelined read brings them: served one by
+/// one, and with the batch's keys prefetched first as a connection does.
+fn get_batch(c: &mut Criterion) {
+    const BATCH: usize = repram::store::PREFETCH_KEYS_MAX;
+    let keys = keys(1_000_000);
+    let mut s = store();
+    for key in &keys {
+        s.put(key, &mut [7u8; 100], 60_000, T0).expect("put");
+    }
+    // A fixed spread of keys (a multiplicative step), the same for both variants.
+    let order: Vec<usize> = (0..keys.len()).map(|i| i * 7_919 % keys.len()).collect();
+    let mut group = c.benchmark_group("get_batch_of_16_in_1m");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    for prefetch in [false, true] {
+        let name = if prefetch { "prefetched" } else { "one_by_one" };
+        let mut out = Vec::with_capacity(128);
+        let mut at = 0;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                at = (at + BATCH) % (order.len() - BATCH);
+                let batch = &order[at..at + BATCH];
+                if prefetch {
+                    s.prefetch(batch.iter().map(|&i| keys[i].as_slice()));
+                }
+                let mut total = 0;
+                for &i in batch {
+                    s.get(&keys[i], T0, &mut out).expect("get");
+                    total += out.len();
+                }
+                total
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, put_get, seal_open, expiry, get_batch);
 criterion_main!(benches);

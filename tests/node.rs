@@ -357,6 +357,79 @@ fn bad_requests_get_their_error_and_the_connection_keeps_serving() {
 }
 
 #[test]
+fn a_pipelined_burst_is_answered_in_order_through_an_unknown_op_and_up_to_garbage() {
+    // One shard, one write: the node reads the burst ahead of serving it (up to a batch of
+    // frames at a time), and every frame must still be answered as if read one by one.
+    let node = NodeProcess::start(&["--shards", "1"]);
+    let mut conn = RawConn::connect(node.client);
+    let key = |i: u64| format!("burst-{i}").into_bytes();
+    let value = |i: u64| format!("value-{i}").into_bytes();
+    let mut burst = Vec::new();
+    let mut id = 0;
+    let mut expected = Vec::new();
+    for i in 0..40 {
+        let (k, v) = (key(i), value(i));
+        let op = Op::Put {
+            key: &k,
+            value: &v,
+            ttl_ms: 60_000,
+            copies: 0,
+            only_if: 0,
+        };
+        wire::encode_request(&mut burst, &Request { id, op });
+        expected.push((id, Reply::Stored));
+        id += 1;
+    }
+    // Gets of every other key, present and absent, with an unknown op among them.
+    for i in 0..50 {
+        if i == 17 {
+            let at = burst.len();
+            wire::encode_request(&mut burst, &Request { id, op: Op::Ping });
+            let tag_at = burst.len() - wire::REQUEST_ROOT_BYTES + wire::REQUEST_OP_TAG_AT;
+            assert!(tag_at > at);
+            burst[tag_at] = 200;
+            expected.push((id, Reply::Error(ErrorCode::UnknownOp, String::new())));
+            id += 1;
+        }
+        let k = key(i * 2 % 60);
+        let op = Op::Get {
+            key: &k,
+            local_only: true,
+        };
+        wire::encode_request(&mut burst, &Request { id, op });
+        let want = if i * 2 % 60 < 40 {
+            Reply::Value(value(i * 2 % 60))
+        } else {
+            Reply::NotFound
+        };
+        expected.push((id, want));
+        id += 1;
+    }
+    // Garbage ends the connection: its error is the last answer, the get after it is not read.
+    burst.extend(40u32.to_le_bytes());
+    burst.extend((0..40u8).map(|i| i.wrapping_mul(97) ^ 0x3c));
+    let k = key(0);
+    let op = Op::Get {
+        key: &k,
+        local_only: true,
+    };
+    wire::encode_request(&mut burst, &Request { id: 999, op });
+    conn.send_bytes(&burst);
+
+    for (want_id, want) in expected {
+        let (id, reply) = conn.recv().expect("an answer");
+        assert_eq!(id, want_id);
+        match want {
+            Reply::Error(code, _) => expect_error(reply, code),
+            want => assert_eq!(reply, want, "request {id}"),
+        }
+    }
+    let (_, reply) = conn.recv().expect("the garbage's answer");
+    expect_error(reply, ErrorCode::Malformed);
+    assert!(conn.recv().is_none(), "closed after garbage");
+}
+
+#[test]
 fn unreadable_frames_close_only_their_own_connection() {
     let node = small_node(&[]);
     let mut bystander = RawConn::connect(node.client);

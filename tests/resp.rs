@@ -199,6 +199,70 @@ fn pipelined_commands_on_keys_of_every_shard_are_answered_in_order() {
 }
 
 #[test]
+fn a_pipelined_burst_is_answered_in_order_through_unknown_commands_and_up_to_garbage() {
+    // One shard, one write: the node parses the burst ahead of running it (a batch of
+    // commands at a time), and every command must still be answered as if read one by one.
+    let node = NodeProcess::start(&["--shards", "1", "--max-ttl", "1h"]);
+    let addr = node.resp.expect("the RESP front end is on");
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut request = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..30 {
+        if i % 3 == 0 {
+            // Inline commands among the arrays.
+            request.extend_from_slice(format!("SET burst-{i} v{i}\r\n").as_bytes());
+        } else {
+            let (key, value) = (format!("burst-{i}"), format!("v{i}"));
+            let set = format!(
+                "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{value}\r\n",
+                key.len(),
+                value.len()
+            );
+            request.extend_from_slice(set.as_bytes());
+        }
+        expected.extend_from_slice(b"+OK\r\n");
+    }
+    for i in 0..40 {
+        if i == 12 {
+            request.extend_from_slice(b"*2\r\n$6\r\nNOSUCH\r\n$3\r\nkey\r\n");
+            expected.extend_from_slice(
+                b"-ERR unknown command 'NOSUCH', with args beginning with: 'key' \r\n",
+            );
+        }
+        if i == 20 {
+            request.extend_from_slice(b"*2\r\n$3\r\nDEL\r\n$7\r\nburst-4\r\n");
+            expected.extend_from_slice(b":1\r\n");
+        }
+        let key = format!("burst-{}", (i * 2) % 36);
+        request.extend_from_slice(
+            format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len()).as_bytes(),
+        );
+        let n = (i * 2) % 36;
+        if n < 30 && !(n == 4 && i >= 20) {
+            let value = format!("v{n}");
+            expected.extend_from_slice(format!("${}\r\n{value}\r\n", value.len()).as_bytes());
+        } else {
+            expected.extend_from_slice(b"$-1\r\n");
+        }
+    }
+    // Garbage ends the connection after its error; the command after it is never run.
+    request.extend_from_slice(b"*x\r\nPING\r\n");
+    expected.extend_from_slice(b"-ERR Protocol error: invalid multibulk length\r\n");
+    stream.write_all(&request).expect("send");
+    let got = read_exactly(&mut stream, expected.len());
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(&expected)
+    );
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).expect("closed");
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+}
+
+#[test]
 fn malformed_requests_get_a_protocol_error_and_only_their_connection_closes() {
     let (_node, addr) = node();
     let cases: [(&[u8], &str); 4] = [

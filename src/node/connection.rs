@@ -24,6 +24,7 @@ use super::shard::{
 use crate::auth::WRONG_TOKENS_MAX;
 use crate::buffers::{reserve_wiping, wipe_and_clear, RecvBuffer};
 use crate::frontend::OUTPUT_PAUSE_BYTES;
+use crate::store::PREFETCH_KEYS_MAX;
 use crate::tls::ClientStream;
 
 /// A receive buffer starts this small: ten thousand idle connections cost 40 MiB, not more.
@@ -71,6 +72,21 @@ struct StatsGather {
     remaining: usize,
 }
 
+/// What stopped a look-ahead over the receive buffer ([`Connection::look_ahead`]).
+enum AheadStop {
+    /// It read as many frames as it looks ahead for: more may follow.
+    Full,
+    /// The head frame is not all here: the bytes the buffer needs to hold it (or its header).
+    Incomplete { frame_bytes: usize },
+    /// A well-formed frame of an op this node does not know, `total` bytes long: answered,
+    /// and the connection goes on.
+    UnknownOp { id: u64, tag: u8, total: usize },
+    /// A length prefix over the frame limit.
+    TooLarge(FrameError),
+    /// A frame of `total` bytes that is not a request.
+    Malformed { error: FrameError, total: usize },
+}
+
 enum Event {
     Read(io::Result<usize>),
     Inbound(Option<Inbound>),
@@ -99,6 +115,9 @@ struct Connection<'s> {
     /// A Hello carried the node's token (or the node has none).
     authenticated: bool,
     wrong_tokens: u32,
+    /// The complete, readable frames at the head of the receive buffer, decoded ahead of
+    /// serving them (with each frame's length) so their keys' entries load together.
+    ahead: Vec<(RequestView, usize)>,
 }
 
 impl<'s> Connection<'s> {
@@ -119,6 +138,7 @@ impl<'s> Connection<'s> {
             read_at: Instant::now(),
             authenticated: shard.auth.is_none(),
             wrong_tokens: 0,
+            ahead: Vec::new(),
         }
     }
 
@@ -193,52 +213,108 @@ impl<'s> Connection<'s> {
     fn process_frames(&mut self) {
         self.paused = false;
         let mut batch = self.shard.serve(self.read_at);
+        let mut ahead = std::mem::take(&mut self.ahead);
+        ahead.clear();
+        let mut next = 0;
+        let mut stop = AheadStop::Full;
         loop {
             if self.out.len() >= OUTPUT_PAUSE_BYTES {
                 self.paused = true;
                 break;
             }
-            let filled = self.rx.filled();
-            let len = match wire::frame_len(filled, self.shard.frame_bytes_max) {
-                Ok(Some(len)) => len,
-                Ok(None) => {
-                    self.next_frame_bytes = wire::FRAME_HEADER_BYTES;
+            if let Some((view, total)) = ahead.get(next) {
+                next += 1;
+                self.dispatch(view, *total, &mut batch);
+                self.rx.consume(*total);
+                self.next_frame_bytes = wire::FRAME_HEADER_BYTES;
+                if self.fatal {
+                    // Too many wrong tokens: nothing after them is read (pipelined guesses too).
                     break;
                 }
-                Err(error) => {
-                    self.refuse(ErrorCode::FrameTooLarge, &error);
-                    break;
-                }
-            };
-            let total = wire::FRAME_HEADER_BYTES + len;
-            if filled.len() < total {
-                self.next_frame_bytes = total;
-                break;
+                continue;
             }
-            let frame = &mut self.rx.filled_mut()[..total];
-            match wire::decode_request(&frame[wire::FRAME_HEADER_BYTES..]) {
-                Ok(view) => self.dispatch(&view, total, &mut batch),
-                Err(FrameError::UnknownOp { id, tag }) => {
+            // Every frame read ahead is served: what stopped the look-ahead is at the head.
+            match std::mem::replace(&mut stop, AheadStop::Full) {
+                AheadStop::Full => {
+                    stop = self.look_ahead(&mut ahead);
+                    next = 0;
+                }
+                AheadStop::Incomplete { frame_bytes } => {
+                    self.next_frame_bytes = frame_bytes;
+                    break;
+                }
+                AheadStop::UnknownOp { id, tag, total } => {
                     bump(&self.shard.counters.bad_frames, 1);
                     let message = format!("op {tag} is unknown to this node");
                     respond_error(&mut self.out, id, ErrorCode::UnknownOp, 0, &message);
+                    self.rx.consume(total);
+                    self.next_frame_bytes = wire::FRAME_HEADER_BYTES;
                 }
-                Err(error) => {
-                    frame.zeroize();
+                AheadStop::TooLarge(error) => {
+                    self.refuse(ErrorCode::FrameTooLarge, &error);
+                    break;
+                }
+                AheadStop::Malformed { error, total } => {
+                    self.rx.filled_mut()[..total].zeroize();
                     self.refuse(ErrorCode::Malformed, &error);
                     break;
                 }
             }
-            self.rx.consume(total);
-            self.next_frame_bytes = wire::FRAME_HEADER_BYTES;
-            if self.fatal {
-                // Too many wrong tokens: nothing after them is read (pipelined guesses too).
-                break;
-            }
         }
+        self.ahead = ahead;
         self.shard.finish(&mut batch);
         self.flush_batches();
         self.rx.shrink_when_empty();
+    }
+
+    /// Decodes the complete frames at the head of the receive buffer into `ahead`, up to
+    /// [`PREFETCH_KEYS_MAX`] of them, and has the shard start loading the entries their keys
+    /// will read (a lone frame is served at once, with nothing to overlap its wait with).
+    /// Returns what stopped it, which `process_frames` handles once the frames before it are
+    /// served. The only place frames are decoded.
+    fn look_ahead(&self, ahead: &mut Vec<(RequestView, usize)>) -> AheadStop {
+        ahead.clear();
+        let filled = self.rx.filled();
+        let mut at = 0;
+        let stop = loop {
+            if ahead.len() == PREFETCH_KEYS_MAX {
+                break AheadStop::Full;
+            }
+            let rest = &filled[at..];
+            let len = match wire::frame_len(rest, self.shard.frame_bytes_max) {
+                Ok(Some(len)) => len,
+                Ok(None) => {
+                    break AheadStop::Incomplete {
+                        frame_bytes: wire::FRAME_HEADER_BYTES,
+                    }
+                }
+                Err(error) => break AheadStop::TooLarge(error),
+            };
+            let total = wire::FRAME_HEADER_BYTES + len;
+            let Some(payload) = rest.get(wire::FRAME_HEADER_BYTES..total) else {
+                break AheadStop::Incomplete { frame_bytes: total };
+            };
+            match wire::decode_request(payload) {
+                Ok(view) => {
+                    ahead.push((view, total));
+                    at += total;
+                }
+                Err(FrameError::UnknownOp { id, tag }) => {
+                    break AheadStop::UnknownOp { id, tag, total }
+                }
+                Err(error) => break AheadStop::Malformed { error, total },
+            }
+        };
+        if ahead.len() >= 2 {
+            let mut at = 0;
+            self.shard
+                .prefetch(ahead.iter().filter_map(|(view, total)| {
+                    let payload = &filled[at + wire::FRAME_HEADER_BYTES..at + total];
+                    at += total;
+                    view.has_key().then(|| &payload[view.key.clone()])
+                }));
+        }
+        stop
     }
 
     /// Answers a frame that cannot be read and marks the connection for closing.

@@ -374,6 +374,20 @@ impl Shard {
     }
 
     /// The shard that owns `key`.
+    /// Starts loading into the CPU's caches the entries of those of `keys` this shard owns
+    /// ([`Store::prefetch`]), for requests about to be served in a batch.
+    pub(crate) fn prefetch<'k>(&self, keys: impl Iterator<Item = &'k [u8]>) {
+        if self.null_store {
+            return;
+        }
+        let store = self.store.borrow();
+        if self.count > 1 {
+            store.prefetch(keys.filter(|key| self.owner_of(key) == self.id));
+        } else {
+            store.prefetch(keys);
+        }
+    }
+
     pub(crate) fn owner_of(&self, key: &[u8]) -> u32 {
         wire::shard_of(key, self.hash_seed, self.count)
     }

@@ -12,7 +12,7 @@ use std::time::Instant;
 use crate::tls::ClientStream;
 use zeroize::{Zeroize, Zeroizing};
 
-use super::parse::{parse_command_into, RespLimits};
+use super::parse::{parse_command_into, ProtocolError, RespLimits};
 use super::reply;
 use crate::auth::WRONG_TOKENS_MAX;
 use crate::buffers::RecvBuffer;
@@ -21,6 +21,7 @@ use crate::frontend::{
     Outcome, Registration, OUTPUT_PAUSE_BYTES,
 };
 use crate::node::shard::{bump, ConnId, Inbound, Shard};
+use crate::store::PREFETCH_KEYS_MAX;
 use crate::wire::{ErrorCode, RequestView, ShardStats, PUT_ALWAYS, PUT_IF_ABSENT, PUT_IF_PRESENT};
 
 const RECV_BUFFER_INITIAL_BYTES: usize = 4 * 1024;
@@ -48,6 +49,8 @@ pub(crate) async fn serve(
         default_ttl_ms,
         rx: RecvBuffer::new(RECV_BUFFER_INITIAL_BYTES, RECV_BUFFER_STREAMING_BYTES),
         args: Vec::new(),
+        ahead: Vec::new(),
+        ahead_args: Vec::new(),
         out: Zeroizing::new(Vec::new()),
         replies: OrderedReplies::new(),
         native: NativeRequests::new(&shard, conn),
@@ -81,6 +84,16 @@ struct Waiting {
     remaining: usize,
 }
 
+/// What stopped a look-ahead over the receive buffer ([`RespConnection::look_ahead`]).
+enum AheadStop {
+    /// It parsed as many commands as it looks ahead for: more may follow.
+    Full,
+    /// The head command is not all here.
+    Incomplete,
+    /// The head command cannot be read: answered, then the connection closes.
+    Unreadable(ProtocolError),
+}
+
 enum Pending {
     Set,
     Get,
@@ -104,8 +117,14 @@ struct RespConnection<'s> {
     limits: RespLimits,
     default_ttl_ms: u64,
     rx: RecvBuffer,
-    /// The arguments of the command being run (ranges of `rx`), kept between commands.
+    /// The arguments of the command being parsed (ranges of `rx`), kept between commands.
     args: Vec<std::ops::Range<usize>>,
+    /// The complete commands at the head of `rx`, parsed ahead of running them so their keys'
+    /// entries load together: each one's argument count and length in bytes (kept between
+    /// reads for their room).
+    ahead: Vec<(usize, usize)>,
+    /// Their arguments, one list for all, as ranges of `rx`.
+    ahead_args: Vec<std::ops::Range<usize>>,
     out: Zeroizing<Vec<u8>>,
     replies: OrderedReplies<Waiting>,
     native: NativeRequests<'s>,
@@ -177,11 +196,34 @@ impl RespConnection<'_> {
 
     /// Handles every complete command in the receive buffer.
     fn process_commands(&mut self) {
+        let mut ahead = std::mem::take(&mut self.ahead);
+        let mut ahead_args = std::mem::take(&mut self.ahead_args);
+        ahead.clear();
+        // The next command parsed ahead, where its arguments start, and the bytes of those
+        // run so far: they leave the buffer together, so the ranges parsed stay right.
+        let (mut next, mut arg_at, mut ran) = (0, 0, 0);
+        let mut stop = AheadStop::Full;
         while !self.closing && self.replies.len() < PIPELINE_MAX && !self.output_full() {
-            let parsed = parse_command_into(self.rx.filled(), &self.limits, &mut self.args);
-            let command_len = match parsed {
-                Ok(Some(len)) => len,
-                Ok(None) => {
+            if let Some(&(argc, len)) = ahead.get(next) {
+                next += 1;
+                let args = &ahead_args[arg_at..arg_at + argc];
+                arg_at += argc;
+                if !args.is_empty() {
+                    self.command(args);
+                }
+                // Values were copied into native frames: wipe them here before the bytes go.
+                self.rx.filled_mut()[ran..ran + len].zeroize();
+                ran += len;
+                continue;
+            }
+            // Every command parsed ahead has run: what stopped the look-ahead is at the head.
+            self.rx.consume(std::mem::take(&mut ran));
+            match std::mem::replace(&mut stop, AheadStop::Full) {
+                AheadStop::Full => {
+                    stop = self.look_ahead(&mut ahead, &mut ahead_args);
+                    (next, arg_at) = (0, 0);
+                }
+                AheadStop::Incomplete => {
                     // A command longer than the buffer: room for more, up to the command
                     // limit (past it the parser refuses the command).
                     let wanted = self.rx.filled().len() + RECV_BUFFER_INITIAL_BYTES;
@@ -189,7 +231,7 @@ impl RespConnection<'_> {
                         .make_room(wanted.min(self.limits.command_bytes_max + 1));
                     break;
                 }
-                Err(error) => {
+                AheadStop::Unreadable(error) => {
                     bump(&self.shard.counters.bad_frames, 1);
                     let mut done = Zeroizing::new(Vec::new());
                     reply::error(&mut done, &format!("ERR Protocol error: {}", error.0));
@@ -197,20 +239,54 @@ impl RespConnection<'_> {
                     self.closing = true;
                     break;
                 }
-            };
-            if !self.args.is_empty() {
-                // Lent out while the command runs, and kept for the next one.
-                let args = std::mem::take(&mut self.args);
-                self.command(&args);
-                self.args = args;
             }
-            // Values were copied into native frames: wipe them here before the bytes go.
-            self.rx.filled_mut()[..command_len].zeroize();
-            self.rx.consume(command_len);
         }
+        self.rx.consume(ran);
+        self.ahead = ahead;
+        self.ahead_args = ahead_args;
         self.native.flush(&mut self.answers);
         self.take_answers();
         self.rx.shrink_when_empty();
+    }
+
+    /// Parses the complete commands at the head of the receive buffer into `ahead`, up to
+    /// [`PREFETCH_KEYS_MAX`] of them, and has the shard start loading the entries of their
+    /// keys (each command's first argument: a wrong guess costs a wasted load; a lone command
+    /// runs at once, with nothing to overlap its wait with). Returns what stopped it, which
+    /// `process_commands` handles once the commands before it have run. The only place
+    /// commands are parsed.
+    fn look_ahead(
+        &mut self,
+        ahead: &mut Vec<(usize, usize)>,
+        ahead_args: &mut Vec<std::ops::Range<usize>>,
+    ) -> AheadStop {
+        ahead.clear();
+        ahead_args.clear();
+        let filled = self.rx.filled();
+        let mut at = 0;
+        let stop = loop {
+            if ahead.len() == PREFETCH_KEYS_MAX {
+                break AheadStop::Full;
+            }
+            match parse_command_into(&filled[at..], &self.limits, &mut self.args) {
+                Ok(Some(len)) => {
+                    ahead_args.extend(self.args.iter().map(|r| r.start + at..r.end + at));
+                    ahead.push((self.args.len(), len));
+                    at += len;
+                }
+                Ok(None) => break AheadStop::Incomplete,
+                Err(error) => break AheadStop::Unreadable(error),
+            }
+        };
+        if ahead.len() >= 2 {
+            let mut arg_at = 0;
+            self.shard.prefetch(ahead.iter().filter_map(|&(argc, _)| {
+                let key = (argc >= 2).then(|| &filled[ahead_args[arg_at + 1].clone()]);
+                arg_at += argc;
+                key
+            }));
+        }
+        stop
     }
 
     /// Runs one command (its arguments are ranges of the receive buffer).
