@@ -11,6 +11,7 @@
 
 use std::collections::VecDeque;
 
+use super::prefetch::prefetch_line;
 use crate::limits::EXPIRY_SLOT_MS;
 
 /// Largest slab index the wheel can link (the top bit of a link marks the fine level).
@@ -191,6 +192,31 @@ impl ExpiryWheel {
             ListRef::Coarse((epoch - self.fine_open) as usize)
         };
         self.unlink(index, list);
+    }
+
+    /// Refiles entry `index`, filed with `old_expires_ms`, under `new_expires_ms`. When both
+    /// fall in the same list it stays where it is: a coarse list holds its epoch in no order
+    /// (cascading reads each entry's expiry then), a fine list one 10 ms slot. So an overwrite
+    /// with about the same TTL touches no other entry's links.
+    pub(crate) fn refile(&mut self, index: u32, old_expires_ms: u64, new_expires_ms: u64) {
+        let link = self.links[index as usize];
+        let stays = if link.is_fine() {
+            // A slot lies within one epoch, which is open while the entry is in the ring.
+            new_expires_ms / EXPIRY_SLOT_MS == old_expires_ms / EXPIRY_SLOT_MS
+        } else {
+            // Not the epoch being cascaded: a new entry there goes straight to a fine slot.
+            let epoch = new_expires_ms / self.epoch_ms;
+            epoch > self.fine_open && epoch == old_expires_ms / self.epoch_ms
+        };
+        if !stays {
+            self.remove(index, old_expires_ms);
+            self.insert(index, new_expires_ms);
+        }
+    }
+
+    /// Starts loading entry `index`'s links into the CPU's caches (see `Store::prefetch`).
+    pub(crate) fn prefetch_links(&self, index: u32) {
+        prefetch_line(self.links.as_ptr().wrapping_add(index as usize));
     }
 
     /// Reclaims expired entries and cascades the next epoch into fine slots, spending at most
@@ -410,6 +436,40 @@ mod tests {
     }
 
     #[test]
+    fn an_overwrite_within_its_list_touches_no_other_entry() {
+        let mut wheel = ExpiryWheel::new(EPOCH, 0);
+        // Three entries of one coarse epoch, and three of one fine slot.
+        let mut exp: HashMap<u32, u64> = [
+            (0, 5_100),
+            (1, 5_200),
+            (2, 5_300),
+            (3, 15),
+            (4, 16),
+            (5, 17),
+        ]
+        .into();
+        for i in 0..6 {
+            wheel.insert(i, exp[&i]);
+        }
+        let links =
+            |w: &ExpiryWheel| [0, 2, 3, 5].map(|i| (w.links[i].prev_and_level, w.links[i].next));
+        let before = links(&wheel);
+        wheel.refile(1, 5_200, 5_900);
+        wheel.refile(4, 16, 19);
+        assert_eq!(links(&wheel), before, "a neighbour's links changed");
+        exp.insert(1, 5_900);
+        exp.insert(4, 19);
+        // Out of its list: moved, and reclaimed at its new expiry only.
+        wheel.refile(2, 5_300, 8_250);
+        exp.insert(2, 8_250);
+        assert_eq!(wheel.len(), 6);
+        assert_eq!(reap(&mut wheel, &exp, 20), vec![3, 4, 5]);
+        assert_eq!(reap(&mut wheel, &exp, 5_910), vec![0, 1]);
+        assert!(reap(&mut wheel, &exp, 8_250).is_empty());
+        assert_eq!(reap(&mut wheel, &exp, 8_260), vec![2]);
+    }
+
+    #[test]
     fn a_storm_is_reclaimed_in_bounded_slices() {
         let mut wheel = ExpiryWheel::new(EPOCH, 0);
         let n = 10_000u32;
@@ -480,6 +540,7 @@ mod tests {
         enum Op {
             Insert { expires_in: u64 },
             Remove { pick: usize },
+            Refile { pick: usize, expires_in: u64 },
             Advance { ms: u64 },
             AdvanceWithBudget { ms: u64, work: usize },
         }
@@ -488,6 +549,8 @@ mod tests {
             prop_oneof![
                 4 => (1u64..1_200).prop_map(|expires_in| Op::Insert { expires_in }),
                 1 => any::<usize>().prop_map(|pick| Op::Remove { pick }),
+                2 => (any::<usize>(), prop_oneof![1u64..30, 1u64..1_200])
+                    .prop_map(|(pick, expires_in)| Op::Refile { pick, expires_in }),
                 2 => prop_oneof![0u64..30, 0u64..3_000].prop_map(|ms| Op::Advance { ms }),
                 2 => (0u64..300, 0usize..6).prop_map(|(ms, work)| Op::AdvanceWithBudget { ms, work }),
             ]
@@ -517,6 +580,16 @@ mod tests {
                             if let Some((&i, &e)) = filed.iter().nth(pick % filed.len().max(1)) {
                                 wheel.remove(i, e);
                                 filed.remove(&i);
+                            }
+                            continue;
+                        }
+                        Op::Refile { pick, expires_in } => {
+                            // Only a live entry is ever overwritten: one reclaimable now
+                            // would have been reclaimed by the store first.
+                            let live = filed.iter().filter(|&(_, &e)| e > now);
+                            if let Some((&i, &e)) = live.clone().nth(pick % live.count().max(1)) {
+                                wheel.refile(i, e, now + expires_in);
+                                filed.insert(i, now + expires_in);
                             }
                             continue;
                         }
