@@ -156,6 +156,22 @@ pub(crate) fn wipe_and_clear(buf: &mut Vec<u8>, keep_bytes: usize) {
     }
 }
 
+/// Wipes the bytes a send buffer holds and empties it, for a buffer only ever appended to
+/// since it was last emptied (nothing truncated, no `set_len` down): every byte written since
+/// then lies below its length, and those past it were wiped then or never held anything, so
+/// only the bytes in use are wiped, not the whole allocation as [`wipe_and_clear`] does (a
+/// send buffer grows to the largest batch of answers and stays there, so wiping all of it
+/// after every write cost as much as the rest of a pipelined GET). A buffer grown past
+/// `keep_bytes` is wiped whole and released.
+pub(crate) fn wipe_appended_and_clear(buf: &mut Vec<u8>, keep_bytes: usize) {
+    if buf.capacity() > keep_bytes {
+        return wipe_and_clear(buf, keep_bytes);
+    }
+    let written = buf.len();
+    buf.clear();
+    buf.spare_capacity_mut()[..written].zeroize();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +238,36 @@ mod tests {
         assert!(
             buf.iter().all(|&b| b == 0),
             "every byte, in use or not, is zero"
+        );
+    }
+
+    #[test]
+    fn wiping_an_appended_buffer_zeroes_every_byte_written_and_keeps_or_releases_it() {
+        let mut buf = Vec::with_capacity(4096);
+        wipe(&mut buf);
+        for round in 1..=3u8 {
+            // Answers of different sizes, appended as a connection does.
+            buf.extend(std::iter::repeat_n(0xa0 | round, 1000 / usize::from(round)));
+            buf.extend_from_slice(b"value");
+            let capacity = buf.capacity();
+            wipe_appended_and_clear(&mut buf, 8192);
+            assert!(buf.is_empty());
+            assert_eq!(buf.capacity(), capacity, "the allocation is kept");
+            // SAFETY: the allocation was wiped whole before the first round and every byte
+            // written since is below the length each wipe covered, so all `capacity` bytes are
+            // initialised; the buffer is only read here, then emptied.
+            unsafe { buf.set_len(capacity) };
+            assert!(
+                buf.iter().all(|&b| b == 0),
+                "round {round}: a written byte survived"
+            );
+            buf.clear();
+        }
+        buf.resize(9000, 0x5a);
+        wipe_appended_and_clear(&mut buf, 8192);
+        assert!(
+            buf.is_empty() && buf.capacity() <= 8192,
+            "grown past keep_bytes: released"
         );
     }
 

@@ -16,7 +16,7 @@ use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver};
 use zeroize::Zeroizing;
 
-use crate::buffers::{reserve_wiping, wipe, wipe_and_clear, RecvBuffer};
+use crate::buffers::{reserve_wiping, wipe, wipe_and_clear, wipe_appended_and_clear, RecvBuffer};
 use crate::node::idle::ReadDeadline;
 use crate::node::shard::{
     bump, list_keys, respond_error, Answer, ConnId, Inbound, ReplySink, ServedBatch, Shard,
@@ -84,7 +84,7 @@ pub(crate) async fn drive(
         let out = connection.output();
         if !out.is_empty() {
             stream.write_all(out).await?;
-            wipe_and_clear(out, SEND_BUFFER_KEEP_BYTES);
+            wipe_appended_and_clear(out, SEND_BUFFER_KEEP_BYTES);
             // Requests left unread while the answers were too many to hold: read them now.
             connection.resume();
             continue;

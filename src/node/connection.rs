@@ -22,7 +22,7 @@ use super::shard::{
     BUSY_RETRY_AFTER_MS,
 };
 use crate::auth::WRONG_TOKENS_MAX;
-use crate::buffers::{reserve_wiping, wipe_and_clear, RecvBuffer};
+use crate::buffers::{reserve_wiping, wipe_appended_and_clear, RecvBuffer};
 use crate::frontend::OUTPUT_PAUSE_BYTES;
 use crate::store::PREFETCH_KEYS_MAX;
 use crate::tls::ClientStream;
@@ -153,7 +153,7 @@ impl<'s> Connection<'s> {
         loop {
             if !self.out.is_empty() {
                 stream.write_all(&self.out).await?;
-                wipe_and_clear(&mut self.out, SEND_BUFFER_KEEP_BYTES);
+                wipe_appended_and_clear(&mut self.out, SEND_BUFFER_KEEP_BYTES);
                 if self.paused && !self.fatal {
                     // Frames left unread while their answers would not have fitted.
                     self.process_frames();
