@@ -19,6 +19,15 @@ fn node() -> (NodeProcess, SocketAddr) {
     (node, resp)
 }
 
+/// A raw connection to the RESP port at `addr`, whose reads give up after 10 s.
+fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream
+}
+
 /// Runs `redis-cli` with `args` against `addr` and returns its output, trimmed.
 fn cli(addr: SocketAddr, args: &[&str]) -> String {
     let output = Command::new("redis-cli")
@@ -165,10 +174,7 @@ fn read_exactly(stream: &mut TcpStream, expected: usize) -> Vec<u8> {
 #[test]
 fn pipelined_commands_on_keys_of_every_shard_are_answered_in_order() {
     let (_node, addr) = node();
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+    let mut stream = connect(addr);
     let mut request = Vec::new();
     let mut expected = Vec::new();
     for i in 0..500 {
@@ -204,10 +210,7 @@ fn a_pipelined_burst_is_answered_in_order_through_unknown_commands_and_up_to_gar
     // commands at a time), and every command must still be answered as if read one by one.
     let node = NodeProcess::start(&["--shards", "1", "--max-ttl", "1h"]);
     let addr = node.resp.expect("the RESP front end is on");
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+    let mut stream = connect(addr);
     let mut request = Vec::new();
     let mut expected = Vec::new();
     for i in 0..30 {
@@ -284,10 +287,7 @@ fn malformed_requests_get_a_protocol_error_and_only_their_connection_closes() {
         ),
     ];
     for (bytes, answer) in cases {
-        let mut stream = TcpStream::connect(addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
+        let mut stream = connect(addr);
         stream.write_all(bytes).expect("send");
         let got = read_exactly(&mut stream, answer.len() + 1);
         assert_eq!(
@@ -434,10 +434,7 @@ fn a_rust_redis_client_library_works_unchanged() {
 fn a_command_bigger_than_the_node_takes_is_refused_before_it_is_all_read() {
     let node = NodeProcess::start(&["--shards", "1", "--value-bytes-max", "1KiB"]);
     let addr = node.resp.expect("resp");
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+    let mut stream = connect(addr);
     // Arguments each within the 1 KiB limit, 100 KiB in all (the limit is 66 KiB).
     let mut command = b"*1000\r\n$4\r\nMGET\r\n".to_vec();
     for _ in 0..100 {
