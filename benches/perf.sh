@@ -355,7 +355,7 @@ for share in ("50", "80"):
         f"{x:.0f}" for (s, n), x in v.items()
         if s == "open-loop-round" and n.startswith(f"{server}-open{share}-"))
     print(f"{share}% of Redis's maximum ({unit[('open-loop', f'repram-open{share}')].split('at ')[1]}): "
-          f"REPRAM {r:.0f}, Redis {rd:.0f} ({ratio(r, rd)}), medians of the rounds "
+          f"REPRAM {r:.0f}, Redis {rd:.0f} ({ratio(r, rd)}); medians of these rounds: "
           f"REPRAM {rounds('repram')}; Redis {rounds('redis')}")
 print()
 print("## 3. redis-benchmark -c 50 -d 100 -r 100000: requests per server CPU-second (target 1.5x)")
