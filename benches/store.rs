@@ -7,6 +7,7 @@
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use repram::limits::{StoreLimits, EXPIRY_SLOT_MS, TICK_WORK_MAX_DEFAULT};
 use repram::store::test_hooks::SealOnly;
+use repram::store::Access;
 use repram::{KeySeed, Store, StoreConfig};
 
 #[global_allocator]
@@ -170,7 +171,7 @@ fn get_batch(c: &mut Criterion) {
                 at = (at + BATCH) % (order.len() - BATCH);
                 let batch = &order[at..at + BATCH];
                 if prefetch {
-                    s.prefetch(batch.iter().map(|&i| keys[i].as_slice()));
+                    s.prefetch(batch.iter().map(|&i| (keys[i].as_slice(), Access::Read)));
                 }
                 let mut total = 0;
                 for &i in batch {

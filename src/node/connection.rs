@@ -24,7 +24,7 @@ use super::shard::{
 use crate::auth::WRONG_TOKENS_MAX;
 use crate::buffers::{reserve_wiping, wipe_appended_and_clear, RecvBuffer};
 use crate::frontend::OUTPUT_PAUSE_BYTES;
-use crate::store::PREFETCH_KEYS_MAX;
+use crate::store::{Access, PREFETCH_KEYS_MAX};
 use crate::tls::ClientStream;
 
 /// A receive buffer starts this small: ten thousand idle connections cost 40 MiB, not more.
@@ -311,7 +311,11 @@ impl<'s> Connection<'s> {
                 .prefetch(ahead.iter().filter_map(|(view, total)| {
                     let payload = &filled[at + wire::FRAME_HEADER_BYTES..at + total];
                     at += total;
-                    view.has_key().then(|| &payload[view.key.clone()])
+                    let access = match view.kind {
+                        OpKind::Get => Access::Read,
+                        _ => Access::Write,
+                    };
+                    view.has_key().then(|| (&payload[view.key.clone()], access))
                 }));
         }
         stop

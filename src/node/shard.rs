@@ -19,7 +19,7 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::auth::ClientAuth;
 use crate::config::{NodeConfig, WRITE_COPIES_MAX};
 use crate::coordinator::{CopiesWaiter, NetworkCounters};
-use crate::store::{KeyHeap, KeyQuery, OwnedEntry, Store, StoreError};
+use crate::store::{Access, KeyHeap, KeyQuery, OwnedEntry, Store, StoreError};
 
 use super::idle::IdleConnections;
 use super::replica::Replication;
@@ -376,13 +376,13 @@ impl Shard {
     /// The shard that owns `key`.
     /// Starts loading into the CPU's caches the entries of those of `keys` this shard owns
     /// ([`Store::prefetch`]), for requests about to be served in a batch.
-    pub(crate) fn prefetch<'k>(&self, keys: impl Iterator<Item = &'k [u8]>) {
+    pub(crate) fn prefetch<'k>(&self, keys: impl Iterator<Item = (&'k [u8], Access)>) {
         if self.null_store {
             return;
         }
         let store = self.store.borrow();
         if self.count > 1 {
-            store.prefetch(keys.filter(|key| self.owner_of(key) == self.id));
+            store.prefetch(keys.filter(|(key, _)| self.owner_of(key) == self.id));
         } else {
             store.prefetch(keys);
         }

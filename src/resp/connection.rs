@@ -21,7 +21,7 @@ use crate::frontend::{
     Outcome, Registration, OUTPUT_PAUSE_BYTES,
 };
 use crate::node::shard::{bump, ConnId, Inbound, Shard};
-use crate::store::PREFETCH_KEYS_MAX;
+use crate::store::{Access, PREFETCH_KEYS_MAX};
 use crate::wire::{ErrorCode, RequestView, ShardStats, PUT_ALWAYS, PUT_IF_ABSENT, PUT_IF_PRESENT};
 
 const RECV_BUFFER_INITIAL_BYTES: usize = 4 * 1024;
@@ -281,7 +281,13 @@ impl RespConnection<'_> {
         if ahead.len() >= 2 {
             let mut arg_at = 0;
             self.shard.prefetch(ahead.iter().filter_map(|&(argc, _)| {
-                let key = (argc >= 2).then(|| &filled[ahead_args[arg_at + 1].clone()]);
+                let name = &filled[ahead_args[arg_at].clone()];
+                let access = if name.eq_ignore_ascii_case(b"GET") {
+                    Access::Read
+                } else {
+                    Access::Write
+                };
+                let key = (argc >= 2).then(|| (&filled[ahead_args[arg_at + 1].clone()], access));
                 arg_at += argc;
                 key
             }));

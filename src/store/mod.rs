@@ -17,6 +17,8 @@ mod record;
 mod sync;
 mod wheel;
 
+use std::cell::Cell;
+
 use hashbrown::HashTable;
 use zeroize::Zeroize;
 
@@ -27,7 +29,7 @@ pub use sync::{KeyHeap, KeyQuery, Lacking, LackingQuery, OwnedEntry};
 use crate::limits::{InvalidLimits, StoreLimits, TICK_WORK_MAX_DEFAULT};
 use crate::version::{HybridClock, Version};
 use keyring::{EpochKeyring, KeyUnavailable};
-use prefetch::prefetch_line;
+use prefetch::{prefetch_line, prefetch_span};
 use record::{NonceCounter, RecordStamp, SealedRecord};
 use wheel::{ExpiryWheel, FiledEntries};
 
@@ -39,6 +41,15 @@ pub const ENTRY_OVERHEAD_BYTES: usize = 40;
 /// Most keys [`Store::prefetch`] takes at once: enough for the memory waits of a pipelined
 /// batch to overlap, few enough that the first key's lines are still cached when it is served.
 pub const PREFETCH_KEYS_MAX: usize = 16;
+
+/// What a request about to be served does with its key's entry ([`Store::prefetch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Reads the record (a get).
+    Read,
+    /// Replaces or drops it (a put, delete or expire): also rewrites its expiry links.
+    Write,
+}
 
 /// Latest `now_ms` the store accepts (wall-clock milliseconds fit in 48 bits until the year
 /// 10889); later values are clamped, so versions and expiries never overflow.
@@ -336,14 +347,19 @@ impl Store {
     }
 
     /// Starts loading into the CPU's caches what serving `keys` will read: each key's hash
-    /// table slot, slab slot, record and expiry links. A batch of requests then waits for memory about once,
-    /// its loads in flight together, instead of three times a request in turn (three dependent
-    /// cache misses were a third of a pipelined GET's time). Changes nothing and returns
-    /// nothing; keys past the first [`PREFETCH_KEYS_MAX`] are left out.
-    pub fn prefetch<'k>(&self, keys: impl IntoIterator<Item = &'k [u8]>) {
-        // With the record, the entry's wheel links, which an overwrite or delete reads.
-        self.entries
-            .prefetch(keys, |index| self.wheel.prefetch_links(index));
+    /// table group and slot, slab slot and record, and for a write its expiry links. A batch
+    /// of requests then waits for memory about once, its loads in flight together, instead
+    /// of three times a request in turn (three dependent cache misses were a third of a
+    /// pipelined GET's time). Changes nothing and returns nothing; keys past the first
+    /// [`PREFETCH_KEYS_MAX`] are left out.
+    pub fn prefetch<'k>(&self, keys: impl IntoIterator<Item = (&'k [u8], Access)>) {
+        // A read leaves the links alone: asking for them would only take a line fill buffer
+        // from the loads that matter (the CPU has few, and a batch's prefetches fill them).
+        self.entries.prefetch(keys, |index, access| {
+            if access == Access::Write {
+                self.wheel.prefetch_links(index);
+            }
+        });
     }
 
     /// Metadata of the live value of `key`, without opening it.
@@ -650,7 +666,16 @@ struct Entries {
     len: usize,
     tombstones: usize,
     used_bytes: usize,
+    /// Where the table's control bytes were last seen ([`Entries::prefetch`]; 0: not yet):
+    /// lets a prefetch ask for a key's control bytes and slot at once, without reading the
+    /// one to find the other.
+    table_ctrl: Cell<usize>,
 }
+
+/// Bytes of a table slot (a slab index), and buckets in a group of control bytes (hashbrown's
+/// SSE2 group): a probe starts with the group at the hash's bucket.
+const TABLE_SLOT_BYTES: usize = std::mem::size_of::<u32>();
+const TABLE_GROUP_BYTES: usize = 16;
 
 impl Entries {
     fn new() -> Self {
@@ -664,6 +689,7 @@ impl Entries {
             len: 0,
             tombstones: 0,
             used_bytes: 0,
+            table_ctrl: Cell::new(0),
         }
     }
 
@@ -695,36 +721,58 @@ impl Entries {
     }
 
     /// The passes of [`Store::prefetch`]; `also` is handed the slab index of each entry found,
-    /// with its record.
-    fn prefetch<'k>(&self, keys: impl IntoIterator<Item = &'k [u8]>, mut also: impl FnMut(u32)) {
-        // Three passes, one per hop (table slot, slab slot, record), so the loads of a pass
-        // never wait on each other and go out together; each pass reads what the one before
-        // asked for, which has had the rest of that pass to arrive.
-        let mut at = [0usize; PREFETCH_KEYS_MAX];
+    /// with its record, and its key's access.
+    fn prefetch<'k>(
+        &self,
+        keys: impl IntoIterator<Item = (&'k [u8], Access)>,
+        mut also: impl FnMut(u32, Access),
+    ) {
+        // Three passes, one per hop (table, slab slot, record), so the loads of a pass never
+        // wait on each other and go out together; each pass reads what the one before asked
+        // for, which has had the rest of that pass to arrive.
+        let mut hashes = [(0u64, Access::Read); PREFETCH_KEYS_MAX];
         let mut n = 0;
-        for key in keys.into_iter().take(PREFETCH_KEYS_MAX) {
+        let ctrl = self.table_ctrl.get();
+        let bucket_mask = self.table.num_buckets().wrapping_sub(1);
+        for (key, access) in keys.into_iter().take(PREFETCH_KEYS_MAX) {
+            let hash = self.hash(key);
+            hashes[n] = (hash, access);
+            n += 1;
+            if ctrl != 0 {
+                // The group of control bytes the key's probe starts at, and the slots of
+                // those buckets, which hashbrown keeps just below the control bytes, bucket
+                // `i`'s `i + 1` slots down: both together, so reading them next waits once.
+                let at = hash as usize & bucket_mask;
+                prefetch_span(ctrl.wrapping_add(at), TABLE_GROUP_BYTES);
+                let slots = ctrl.wrapping_sub((at + TABLE_GROUP_BYTES) * TABLE_SLOT_BYTES);
+                prefetch_span(slots, TABLE_GROUP_BYTES * TABLE_SLOT_BYTES);
+            }
+        }
+        let mut at = [(0usize, Access::Read); PREFETCH_KEYS_MAX];
+        let mut found = 0;
+        for &(hash, access) in &hashes[..n] {
             // The first slot whose 7-bit tag matches is the key's unless another key shares
-            // the tag; a wrong guess costs one wasted load. Finding it reads only the table's
-            // control bytes, which are small enough to stay cached.
-            let Some(bucket) = self.table.iter_hash_buckets(self.hash(key)).next() else {
+            // the tag; a wrong guess costs one wasted load.
+            let Some(bucket) = self.table.iter_hash_buckets(hash).next() else {
                 continue;
             };
-            if let Some(slot) = self.table.get_bucket(bucket) {
-                prefetch_line(slot);
-                at[n] = bucket;
-                n += 1;
-            }
+            let Some(slot) = self.table.get_bucket(bucket) else {
+                continue;
+            };
+            let index = *slot;
+            // Where the control bytes are, from where this slot is: right for the next batch
+            // whatever moved the table (it grows, shrinks, is rebuilt). Only ever a hint.
+            let slot_at = std::ptr::from_ref(slot).addr();
+            self.table_ctrl
+                .set(slot_at.wrapping_add((bucket + 1) * TABLE_SLOT_BYTES));
+            prefetch_line(self.slab.as_ptr().wrapping_add(index as usize));
+            at[found] = (index as usize, access);
+            found += 1;
         }
-        for at in &mut at[..n] {
-            if let Some(&index) = self.table.get_bucket(*at) {
-                prefetch_line(self.slab.as_ptr().wrapping_add(index as usize));
-                *at = index as usize;
-            }
-        }
-        for &index in &at[..n] {
+        for &(index, access) in &at[..found] {
             if let Some(Some(record)) = self.slab.get(index) {
                 record.prefetch();
-                also(index as u32);
+                also(index as u32, access);
             }
         }
     }

@@ -2,6 +2,9 @@
 //! Owns nothing; never reads or writes memory, so a hint on a wrong address costs a wasted load
 //! and nothing else.
 
+/// Bytes of a cache line on the CPUs this runs on.
+pub(super) const CACHE_LINE_BYTES: usize = 64;
+
 /// Starts loading the cache line that holds `at` into every cache level.
 #[inline(always)]
 pub(super) fn prefetch_line<T>(at: *const T) {
@@ -15,4 +18,15 @@ pub(super) fn prefetch_line<T>(at: *const T) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = at;
+}
+
+/// Starts loading every cache line of the `len` bytes from address `at`; only an address,
+/// which may be stale or wrong: it is never read.
+#[inline(always)]
+pub(super) fn prefetch_span(at: usize, len: usize) {
+    prefetch_line(std::ptr::without_provenance::<u8>(at));
+    let last = at.wrapping_add(len.saturating_sub(1));
+    if last / CACHE_LINE_BYTES != at / CACHE_LINE_BYTES {
+        prefetch_line(std::ptr::without_provenance::<u8>(last));
+    }
 }

@@ -21,11 +21,10 @@
 use ring::aead::{Aad, LessSafeKey, Nonce, NONCE_LEN};
 use zeroize::Zeroize;
 
-use super::prefetch::prefetch_line;
+use super::prefetch::{prefetch_line, CACHE_LINE_BYTES};
 use crate::version::Version;
 
 pub(crate) const TAG_BYTES: usize = 16;
-const CACHE_LINE_BYTES: usize = 64;
 /// A record's bytes [`SealedRecord::prefetch`] asks for: a 100-byte value's whole record.
 const PREFETCH_BYTES_MAX: usize = 4 * CACHE_LINE_BYTES;
 const COUNTER_AT: usize = 0;
