@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::buffers::{reserve_wiping, wipe, wipe_and_clear, wipe_appended_and_clear, RecvBuffer};
 use crate::node::idle::ReadDeadline;
@@ -43,8 +43,10 @@ pub(crate) trait FrontEnd {
     fn finished(&self) -> bool;
     /// Whether to read now (not closing, and within the limits of what waits).
     fn wants_input(&self) -> bool;
-    /// The receive buffer, with room made for the next read.
+    /// The receive buffer.
     fn receive_buffer(&mut self) -> &mut RecvBuffer;
+    /// The bytes the next read must have room for from the front of the receive buffer.
+    fn read_room(&self) -> usize;
     /// Bytes arrived at the end of the receive buffer (the read returned at `read_at`):
     /// handle every complete request.
     fn received(&mut self, read_at: Instant);
@@ -79,6 +81,9 @@ pub(crate) async fn drive(
     let fd = stream.tcp().as_raw_fd();
     let mut deadline = ReadDeadline::new(idle, fd, &shard.idle_connections);
     let mut read_at = Instant::now();
+    // One wait for the inbox, kept across reads: waiting anew at each read would join and
+    // leave the channel's queue of waiters each time (about 230 instructions a request).
+    let mut next_inbound = std::pin::pin!(inbox.recv());
     loop {
         connection.flush_ready();
         let out = connection.output();
@@ -94,17 +99,19 @@ pub(crate) async fn drive(
         }
         let mut was_empty = false;
         let event = if connection.wants_input() {
+            let room = connection.read_room();
             let rx = connection.receive_buffer();
+            rx.make_room(room);
             deadline.arm(rx, read_at)?;
             was_empty = rx.filled().is_empty();
             let spare = rx.spare_mut();
             future::or(async { Event::Read(stream.read(spare).await) }, async {
-                Event::Inbound(inbox.recv().await)
+                Event::Inbound(next_inbound.as_mut().await)
             })
             .await
         } else {
             deadline.disarm();
-            Event::Inbound(inbox.recv().await)
+            Event::Inbound(next_inbound.as_mut().await)
         };
         match event {
             Event::Read(Ok(0)) => connection.closed_by_client(),
@@ -124,6 +131,7 @@ pub(crate) async fn drive(
             }
             Event::Read(Err(error)) => return Err(error),
             Event::Inbound(Some(inbound)) => {
+                next_inbound.set(inbox.recv());
                 connection.inbound(inbound);
                 // Take everything already queued before writing once.
                 while let Some(Some(inbound)) = future::poll_once(inbox.recv()).await {
@@ -190,16 +198,20 @@ impl Drop for Registration {
 
 /// Answers in request order, as pipelining clients need them: one slot per request, in the
 /// order requests came, numbered from 0; a slot is done once its answer is encoded, and done
-/// slots at the front go out.
+/// slots at the front go to the output, the connection's send buffer. An answer to the front
+/// request is encoded straight into the output, with no slot buffer between.
 pub(crate) struct OrderedReplies<W> {
     slots: VecDeque<Slot<W>>,
     /// Sequence number of `slots[0]`.
     first_seq: u64,
-    /// Bytes of the answers done and not yet flushed.
+    /// Bytes of the answers done and not yet in the output.
     done_bytes: usize,
-    /// Buffers of answers already flushed, wiped, for the next answers: no allocation per
-    /// answer.
+    /// Buffers of answers already moved to the output, wiped, for the next answers: no
+    /// allocation per answer.
     spare: Vec<Zeroizing<Vec<u8>>>,
+    /// The answers due, in request order, waiting to be written: only ever appended to
+    /// between writes (see [`wipe_appended_and_clear`]).
+    out: Zeroizing<Vec<u8>>,
 }
 
 /// Answer buffers kept for reuse, at most, and the largest kept.
@@ -219,10 +231,11 @@ impl<W> OrderedReplies<W> {
             first_seq: 0,
             done_bytes: 0,
             spare: Vec::new(),
+            out: Zeroizing::new(Vec::new()),
         }
     }
 
-    /// Requests not yet written out.
+    /// Requests not yet answered into the output.
     pub(crate) fn len(&self) -> usize {
         self.slots.len()
     }
@@ -231,9 +244,16 @@ impl<W> OrderedReplies<W> {
         self.slots.is_empty()
     }
 
-    /// Bytes of the answers done and not yet flushed.
-    pub(crate) fn done_bytes(&self) -> usize {
-        self.done_bytes
+    /// Bytes of the answers done and not yet written: in the output or waiting for the
+    /// answers before them.
+    pub(crate) fn unwritten_bytes(&self) -> usize {
+        self.out.len() + self.done_bytes
+    }
+
+    /// The answers due, to be written; what a write took is wiped from it with
+    /// [`wipe_appended_and_clear`], as nothing else ever shortens it.
+    pub(crate) fn output(&mut self) -> &mut Zeroizing<Vec<u8>> {
+        &mut self.out
     }
 
     /// The number the next request's slot gets.
@@ -243,6 +263,12 @@ impl<W> OrderedReplies<W> {
 
     /// Adds the next request's slot, already answered.
     pub(crate) fn push_done(&mut self, answer: Zeroizing<Vec<u8>>) {
+        if self.slots.is_empty() {
+            self.emit(&answer);
+            self.first_seq += 1;
+            self.recycle(answer);
+            return;
+        }
         self.done_bytes += answer.len();
         self.slots.push_back(Slot::Done(answer));
     }
@@ -267,23 +293,45 @@ impl<W> OrderedReplies<W> {
         }
     }
 
-    /// Answers request `seq` while it waits: `encode` gets what the slot waits for and an
-    /// empty buffer (an earlier answer's, wiped), and says whether the answer is complete;
-    /// a complete one makes the slot done.
+    /// Answers request `seq` while it waits: `encode` gets what the slot waits for and a
+    /// buffer to append the answer to, and says whether the answer is complete (one that is
+    /// not must append nothing); a complete one makes the slot done. The buffer is the output
+    /// itself when `seq` is the front request, else an earlier answer's, wiped.
     pub(crate) fn answer(&mut self, seq: u64, encode: impl FnOnce(&mut W, &mut Vec<u8>) -> bool) {
         let Some(at) = self.index_of(seq) else {
             return;
         };
-        let Some(Slot::Waiting(waiting)) = self.slots.get_mut(at) else {
+        let OrderedReplies {
+            slots, spare, out, ..
+        } = self;
+        let Some(Slot::Waiting(waiting)) = slots.get_mut(at) else {
             return;
         };
-        let mut buffer = self.spare.pop().unwrap_or_default();
+        if at == 0 {
+            let mark = out.len();
+            if encode(waiting, out) {
+                self.slots.pop_front();
+                self.first_seq += 1;
+                self.flush_ready();
+            } else {
+                out[mark..].zeroize();
+                out.truncate(mark);
+            }
+            return;
+        }
+        let mut buffer = spare.pop().unwrap_or_default();
         if encode(waiting, &mut buffer) {
             self.done_bytes += buffer.len();
             self.slots[at] = Slot::Done(buffer);
         } else {
             self.recycle(buffer);
         }
+    }
+
+    /// Appends an answer to the output, growing it without leaving a copy behind.
+    fn emit(&mut self, answer: &[u8]) {
+        reserve_wiping(&mut self.out, answer.len());
+        self.out.extend_from_slice(answer);
     }
 
     /// Wipes an answer's buffer and keeps it for another, if it is small and few are kept.
@@ -296,22 +344,34 @@ impl<W> OrderedReplies<W> {
 
     /// Request `seq` is answered.
     pub(crate) fn finish(&mut self, seq: u64, answer: Zeroizing<Vec<u8>>) {
-        if let Some(slot) = self.index_of(seq).and_then(|at| self.slots.get_mut(at)) {
-            if let Slot::Done(old) = slot {
+        let Some(at) = self.index_of(seq).filter(|&at| at < self.slots.len()) else {
+            return;
+        };
+        if at == 0 {
+            if let Some(Slot::Done(old)) = self.slots.pop_front() {
                 self.done_bytes -= old.len();
+                self.recycle(old);
             }
-            self.done_bytes += answer.len();
-            *slot = Slot::Done(answer);
+            self.emit(&answer);
+            self.first_seq += 1;
+            self.recycle(answer);
+            self.flush_ready();
+            return;
         }
+        let slot = &mut self.slots[at];
+        if let Slot::Done(old) = slot {
+            self.done_bytes -= old.len();
+        }
+        self.done_bytes += answer.len();
+        *slot = Slot::Done(answer);
     }
 
-    /// Appends the answers that are due, in order, to `out`.
-    pub(crate) fn flush_into(&mut self, out: &mut Vec<u8>) {
+    /// Moves the answers that are due, in order, to the output.
+    pub(crate) fn flush_ready(&mut self) {
         while let Some(Slot::Done(_)) = self.slots.front() {
             if let Some(Slot::Done(answer)) = self.slots.pop_front() {
                 self.done_bytes -= answer.len();
-                reserve_wiping(out, answer.len());
-                out.extend_from_slice(&answer);
+                self.emit(&answer);
                 self.recycle(answer);
             }
             self.first_seq += 1;
@@ -684,25 +744,51 @@ mod tests {
             out.extend_from_slice(b"second;");
             *left == 0
         });
-        let mut out = Vec::new();
-        replies.flush_into(&mut out);
-        assert!(out.is_empty(), "the first still waits");
+        replies.flush_ready();
+        assert!(replies.output().is_empty(), "the first still waits");
         // Half an answer: the slot keeps waiting.
         replies.answer(first, |left, _| {
             *left -= 1;
             *left == 0
         });
         assert!(replies.waiting(first).is_some());
-        replies.flush_into(&mut out);
-        assert!(out.is_empty());
+        replies.flush_ready();
+        assert!(replies.output().is_empty());
         replies.answer(first, |_, out| {
             out.extend_from_slice(b"first;");
             true
         });
-        replies.flush_into(&mut out);
-        assert_eq!(out, b"first;second;third;");
+        assert_eq!(&replies.output()[..], b"first;second;third;");
         assert!(replies.is_empty());
-        assert_eq!(replies.done_bytes(), 0);
+        assert_eq!(replies.unwritten_bytes(), b"first;second;third;".len());
+        // With nothing waiting, an answer goes straight out after those before it.
+        replies.push_done(Zeroizing::new(b"fourth;".to_vec()));
+        let fifth = replies.push_waiting(1);
+        replies.finish(fifth, Zeroizing::new(b"fifth;".to_vec()));
+        assert_eq!(&replies.output()[..], b"first;second;third;fourth;fifth;");
+        assert!(replies.is_empty());
+    }
+
+    #[test]
+    fn the_front_answer_is_encoded_straight_into_the_output() {
+        let mut replies = OrderedReplies::new();
+        replies.output().extend_from_slice(b"earlier;");
+        let seq = replies.push_waiting(());
+        replies.answer(seq, |_, buf| {
+            assert_eq!(&buf[..], b"earlier;", "the output itself");
+            buf.extend_from_slice(b"now;");
+            true
+        });
+        assert_eq!(&replies.output()[..], b"earlier;now;");
+        assert!(replies.spare.is_empty(), "no buffer between");
+        // An answer that is not complete leaves the output as it was, even if it wrote.
+        let seq = replies.push_waiting(());
+        replies.answer(seq, |_, buf| {
+            buf.extend_from_slice(b"half");
+            false
+        });
+        assert_eq!(&replies.output()[..], b"earlier;now;");
+        assert!(replies.waiting(seq).is_some());
     }
 
     #[test]
@@ -748,15 +834,20 @@ mod tests {
     #[test]
     fn flushed_answer_buffers_are_wiped_and_reused() {
         let mut replies = OrderedReplies::new();
-        let mut out = Vec::new();
+        // An answer behind a waiting one is encoded in a buffer of its own.
+        let first = replies.push_waiting(());
         let seq = replies.push_waiting(());
         replies.answer(seq, |_, buf| {
             buf.extend_from_slice(b"a secret value");
             true
         });
-        replies.flush_into(&mut out);
+        replies.answer(first, |_, out| {
+            out.extend_from_slice(b"first;");
+            true
+        });
         assert_eq!(replies.spare.len(), 1);
         assert!(replies.spare[0].is_empty() && replies.spare[0].capacity() >= 14);
+        let first = replies.push_waiting(());
         let seq = replies.push_waiting(());
         replies.answer(seq, |_, buf| {
             assert!(
@@ -767,15 +858,16 @@ mod tests {
             true
         });
         assert!(replies.spare.is_empty());
-        replies.flush_into(&mut out);
-        assert_eq!(out, b"a secret valuenext");
+        replies.finish(first, Zeroizing::new(b"then;".to_vec()));
+        assert_eq!(&replies.output()[..], b"first;a secret valuethen;next");
         // A large answer's buffer is not kept.
+        let first = replies.push_waiting(());
         let seq = replies.push_waiting(());
         replies.answer(seq, |_, buf| {
             buf.resize(SPARE_ANSWER_BYTES_MAX + 1, b'x');
             true
         });
-        replies.flush_into(&mut out);
+        replies.finish(first, Zeroizing::new(Vec::new()));
         assert!(replies
             .spare
             .iter()

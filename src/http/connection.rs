@@ -52,7 +52,6 @@ pub(crate) async fn serve(
         limits,
         ttls,
         rx: RecvBuffer::new(RECV_BUFFER_INITIAL_BYTES, RECV_BUFFER_STREAMING_BYTES),
-        out: Zeroizing::new(Vec::new()),
         replies: OrderedReplies::new(),
         native: NativeRequests::new(&shard, registration.conn),
         answers: Zeroizing::new(Vec::new()),
@@ -78,7 +77,8 @@ enum Pending {
         head_only: bool,
     },
     Delete,
-    Status(ShardStats, usize),
+    /// Boxed: every request's slot is as large as this enum, and these are rare.
+    Status(Box<ShardStats>, usize),
     /// `/metrics` or `/v1/stats`: every shard's counters, by shard, how many are still to
     /// come, and the page they make.
     Metrics(Vec<ShardStats>, usize, FiguresPage),
@@ -110,7 +110,6 @@ struct HttpConnection<'s> {
     limits: HttpLimits,
     ttls: HttpTtls,
     rx: RecvBuffer,
-    out: Zeroizing<Vec<u8>>,
     replies: OrderedReplies<Waiting>,
     native: NativeRequests<'s>,
     answers: Zeroizing<Vec<u8>>,
@@ -287,11 +286,11 @@ fn stored_json(ttl_seconds: u64, expires_ms: u64) -> Vec<u8> {
 
 impl FrontEnd for HttpConnection<'_> {
     fn flush_ready(&mut self) {
-        self.replies.flush_into(&mut self.out);
+        self.replies.flush_ready();
     }
 
     fn output(&mut self) -> &mut Zeroizing<Vec<u8>> {
-        &mut self.out
+        self.replies.output()
     }
 
     fn finished(&self) -> bool {
@@ -314,9 +313,11 @@ impl FrontEnd for HttpConnection<'_> {
     }
 
     fn receive_buffer(&mut self) -> &mut RecvBuffer {
-        self.rx
-            .make_room(self.next_bytes.max(RECV_BUFFER_INITIAL_BYTES));
         &mut self.rx
+    }
+
+    fn read_room(&self) -> usize {
+        self.next_bytes.max(RECV_BUFFER_INITIAL_BYTES)
     }
 
     fn received(&mut self, read_at: Instant) {
@@ -337,7 +338,7 @@ impl HttpConnection<'_> {
     /// Answers waiting to be written have reached [`OUTPUT_PAUSE_BYTES`]: handle no more
     /// requests until they are out.
     fn output_full(&self) -> bool {
-        self.out.len() + self.answers.len() + self.replies.done_bytes() >= OUTPUT_PAUSE_BYTES
+        self.replies.unwritten_bytes() + self.answers.len() >= OUTPUT_PAUSE_BYTES
     }
 
     /// Handles every complete request in the receive buffer.
@@ -669,7 +670,7 @@ impl HttpConnection<'_> {
         let mut total = self.shard.snapshot();
         total.live_set_xor = 0;
         let others = self.shard.count as usize - 1;
-        let seq = self.wait(Pending::Status(total, others), keep);
+        let seq = self.wait(Pending::Status(Box::new(total), others), keep);
         if others == 0 {
             return self.complete_status(seq);
         }

@@ -150,6 +150,9 @@ impl<'s> Connection<'s> {
         let fd = stream.tcp().as_raw_fd();
         let idle = self.shard.idle_timeout;
         let mut deadline = ReadDeadline::new(idle, fd, &self.shard.idle_connections);
+        // One wait for the inbox, kept across reads: waiting anew at each read would join and
+        // leave the channel's queue of waiters each time (about 230 instructions a request).
+        let mut next_inbound = std::pin::pin!(inbox.recv());
         loop {
             if !self.out.is_empty() {
                 stream.write_all(&self.out).await?;
@@ -175,12 +178,12 @@ impl<'s> Connection<'s> {
                 was_empty = self.rx.filled().is_empty();
                 let spare = self.rx.spare_mut();
                 future::or(async { Event::Read(stream.read(spare).await) }, async {
-                    Event::Inbound(inbox.recv().await)
+                    Event::Inbound(next_inbound.as_mut().await)
                 })
                 .await
             } else {
                 deadline.disarm();
-                Event::Inbound(inbox.recv().await)
+                Event::Inbound(next_inbound.as_mut().await)
             };
             match event {
                 Event::Read(Ok(0)) => self.draining = true,
@@ -197,6 +200,7 @@ impl<'s> Connection<'s> {
                 }
                 Event::Read(Err(error)) => return Err(error),
                 Event::Inbound(Some(inbound)) => {
+                    next_inbound.set(inbox.recv());
                     self.accept_inbound(inbound);
                     // Take everything already queued before writing once.
                     while let Some(Some(inbound)) = future::poll_once(inbox.recv()).await {

@@ -222,6 +222,59 @@ impl ServedBatch {
     }
 }
 
+/// Oldest an anchor of [`ShardClock::now_ms_at`] gets (under a second).
+const CLOCK_ANCHOR_AGE_MAX: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Wall-clock milliseconds since the Unix epoch.
+fn wall_clock_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A shard's wall clock, in milliseconds: never earlier than a time it already gave (the
+/// store's versions and expiries lean on that), and read from the system only about every
+/// [`CLOCK_ANCHOR_AGE_MAX`] for instants the shard has just read anyway.
+struct ShardClock {
+    /// Latest millisecond given.
+    last_ms: Cell<u64>,
+    /// An instant and the wall-clock millisecond it was (0: none yet).
+    anchor: Cell<(Instant, u64)>,
+}
+
+impl ShardClock {
+    fn new() -> Self {
+        ShardClock {
+            last_ms: Cell::new(0),
+            anchor: Cell::new((Instant::now(), 0)),
+        }
+    }
+
+    /// `wall` (the system's wall clock), or the latest time given if that is later.
+    fn now_ms(&self, wall: impl FnOnce() -> u64) -> u64 {
+        let now = wall().max(self.last_ms.get());
+        self.last_ms.set(now);
+        now
+    }
+
+    /// The wall-clock millisecond at `at`, an instant just read: counted on from an anchor
+    /// taken at most [`CLOCK_ANCHOR_AGE_MAX`] before, so a batch of requests (one request at
+    /// pipeline 1) reads one clock, not two. Steps of the wall clock show within the
+    /// anchor's age.
+    fn now_ms_at(&self, at: Instant, wall: impl FnOnce() -> u64) -> u64 {
+        let (anchor_at, anchor_ms) = self.anchor.get();
+        // An instant before the anchor counts as the anchor's.
+        let since = at.saturating_duration_since(anchor_at);
+        if anchor_ms == 0 || since >= CLOCK_ANCHOR_AGE_MAX {
+            let now = self.now_ms(wall);
+            self.anchor.set((at, now));
+            return now;
+        }
+        // Under a second: the milliseconds are all in the fraction.
+        self.now_ms(|| anchor_ms.saturating_add(u64::from(since.subsec_millis())))
+    }
+}
+
 pub(crate) fn bump(counter: &Cell<u64>, by: u64) {
     counter.set(counter.get().wrapping_add(by));
 }
@@ -261,8 +314,8 @@ pub(crate) struct Shard {
     pub network: Arc<NetworkCounters>,
     /// Opened values on their way into a response; wiped after each use.
     read_scratch: RefCell<Vec<u8>>,
-    /// Latest wall-clock millisecond seen; the store's clock never goes back.
-    last_now_ms: Cell<u64>,
+    /// The wall clock as this shard reads it: never going back.
+    clock: ShardClock,
     /// When this shard started (wall-clock ms), for uptime.
     pub started_ms: u64,
     /// The client token's check; `None`: clients need none.
@@ -307,7 +360,7 @@ impl Shard {
             replication,
             network,
             read_scratch: RefCell::new(Vec::new()),
-            last_now_ms: Cell::new(0),
+            clock: ShardClock::new(),
             started_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
@@ -329,19 +382,14 @@ impl Shard {
 
     /// Wall-clock milliseconds, never earlier than a time this shard already used.
     pub(crate) fn now_ms(&self) -> u64 {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let now = wall.max(self.last_now_ms.get());
-        self.last_now_ms.set(now);
-        now
+        self.clock.now_ms(wall_clock_ms)
     }
 
     /// A batch of requests that came with the read that returned at `read_at`.
     pub(crate) fn serve(&self, read_at: Instant) -> ServedBatch {
         ServedBatch {
             read_at,
-            now_ms: self.now_ms(),
+            now_ms: self.clock.now_ms_at(read_at, wall_clock_ms),
             answered: [0; wire::LATENCY_OPS.len()],
         }
     }
@@ -982,4 +1030,50 @@ pub(crate) fn error_code_of(error: &StoreError) -> ErrorCode {
 fn respond_store_error(out: &mut impl ReplySink, id: u64, error: &StoreError) {
     let message = error.to_string();
     reply_error(out, id, error_code_of(error), 0, &message);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn instants_within_the_anchors_age_count_on_from_it_without_reading_the_wall_clock() {
+        let clock = ShardClock::new();
+        let start = Instant::now();
+        assert_eq!(clock.now_ms_at(start, || 1_000_000), 1_000_000);
+        let unread = || panic!("the wall clock was read");
+        assert_eq!(
+            clock.now_ms_at(start + Duration::from_millis(30), unread),
+            1_000_030
+        );
+        assert_eq!(
+            clock.now_ms_at(start + Duration::from_millis(99), unread),
+            1_000_099
+        );
+        // Past the anchor's age the wall clock is read again, and its step shows.
+        let at = start + CLOCK_ANCHOR_AGE_MAX;
+        assert_eq!(clock.now_ms_at(at, || 2_000_000), 2_000_000);
+        assert_eq!(
+            clock.now_ms_at(at + Duration::from_millis(5), unread),
+            2_000_005
+        );
+    }
+
+    #[test]
+    fn the_clock_never_gives_an_earlier_time_than_it_gave() {
+        let clock = ShardClock::new();
+        let start = Instant::now();
+        assert_eq!(clock.now_ms_at(start, || 5_000), 5_000);
+        assert_eq!(clock.now_ms(|| 7_000), 7_000);
+        // The anchor says 5,010; 7,000 was given already.
+        assert_eq!(
+            clock.now_ms_at(start + Duration::from_millis(10), || 0),
+            7_000
+        );
+        // A wall clock stepped back is not followed back.
+        let later = start + CLOCK_ANCHOR_AGE_MAX * 2;
+        assert_eq!(clock.now_ms_at(later, || 4_000), 7_000);
+        assert_eq!(clock.now_ms(|| 3_000), 7_000);
+    }
 }

@@ -51,7 +51,6 @@ pub(crate) async fn serve(
         args: Vec::new(),
         ahead: Vec::new(),
         ahead_args: Vec::new(),
-        out: Zeroizing::new(Vec::new()),
         replies: OrderedReplies::new(),
         native: NativeRequests::new(&shard, conn),
         answers: Zeroizing::new(Vec::new()),
@@ -104,9 +103,10 @@ enum Pending {
         millis: bool,
     },
     Expire,
-    /// `DBSIZE` (or `INFO` when `info`): counters summed over shards.
+    /// `DBSIZE` (or `INFO` when `info`): counters summed over shards (boxed: every
+    /// command's slot is as large as this enum, and these are rare).
     Stats {
-        total: ShardStats,
+        total: Box<ShardStats>,
         info: bool,
     },
 }
@@ -125,7 +125,6 @@ struct RespConnection<'s> {
     ahead: Vec<(usize, usize)>,
     /// Their arguments, one list for all, as ranges of `rx`.
     ahead_args: Vec<std::ops::Range<usize>>,
-    out: Zeroizing<Vec<u8>>,
     replies: OrderedReplies<Waiting>,
     native: NativeRequests<'s>,
     /// Native answers given at once to requests for other shards (a shard without room:
@@ -142,11 +141,11 @@ struct RespConnection<'s> {
 
 impl FrontEnd for RespConnection<'_> {
     fn flush_ready(&mut self) {
-        self.replies.flush_into(&mut self.out);
+        self.replies.flush_ready();
     }
 
     fn output(&mut self) -> &mut Zeroizing<Vec<u8>> {
-        &mut self.out
+        self.replies.output()
     }
 
     fn finished(&self) -> bool {
@@ -169,8 +168,11 @@ impl FrontEnd for RespConnection<'_> {
     }
 
     fn receive_buffer(&mut self) -> &mut RecvBuffer {
-        self.rx.make_room(RECV_BUFFER_INITIAL_BYTES);
         &mut self.rx
+    }
+
+    fn read_room(&self) -> usize {
+        RECV_BUFFER_INITIAL_BYTES
     }
 
     fn received(&mut self, read_at: Instant) {
@@ -191,7 +193,7 @@ impl RespConnection<'_> {
     /// Answers waiting to be written have reached [`OUTPUT_PAUSE_BYTES`]: handle no more
     /// requests until they are out.
     fn output_full(&self) -> bool {
-        self.out.len() + self.answers.len() + self.replies.done_bytes() >= OUTPUT_PAUSE_BYTES
+        self.replies.unwritten_bytes() + self.answers.len() >= OUTPUT_PAUSE_BYTES
     }
 
     /// Handles every complete command in the receive buffer.
@@ -619,7 +621,13 @@ impl RespConnection<'_> {
         let mut total = shard.snapshot();
         total.live_set_xor = 0;
         let others = shard.count as usize - 1;
-        self.push_waiting(Pending::Stats { total, info }, others);
+        self.push_waiting(
+            Pending::Stats {
+                total: Box::new(total),
+                info,
+            },
+            others,
+        );
         if others == 0 {
             return self.complete(seq);
         }

@@ -114,7 +114,13 @@ where
         match result {
             PollResult::Pending(kind) => {
                 *pinned_node.kind.borrow_mut() = Some(kind);
-                *pinned_node.waker.borrow_mut() = Some(cx.waker().clone());
+                // REPRAM: a waiter polled again by the same task keeps its waker (a clone and
+                // a drop per poll otherwise; a connection's inbox wait is polled every read).
+                let mut waker = pinned_node.waker.borrow_mut();
+                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *waker = Some(cx.waker().clone());
+                }
+                drop(waker);
 
                 register_into_waiting_queue(
                     pinned_node,
