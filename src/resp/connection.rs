@@ -589,7 +589,9 @@ impl RespConnection<'_> {
     }
 
     /// Sends one request on a key of the command being read (`view`'s ranges are of the
-    /// receive buffer). One this shard owns is answered straight into its command's slot.
+    /// receive buffer). One this shard owns is answered straight into its command's slot;
+    /// an answer given at once to one for another shard (busy) waits in `answers` until the
+    /// read's commands have run.
     fn ask(&mut self, view: RequestView) {
         let RespConnection {
             native,
@@ -599,15 +601,18 @@ impl RespConnection<'_> {
             ..
         } = self;
         native.send_in_place(rx.filled_mut(), &view, replies, take_part, answers);
-        self.take_answers();
     }
 
     /// Takes the native answers of requests sent elsewhere that were answered at once (a
     /// shard without room: busy).
+    #[inline]
     fn take_answers(&mut self) {
-        if self.answers.is_empty() {
-            return;
+        if !self.answers.is_empty() {
+            self.take_given_answers();
         }
+    }
+
+    fn take_given_answers(&mut self) {
         let mut answers = std::mem::take(&mut self.answers);
         self.take_native(&answers);
         clear_answers(&mut answers);
